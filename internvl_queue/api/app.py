@@ -1,0 +1,37 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from ..core.redis_client import connect
+from ..core.settings import Settings
+from ..core.store import JobStore
+from ..core.workers import WorkerRegistry
+from .dispatch import CeleryDispatcher, Dispatcher
+from .errors import register_error_handlers
+from .health import health
+from .jobs import jobs
+from .services import EXTENSION, Services
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | None = None) -> Flask:
+    """Build the API. ``settings`` default to the environment; ``dispatcher`` to Celery."""
+    settings = settings or Settings.from_env()
+    app = Flask("internvl_queue")
+    # Werkzeug refuses larger bodies with 413 before reading them.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    client = connect(settings.redis_url)
+    app.extensions[EXTENSION] = Services(
+        settings=settings,
+        store=JobStore(client, retention_s=settings.job_retention_s),
+        workers=WorkerRegistry(client),
+        dispatcher=dispatcher or CeleryDispatcher(settings),
+    )
+    register_error_handlers(app)
+    app.register_blueprint(jobs)
+    app.register_blueprint(health)
+    return app

@@ -1,0 +1,29 @@
+"""What the views need (settings, store, workers, dispatcher), built once per app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app
+
+from ..core.settings import Settings
+from ..core.store import JobStore
+from ..core.workers import WorkerRegistry
+from .dispatch import Dispatcher
+
+__all__ = ["EXTENSION", "Services", "services"]
+
+EXTENSION = "internvl_queue"
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    store: JobStore
+    workers: WorkerRegistry
+    dispatcher: Dispatcher
+
+
+def services() -> Services:
+    found: Services = current_app.extensions[EXTENSION]
+    return found

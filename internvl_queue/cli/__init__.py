@@ -1,0 +1,126 @@
+"""The ``internvl-queue`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from .up import run_up
+
+    return run_up(args.host, args.port, Path(args.data_dir))
+
+
+def _cmd_api(args: argparse.Namespace) -> int:
+    from .serve_api import serve_api
+
+    _configure_logging()
+    serve_api(args.host, args.port, workers=args.workers, threads=args.threads)
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    _configure_logging()
+    # Importing the entry module reads the settings and registers the task and start-up hooks.
+    from ..worker.main import app, settings
+
+    argv = [
+        "worker",
+        f"--loglevel={args.loglevel}",
+        "-Q",
+        settings.queue_name,
+        "--hostname",
+        f"internvl-{os.getpid()}@%h",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    app.worker_main(argv)
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from .submit import submit
+
+    return submit(
+        args.api.rstrip("/"),
+        [Path(p) for p in args.images],
+        args.question,
+        max_new_tokens=args.max_new_tokens,
+        max_tiles=args.max_tiles,
+        wait=args.wait,
+        timeout_s=args.timeout,
+    )
+
+
+def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
+    from ..worker.tiny_model import make_tiny_model
+
+    path = make_tiny_model(Path(args.directory), seed=args.seed)
+    print(path)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="internvl-queue",
+        description="Asynchronous image-question service: Flask API, Redis, Celery GPU workers.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="run Redis (unless REDIS_URL is set), a worker and the API")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--data-dir", default="var", help="where the private Redis keeps its AOF")
+    up.set_defaults(func=_cmd_up)
+
+    api = commands.add_parser("api", help="serve the HTTP API (gunicorn)")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--workers", type=int, default=2, help="gunicorn processes")
+    api.add_argument("--threads", type=int, default=8, help="threads per process")
+    api.set_defaults(func=_cmd_api)
+
+    worker = commands.add_parser("worker", help="run a GPU worker (Celery) with the model warm")
+    worker.add_argument("--loglevel", default="INFO")
+    worker.set_defaults(func=_cmd_worker)
+
+    submit = commands.add_parser("submit", help="submit images and a question to the API")
+    submit.add_argument("images", nargs="+", metavar="IMAGE")
+    submit.add_argument("--question", "-q", required=True)
+    submit.add_argument("--api", default=os.environ.get("INTERNVL_API", "http://127.0.0.1:8000"))
+    submit.add_argument("--max-new-tokens", type=int)
+    submit.add_argument("--max-tiles", type=int)
+    submit.add_argument("--wait", action="store_true", help="wait and print the answer")
+    submit.add_argument("--timeout", type=float, default=600, help="seconds to wait")
+    submit.set_defaults(func=_cmd_submit)
+
+    tiny = commands.add_parser(
+        "make-tiny-model", help="write a tiny random InternVL checkpoint (offline demo, tests)"
+    )
+    tiny.add_argument("directory")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=_cmd_make_tiny_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

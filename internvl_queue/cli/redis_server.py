@@ -1,0 +1,84 @@
+"""Start a private ``redis-server`` child (for ``internvl-queue up`` and the test suite)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+__all__ = ["RedisServer", "free_port", "start_redis"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class RedisServer:
+    process: subprocess.Popen[bytes]
+    port: int
+    data_dir: Path
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()  # SIGTERM: redis flushes the AOF and exits cleanly
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_redis(data_dir: Path, *, persistent: bool = True, timeout: float = 10) -> RedisServer:
+    """Run redis-server on a free loopback port, files in ``data_dir``; wait until it answers."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError(
+            "redis-server is not installed: run scripts/setup.sh (it installs it), "
+            "or set REDIS_URL to a Redis you run"
+        )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    args = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data_dir),
+        "--save",
+        "",
+        "--appendonly",
+        "yes" if persistent else "no",
+        "--logfile",
+        str(data_dir / "redis.log"),
+    ]
+    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+    server = RedisServer(process, port, data_dir)
+    client = redis.Redis(port=port, socket_connect_timeout=1)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.ping()
+            return server
+        except redis.ConnectionError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                server.stop()
+                log = (data_dir / "redis.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"redis-server did not start:\n{log}") from None
+            time.sleep(0.05)
+        finally:
+            client.close()

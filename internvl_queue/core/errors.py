@@ -1,0 +1,113 @@
+"""Errors with a stable machine-readable ``code``.
+
+    ServiceError                 base; carries ``code``, ``message`` and an HTTP status
+    ├── BadRequest               400  malformed request (bad JSON, bad base64, missing field)
+    ├── JobNotFound              404  unknown or expired job id
+    ├── PayloadTooLarge          413  body over the byte limit, image over the pixel limit
+    ├── UnsupportedMediaType     415  request or file type we do not accept
+    ├── ValidationFailed         422  well-formed but invalid values
+    ├── ServiceUnavailable       503  Redis or the broker does not answer
+    └── JobFailure               the reason stored on a failed job (no HTTP status of its own)
+        ├── ImageDecodeError     an image stored with the job did not decode in the worker
+        ├── InferenceError       the model raised while answering
+        └── GpuOutOfMemory       the job does not fit in GPU memory
+
+The API maps every ``ServiceError`` to ``{"error": {"code", "message"}}`` in one handler.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadRequest",
+    "GpuOutOfMemory",
+    "ImageDecodeError",
+    "InferenceError",
+    "JobFailure",
+    "JobNotFound",
+    "PayloadTooLarge",
+    "ServiceError",
+    "ServiceUnavailable",
+    "UnsupportedMediaType",
+    "ValidationFailed",
+]
+
+
+class ServiceError(Exception):
+    """Base class: every error we raise on purpose has a stable ``code`` and a human message."""
+
+    http_status = 500
+    default_code = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+class BadRequest(ServiceError):
+    """Raised when a request cannot be parsed: bad JSON, bad base64, a missing field."""
+
+    http_status = 400
+    default_code = "bad_request"
+
+
+class JobNotFound(ServiceError):
+    """Raised when a job id is unknown or its record has expired."""
+
+    http_status = 404
+    default_code = "job_not_found"
+
+
+class PayloadTooLarge(ServiceError):
+    """Raised when a body exceeds the byte limit or an image exceeds the pixel limit."""
+
+    http_status = 413
+    default_code = "request_too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    """Raised when the request body or an uploaded file is of a type we do not accept."""
+
+    http_status = 415
+    default_code = "unsupported_media_type"
+
+
+class ValidationFailed(ServiceError):
+    """Raised when a well-formed request carries invalid values."""
+
+    http_status = 422
+    default_code = "invalid_parameter"
+
+
+class ServiceUnavailable(ServiceError):
+    """Raised when Redis or the broker cannot take the job right now."""
+
+    http_status = 503
+    default_code = "service_unavailable"
+
+
+class JobFailure(ServiceError):
+    """Base for the reasons a job ends ``failed``; stored on the job as its ``error``."""
+
+    default_code = "job_failed"
+
+
+class ImageDecodeError(JobFailure):
+    """Raised when an image stored with a job does not decode in the worker."""
+
+    default_code = "image_decode_error"
+
+
+class InferenceError(JobFailure):
+    """Raised when the model raises while answering a job."""
+
+    default_code = "model_error"
+
+
+class GpuOutOfMemory(JobFailure):
+    """Raised when a job does not fit in GPU memory."""
+
+    default_code = "gpu_out_of_memory"

@@ -1,0 +1,138 @@
+"""The job record: a frozen dataclass that validates itself and maps to a Redis hash."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from .redis_client import HashFields
+from .status import JobStatus, check_transition
+
+__all__ = ["Job", "JobParams", "iso8601", "new_job_id"]
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def iso8601(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    stamp = datetime.fromtimestamp(epoch, tz=UTC)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class JobParams:
+    max_new_tokens: int
+    max_tiles: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"max_new_tokens": self.max_new_tokens, "max_tiles": self.max_tiles}
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    status: JobStatus
+    question: str
+    params: JobParams
+    image_count: int
+    created_at: float
+    metadata: dict[str, Any] | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: dict[str, Any] | None = None
+    error: dict[str, str] | None = None
+    # Deliveries so far, and the token of the current one: only the delivery holding the token
+    # may store the job's outcome, so a duplicate delivery can never write a second one.
+    attempts: int = 0
+    attempt_token: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            raise ValueError("a job needs an id")
+        if self.image_count < 1:
+            raise ValueError("a job needs at least one image")
+        if (self.status is JobStatus.SUCCEEDED) != (self.result is not None):
+            raise ValueError("a job has a result exactly when it succeeded")
+
+    @classmethod
+    def new(
+        cls,
+        question: str,
+        params: JobParams,
+        image_count: int,
+        metadata: dict[str, Any] | None = None,
+    ) -> Job:
+        return cls(
+            id=new_job_id(),
+            status=JobStatus.QUEUED,
+            question=question,
+            params=params,
+            image_count=image_count,
+            metadata=metadata,
+            created_at=time.time(),
+        )
+
+    def moved_to(self, status: JobStatus, **changes: Any) -> Job:
+        """This job in a new state; raises ``IllegalTransition`` for a move the machine forbids."""
+        check_transition(self.status, status)
+        return replace(self, status=status, **changes)
+
+    # -- Redis hash mapping -------------------------------------------------------------------
+    def to_hash(self) -> HashFields:
+        return {
+            "id": self.id,
+            "status": self.status.value,
+            "question": self.question,
+            "params": json.dumps(self.params.to_dict()),
+            "image_count": str(self.image_count),
+            "created_at": repr(self.created_at),
+            "metadata": json.dumps(self.metadata),
+            "started_at": json.dumps(self.started_at),
+            "finished_at": json.dumps(self.finished_at),
+            "result": json.dumps(self.result),
+            "error": json.dumps(self.error),
+            "attempts": str(self.attempts),
+            "attempt_token": self.attempt_token,
+        }
+
+    @classmethod
+    def from_hash(cls, raw: dict[bytes, bytes]) -> Job:
+        h = {k.decode(): v.decode() for k, v in raw.items()}
+        return cls(
+            id=h["id"],
+            status=JobStatus(h["status"]),
+            question=h["question"],
+            params=JobParams(**json.loads(h["params"])),
+            image_count=int(h["image_count"]),
+            created_at=float(h["created_at"]),
+            metadata=json.loads(h["metadata"]),
+            started_at=json.loads(h["started_at"]),
+            finished_at=json.loads(h["finished_at"]),
+            result=json.loads(h["result"]),
+            error=json.loads(h["error"]),
+            attempts=int(h["attempts"]),
+            attempt_token=h["attempt_token"],
+        )
+
+    # -- public view ----------------------------------------------------------------------------
+    def to_public(self) -> dict[str, Any]:
+        """The job object of the HTTP API (internal bookkeeping left out)."""
+        return {
+            "id": self.id,
+            "status": self.status.value,
+            "created_at": iso8601(self.created_at),
+            "started_at": iso8601(self.started_at),
+            "finished_at": iso8601(self.finished_at),
+            "question": self.question,
+            "params": self.params.to_dict(),
+            "metadata": self.metadata,
+            "result": self.result,
+            "error": self.error,
+        }

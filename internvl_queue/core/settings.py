@@ -1,0 +1,132 @@
+"""One settings object, read from the environment once, at an entry point.
+
+Factories (``create_app``, ``create_celery``, the worker runtime) take a ``Settings``; nothing
+below the entry points reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Literal
+
+__all__ = ["DEFAULT_MODEL", "Settings"]
+
+DEFAULT_MODEL = "OpenGVLab/InternVL3-1B-hf"
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+def _env(name: str, help: str) -> dict[str, str]:
+    return {"env": name, "help": help}
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = field(
+        default="redis://127.0.0.1:6379/0",
+        metadata=_env("REDIS_URL", "Redis for job records, images and the Celery broker"),
+    )
+    model: str = field(
+        default=DEFAULT_MODEL,
+        metadata=_env("INTERNVL_MODEL", "hub id or local directory of an -hf InternVL checkpoint"),
+    )
+    device: Device = field(
+        default="auto", metadata=_env("INTERNVL_DEVICE", "auto (CUDA if present), cpu or cuda")
+    )
+    max_request_bytes: int = field(
+        default=20 * 1024 * 1024,
+        metadata=_env("INTERNVL_MAX_REQUEST_BYTES", "largest request body accepted"),
+    )
+    max_image_pixels: int = field(
+        default=40_000_000,
+        metadata=_env("INTERNVL_MAX_IMAGE_PIXELS", "largest image (width x height) accepted"),
+    )
+    max_images: int = field(default=8, metadata=_env("INTERNVL_MAX_IMAGES", "most images per job"))
+    max_question_chars: int = field(
+        default=8000, metadata=_env("INTERNVL_MAX_QUESTION_CHARS", "longest question")
+    )
+    max_tiles: int = field(
+        default=12,
+        metadata=_env("INTERNVL_MAX_TILES", "cap on tiles per image (1..12); also the default"),
+    )
+    max_new_tokens_limit: int = field(
+        default=4096, metadata=_env("INTERNVL_MAX_NEW_TOKENS", "largest max_new_tokens accepted")
+    )
+    default_max_new_tokens: int = field(
+        default=512,
+        metadata=_env("INTERNVL_DEFAULT_MAX_NEW_TOKENS", "max_new_tokens when a job names none"),
+    )
+    job_retention_s: int = field(
+        default=24 * 3600,
+        metadata=_env("INTERNVL_JOB_RETENTION_S", "how long job records are kept"),
+    )
+    queue_name: str = field(
+        default="internvl", metadata=_env("INTERNVL_QUEUE", "Celery queue the GPU workers consume")
+    )
+    visibility_timeout_s: int = field(
+        default=3600,
+        metadata=_env(
+            "INTERNVL_VISIBILITY_TIMEOUT_S",
+            "seconds before an unacknowledged job message is redelivered",
+        ),
+    )
+    max_attempts: int = field(
+        default=3,
+        metadata=_env("INTERNVL_MAX_ATTEMPTS", "deliveries of one job before it fails for good"),
+    )
+    heartbeat_interval_s: float = field(
+        default=5.0, metadata=_env("INTERNVL_HEARTBEAT_S", "worker heartbeat period")
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from environment variables; unset ones keep their defaults."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = environ.get(f.metadata["env"])
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f.name, f.metadata["env"], raw, type(f.default))
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"INTERNVL_DEVICE must be auto, cpu or cuda, not {self.device!r}")
+        if not 1 <= self.max_tiles <= 12:
+            raise ValueError("INTERNVL_MAX_TILES must be between 1 and 12")
+        if not 1 <= self.default_max_new_tokens <= self.max_new_tokens_limit:
+            raise ValueError(
+                "INTERNVL_DEFAULT_MAX_NEW_TOKENS must be in 1..INTERNVL_MAX_NEW_TOKENS"
+            )
+        for name in (
+            "max_request_bytes",
+            "max_image_pixels",
+            "max_images",
+            "max_question_chars",
+            "job_retention_s",
+            "visibility_timeout_s",
+            "max_attempts",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive")
+
+    @classmethod
+    def documented(cls) -> list[tuple[str, str, str]]:
+        """(variable, default, meaning) for every setting, for the README and ``--help``."""
+        return [(f.metadata["env"], str(f.default), f.metadata["help"]) for f in fields(cls)]
+
+
+def _parse(name: str, env: str, raw: str, kind: type) -> object:
+    try:
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{env}={raw!r} is not a valid {kind.__name__}") from None
+    return raw

@@ -1,0 +1,91 @@
+"""Worker heartbeats in Redis: who is up, with which model on which device.
+
+Each worker refreshes a hash with a short TTL; a worker that dies simply stops refreshing it and
+drops out of the listing, with no clean-up needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import redis
+
+from .keys import worker_key, workers_key
+from .redis_client import HashFields
+
+__all__ = ["WorkerInfo", "WorkerRegistry"]
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    name: str
+    pid: int
+    model: str
+    device: str
+    gpu_name: str | None
+    loaded_at: float
+    last_seen: float
+    jobs_succeeded: int = 0
+    jobs_failed: int = 0
+    redeliveries_ignored: int = 0
+
+    @property
+    def jobs_done(self) -> int:
+        return self.jobs_succeeded + self.jobs_failed
+
+    def to_public(self) -> dict[str, object]:
+        return {**asdict(self), "jobs_done": self.jobs_done}
+
+
+_INT_FIELDS = {"pid", "jobs_succeeded", "jobs_failed", "redeliveries_ignored"}
+_FLOAT_FIELDS = {"loaded_at", "last_seen"}
+
+
+def _encode(info: WorkerInfo) -> HashFields:
+    return {k: "" if v is None else str(v) for k, v in asdict(info).items()}
+
+
+def _decode(raw: dict[bytes, bytes]) -> WorkerInfo:
+    h = {k.decode(): v.decode() for k, v in raw.items()}
+    values: dict[str, object] = {}
+    for f in fields(WorkerInfo):
+        text = h.get(f.name, "")
+        if f.name in _INT_FIELDS:
+            values[f.name] = int(text or 0)
+        elif f.name in _FLOAT_FIELDS:
+            values[f.name] = float(text or 0)
+        else:
+            values[f.name] = text or None
+    return WorkerInfo(**values)  # type: ignore[arg-type]
+
+
+class WorkerRegistry:
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    def publish(self, info: WorkerInfo, *, ttl_s: float) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(worker_key(info.name), mapping=_encode(info))
+        pipe.pexpire(worker_key(info.name), int(ttl_s * 1000))
+        pipe.sadd(workers_key(), info.name)
+        pipe.execute()
+
+    def remove(self, name: str) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(worker_key(name))
+        pipe.srem(workers_key(), name)
+        pipe.execute()
+
+    def live(self) -> list[WorkerInfo]:
+        """Workers whose heartbeat has not expired, by name; forgets the ones that have."""
+        names = sorted(n.decode() for n in self.redis.smembers(workers_key()))  # type: ignore[union-attr]
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(worker_key(name))
+        found: list[WorkerInfo] = []
+        for name, raw in zip(names, pipe.execute(), strict=True):
+            if raw:
+                found.append(_decode(raw))
+            else:
+                self.redis.srem(workers_key(), name)
+        return found

@@ -1,0 +1,41 @@
+"""The Celery configuration shared by the API (to publish) and the worker (to consume).
+
+Nothing here imports torch: the API builds the same app to send messages.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from ..core.settings import Settings
+
+__all__ = ["RUN_JOB_TASK", "create_celery"]
+
+RUN_JOB_TASK = "internvl_queue.run_job"
+
+
+def create_celery(settings: Settings) -> Celery:
+    app = Celery("internvl_queue", broker=settings.redis_url, set_as_current=False)
+    app.conf.update(
+        task_default_queue=settings.queue_name,
+        task_serializer="json",
+        accept_content=["json"],
+        # Job state and results live in our own store; Celery keeps none.
+        task_ignore_result=True,
+        result_backend=None,
+        # A message is acked only after its job is stored as finished, so a crash leaves it in
+        # the broker; the store makes redelivery idempotent and gives up after max_attempts.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        # The model lives in the worker's own process: no forked pool (CUDA does not survive a
+        # fork, and each child would hold a copy of the model).
+        worker_pool="solo",
+        worker_concurrency=1,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    return app

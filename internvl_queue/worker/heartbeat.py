@@ -1,0 +1,41 @@
+"""A daemon thread that republishes the worker's heartbeat until stopped."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import redis
+
+from .runtime import WorkerRuntime
+
+__all__ = ["Heartbeat"]
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    def __init__(self, runtime: WorkerRuntime) -> None:
+        self.runtime = runtime
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self.runtime.publish_heartbeat()  # ready is visible at once, not one period later
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        try:
+            self.runtime.registry.remove(self.runtime.name)
+        except redis.RedisError as exc:
+            log.warning("could not remove heartbeat: %s", exc)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.runtime.settings.heartbeat_interval_s):
+            try:
+                self.runtime.publish_heartbeat()
+            except redis.RedisError as exc:  # Redis blips must not kill the thread
+                log.warning("heartbeat failed: %s", exc)

@@ -1,0 +1,54 @@
+"""Entry module of the GPU worker: ``celery -A internvl_queue.worker.main worker``.
+
+Reads the settings from the environment (once), builds the Celery app, registers the task and
+the start-up hooks. The model is loaded in ``worker_init``: in the worker's own process (the pool
+is ``solo``), before the consumer starts, so no message is taken before the model is warm. A model
+that fails to load stops the worker with a non-zero exit instead of leaving it consuming.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import signals
+
+from ..core.settings import Settings
+from .celery_app import RUN_JOB_TASK, create_celery
+from .heartbeat import Heartbeat
+from .runtime import WorkerRuntime
+
+__all__ = ["app", "runtime"]
+
+log = logging.getLogger("internvl_queue.worker")
+
+settings = Settings.from_env()
+app = create_celery(settings)
+runtime = WorkerRuntime(settings)
+_heartbeat = Heartbeat(runtime)
+
+
+@app.task(name=RUN_JOB_TASK, ignore_result=True)
+def run_job(job_id: str) -> None:
+    runtime.process(job_id)
+
+
+@signals.worker_init.connect
+def _load_model(**_: Any) -> None:
+    try:
+        runtime.load()
+    except Exception as exc:
+        log.exception("could not load model %s", settings.model)
+        # SystemExit passes through Celery's signal dispatch (which swallows Exceptions).
+        raise SystemExit(f"internvl-queue worker: could not load {settings.model}: {exc}") from exc
+
+
+@signals.worker_ready.connect
+def _start_heartbeat(**_: Any) -> None:
+    _heartbeat.start()
+    log.info("worker %s ready: %s on %s", runtime.name, settings.model, runtime.info().device)
+
+
+@signals.worker_shutdown.connect
+def _stop_heartbeat(**_: Any) -> None:
+    _heartbeat.stop()

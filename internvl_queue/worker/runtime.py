@@ -1,0 +1,160 @@
+"""What one worker process holds (settings, store, the warm model, counters) and how it runs a job.
+
+``process(job_id)`` is the whole life of one delivery: claim the job in the store, decode its
+images, ask the model, store exactly one outcome. Every failure of the job itself ends in a stored
+``failed`` state; nothing a job does can take the worker down.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..core.errors import ImageDecodeError, JobFailure
+from ..core.images import decode_rgb
+from ..core.job import Job
+from ..core.redis_client import connect
+from ..core.settings import Settings
+from ..core.status import JobStatus
+from ..core.store import ClaimOutcome, JobStore
+from ..core.workers import WorkerInfo, WorkerRegistry
+
+__all__ = ["AnswerFn", "WorkerRuntime"]
+
+log = logging.getLogger(__name__)
+
+# (images, question, max_new_tokens, max_tiles) -> model.Answer; a seam so tests can fake failures.
+AnswerFn = Callable[..., Any]
+
+
+class WorkerRuntime:
+    def __init__(self, settings: Settings, *, name: str | None = None) -> None:
+        self.settings = settings
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        client = connect(settings.redis_url)
+        self.store = JobStore(client, retention_s=settings.job_retention_s)
+        self.registry = WorkerRegistry(client)
+        self.loaded: Any = None  # model.LoadedModel once load() has run
+        self.answer_fn: AnswerFn | None = None
+        self.loaded_at = 0.0
+        self._lock = threading.Lock()
+        self.counters = {"jobs_succeeded": 0, "jobs_failed": 0, "redeliveries_ignored": 0}
+
+    # -- start-up -------------------------------------------------------------------------------
+    def load(self) -> None:
+        """Load the model named by the settings (imports torch: worker processes only)."""
+        from . import model
+
+        loaded = model.load_model(self.settings.model, self.settings.device)
+
+        def answer_with_loaded(images: list[Any], question: str, **params: int) -> Any:
+            return model.answer(loaded, images, question, **params)
+
+        self.use_model(loaded, answer_with_loaded)
+
+    def use_model(self, loaded: Any, answer_fn: AnswerFn) -> None:
+        self.loaded, self.answer_fn, self.loaded_at = loaded, answer_fn, time.time()
+
+    def info(self) -> WorkerInfo:
+        with self._lock:
+            counters = dict(self.counters)
+        return WorkerInfo(
+            name=self.name,
+            pid=os.getpid(),
+            model=getattr(self.loaded, "model_id", self.settings.model),
+            device=str(getattr(self.loaded, "device", "unknown")),
+            gpu_name=getattr(self.loaded, "gpu_name", None),
+            loaded_at=self.loaded_at,
+            last_seen=time.time(),
+            **counters,
+        )
+
+    def publish_heartbeat(self) -> None:
+        self.registry.publish(self.info(), ttl_s=self.settings.heartbeat_interval_s * 3)
+
+    # -- one delivery ---------------------------------------------------------------------------
+    def process(self, job_id: str) -> JobStatus | None:
+        """Run one delivery of ``job_id``; returns the stored status, or None if nothing was run."""
+        claim = self.store.claim(job_id, max_attempts=self.settings.max_attempts)
+        if claim.outcome is ClaimOutcome.MISSING:
+            log.warning("job %s: no record (unknown or expired); message dropped", job_id)
+            return None
+        if claim.outcome is ClaimOutcome.ALREADY_TERMINAL:
+            log.info("job %s: already finished; redelivered message ignored", job_id)
+            self._count("redeliveries_ignored")
+            return None
+        assert claim.job is not None
+        if claim.outcome is ClaimOutcome.GAVE_UP:
+            log.error("job %s: failed after %d deliveries", job_id, claim.job.attempts)
+            self._count("jobs_failed")
+            return JobStatus.FAILED
+        return self._run(claim.job)
+
+    def _run(self, job: Job) -> JobStatus | None:
+        result: dict[str, Any] | None = None
+        error: dict[str, str] | None = None
+        try:
+            result = self._answer(job)
+            status = JobStatus.SUCCEEDED
+        except JobFailure as exc:
+            status, error = JobStatus.FAILED, exc.to_dict()
+        except Exception as exc:  # a bug must fail the job, not the worker
+            log.exception("job %s: unexpected error", job.id)
+            status = JobStatus.FAILED
+            error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
+        stored = self.store.finish(job, status, result=result, error=error)
+        if stored is None:
+            log.warning("job %s: another delivery owns it now; outcome discarded", job.id)
+            return None
+        self._count("jobs_succeeded" if status is JobStatus.SUCCEEDED else "jobs_failed")
+        log.info(
+            "job %s %s in %.0f ms%s",
+            job.id,
+            status.value,
+            ((stored.finished_at or 0) - job.created_at) * 1000,
+            f" ({error['code']})" if error else "",
+        )
+        return status
+
+    def _answer(self, job: Job) -> dict[str, Any]:
+        if self.answer_fn is None:
+            raise RuntimeError("the worker has no model loaded")
+        started = time.perf_counter()
+        blobs = self.store.images(job.id)
+        if len(blobs) != job.image_count:
+            raise ImageDecodeError(
+                f"the job's images are gone ({len(blobs)} of {job.image_count} found)"
+            )
+        images = [decode_rgb(b, max_pixels=self.settings.max_image_pixels) for b in blobs]
+        decode_ms = (time.perf_counter() - started) * 1000
+        reply = self.answer_fn(
+            images,
+            job.question,
+            max_new_tokens=job.params.max_new_tokens,
+            max_tiles=job.params.max_tiles,
+        )
+        queued_ms = ((job.started_at or job.created_at) - job.created_at) * 1000
+        return {
+            "answer": reply.text,
+            "model": self.settings.model,
+            "usage": {
+                "prompt_tokens": reply.prompt_tokens,
+                "completion_tokens": reply.completion_tokens,
+                "image_tiles": reply.image_tiles,
+            },
+            "timings_ms": {
+                "queued": round(queued_ms, 1),
+                "preprocess": round(decode_ms + reply.preprocess_ms, 1),
+                "inference": round(reply.inference_ms, 1),
+                "total": round((time.time() - job.created_at) * 1000, 1),
+            },
+        }
+
+    def _count(self, counter: str) -> None:
+        with self._lock:
+            self.counters[counter] += 1

@@ -1,0 +1,197 @@
+"""POST /v1/jobs and GET /v1/jobs/<id> through the Flask app, against a real Redis and broker."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from typing import Any
+
+import pytest
+import redis
+from urllib3 import encode_multipart_formdata
+
+from internvl_queue.core.keys import job_key
+from internvl_queue.core.settings import Settings
+from tests.conftest import user_keys
+from tests.images import photo, png_bomb, truncated_jpeg
+
+JPEG = photo(64, 48, seed=1)
+
+
+def _form(question: str = "What is this?", images: list[bytes] | None = None, **fields: str):
+    data: dict[str, Any] = {"question": question, **fields}
+    data["image"] = [(io.BytesIO(b), f"img{i}.jpg") for i, b in enumerate(images or [JPEG])]
+    return data
+
+
+def test_multipart_submit_is_accepted_and_queued(
+    client, redis_client: redis.Redis, settings: Settings
+) -> None:
+    reply = client.post(
+        "/v1/jobs",
+        data=_form(
+            images=[JPEG, photo(30, 30)],
+            max_new_tokens="32",
+            max_tiles="3",
+            metadata='{"ref": "abc"}',
+        ),
+    )
+    assert reply.status_code == 202, reply.json
+    job = reply.json
+    assert reply.headers["Location"] == f"/v1/jobs/{job['id']}"
+    assert job["status"] == "queued"
+    assert job["params"] == {"max_new_tokens": 32, "max_tiles": 3}
+    assert job["metadata"] == {"ref": "abc"}
+    assert job["created_at"].endswith("Z")
+    assert job["result"] is None and job["error"] is None and job["started_at"] is None
+    assert set(job) == {
+        "id",
+        "status",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "question",
+        "params",
+        "metadata",
+        "result",
+        "error",
+    }
+    # stored, with both images in order, and one message on the queue carrying only the id
+    assert redis_client.exists(job_key(job["id"]))
+    assert redis_client.lrange(f"iq:job:{job['id']}:images", 0, -1) == [JPEG, photo(30, 30)]
+    messages = redis_client.lrange(settings.queue_name, 0, -1)
+    assert len(messages) == 1
+    body = json.loads(base64.b64decode(json.loads(messages[0])["body"]))
+    assert body[0] == [job["id"]]
+
+    polled = client.get(f"/v1/jobs/{job['id']}")
+    assert polled.status_code == 200
+    assert polled.json == job
+
+
+def test_json_submit_with_base64_and_data_url(client, redis_client: redis.Redis) -> None:
+    b64 = base64.b64encode(JPEG).decode()
+    reply = client.post(
+        "/v1/jobs",
+        json={
+            "question": "q",
+            "images": [{"data": b64}, {"data": f"data:image/jpeg;base64,{b64}"}],
+            "max_new_tokens": 8,
+            "metadata": {"n": 1},
+        },
+    )
+    assert reply.status_code == 202, reply.json
+    assert reply.json["params"]["max_new_tokens"] == 8
+    assert reply.json["metadata"] == {"n": 1}
+    assert redis_client.llen(f"iq:job:{reply.json['id']}:images") == 2
+
+
+def test_unknown_job_is_404(client) -> None:
+    reply = client.get("/v1/jobs/0123456789abcdef")
+    assert reply.status_code == 404
+    assert reply.json["error"]["code"] == "job_not_found"
+
+
+def _encoded_multipart(image: bytes) -> dict[str, Any]:
+    # Pre-encoded bytes, as a real client sends them (the test client would otherwise spool a
+    # 30 MB dict body to a temporary file that it never closes).
+    body, content_type = encode_multipart_formdata(
+        {"question": "q", "image": ("big.jpg", image, "image/jpeg")}
+    )
+    return {"data": body, "content_type": content_type}
+
+
+def _bad_requests() -> list[Any]:
+    return [
+        pytest.param(
+            {"data": _form(images=[b"%PDF-1.4 not an image"])},
+            415,
+            "unsupported_image",
+            id="non-image",
+        ),
+        pytest.param(
+            {"data": _form(images=[truncated_jpeg()])}, 422, "corrupt_image", id="truncated-jpeg"
+        ),
+        pytest.param(
+            {"data": _form(images=[png_bomb()])}, 413, "image_too_large", id="png-bomb-20000x20000"
+        ),
+        pytest.param({"data": _form(question="")}, 422, "invalid_question", id="empty-question"),
+        pytest.param(
+            {"data": _form(question="x" * 8001)}, 422, "invalid_question", id="long-question"
+        ),
+        pytest.param({"data": {"question": "q"}}, 400, "missing_image", id="no-image"),
+        pytest.param(
+            {"data": {"image": [(io.BytesIO(JPEG), "a.jpg")]}},
+            400,
+            "missing_question",
+            id="no-question",
+        ),
+        pytest.param({"data": _form(images=[JPEG] * 9)}, 422, "too_many_images", id="9-images"),
+        pytest.param(
+            {"data": _form(max_new_tokens="0")}, 422, "invalid_parameter", id="max-new-tokens-0"
+        ),
+        pytest.param({"data": _form(max_tiles="13")}, 422, "invalid_parameter", id="max-tiles-13"),
+        pytest.param(
+            {"data": _form(metadata="not json")}, 422, "invalid_metadata", id="bad-metadata"
+        ),
+        pytest.param(
+            _encoded_multipart(b"x" * (30 * 1024 * 1024)), 413, "request_too_large", id="30MB-body"
+        ),
+        pytest.param(
+            {"data": b"{", "content_type": "application/json"},
+            400,
+            "invalid_json",
+            id="broken-json",
+        ),
+        pytest.param(
+            {"json": {"question": "q", "images": [{"data": "***"}]}},
+            400,
+            "invalid_base64",
+            id="bad-base64",
+        ),
+        pytest.param(
+            {"json": {"question": "q", "images": "nope"}},
+            400,
+            "invalid_json",
+            id="images-not-a-list",
+        ),
+        pytest.param(
+            {"data": "question=q", "content_type": "text/plain"},
+            415,
+            "unsupported_media_type",
+            id="text-body",
+        ),
+    ]
+
+
+@pytest.mark.parametrize(("request_kwargs", "status", "code"), _bad_requests())
+def test_bad_input_is_refused_and_nothing_is_queued(
+    client, redis_client: redis.Redis, request_kwargs: dict[str, Any], status: int, code: str
+) -> None:
+    reply = client.post("/v1/jobs", **request_kwargs)
+    assert reply.status_code == status, reply.json
+    assert reply.json["error"]["code"] == code
+    assert reply.json["error"]["message"]
+    assert user_keys(redis_client) == []
+
+
+def test_broker_failure_leaves_no_job(settings: Settings, redis_client: redis.Redis) -> None:
+    from internvl_queue.api import create_app
+
+    class RefusingDispatcher:
+        def dispatch(self, job_id: str) -> None:
+            raise ConnectionError("broker down")
+
+    client = create_app(settings, dispatcher=RefusingDispatcher()).test_client()
+    reply = client.post("/v1/jobs", data=_form())
+    assert reply.status_code == 503
+    assert reply.json["error"]["code"] == "service_unavailable"
+    assert user_keys(redis_client) == []
+
+
+def test_unknown_route_and_method_are_json(client) -> None:
+    assert client.get("/v2/nothing").json["error"]["code"] == "not_found"
+    reply = client.delete("/v1/jobs/abc")
+    assert reply.status_code == 405
+    assert reply.json["error"]["code"] == "method_not_allowed"

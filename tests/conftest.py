@@ -1,0 +1,226 @@
+"""Shared fixtures: a real Redis (never a mock), the tiny checkpoint, the app, a real worker.
+
+Redis: $INTERNVL_TEST_REDIS_URL if set; else DB 13 of the Redis on 127.0.0.1:6379 if it answers;
+else a private redis-server started here. If none can be had, Redis tests skip locally with the
+reason, and fail under CI (CI=true).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import redis
+from werkzeug.serving import make_server
+
+from internvl_queue.api import create_app
+from internvl_queue.cli.redis_server import free_port, start_redis
+from internvl_queue.core.settings import Settings
+from internvl_queue.core.workers import WorkerInfo, WorkerRegistry
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _answers(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("INTERNVL_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    if _answers("redis://127.0.0.1:6379/13"):
+        yield "redis://127.0.0.1:6379/13"
+        return
+    try:
+        server = start_redis(tmp_path_factory.mktemp("redis"), persistent=False)
+    except RuntimeError as exc:
+        if IN_CI:
+            pytest.fail(f"no Redis for the tests under CI: {exc}")
+        pytest.skip(f"needs Redis: none on 127.0.0.1:6379 and redis-server unavailable ({exc})")
+    yield server.url
+    server.stop()
+
+
+def flush_our_keys(client: redis.Redis) -> None:
+    """Empty the test DB, except kombu's exchange bindings.
+
+    A running worker declared its queue binding once; deleting ``_kombu.binding.*`` would make
+    later publishes unroutable, so those few keys survive between tests.
+    """
+    keys = [k for k in client.scan_iter(count=1000) if not k.startswith(b"_kombu.binding.")]
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    flush_our_keys(client)
+    yield client
+    flush_our_keys(client)
+    client.close()
+
+
+def user_keys(client: redis.Redis) -> list[bytes]:
+    """Every key a request could have left behind (jobs, images, queued messages)."""
+    return sorted(k for k in client.scan_iter(count=1000) if not k.startswith(b"_kombu.binding."))
+
+
+def _tiny_model_path(factory: pytest.TempPathFactory) -> Path:
+    # Fixed, so that settings can name the model without building it (API tests need no model).
+    return factory.getbasetemp() / "tiny-internvl"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from internvl_queue.worker.tiny_model import make_tiny_model
+
+    return make_tiny_model(_tiny_model_path(tmp_path_factory), seed=0)
+
+
+@pytest.fixture
+def settings(
+    redis_url: str, redis_client: redis.Redis, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
+    return Settings(
+        redis_url=redis_url,
+        model=str(_tiny_model_path(tmp_path_factory)),
+        device="cpu",
+        heartbeat_interval_s=0.5,
+        default_max_new_tokens=16,
+    )
+
+
+@pytest.fixture
+def app(settings: Settings):  # type: ignore[no-untyped-def]
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app):  # type: ignore[no-untyped-def]
+    return app.test_client()
+
+
+@pytest.fixture
+def live_api(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """The app behind a real HTTP server on a free loopback port."""
+    server = make_server("127.0.0.1", free_port(), app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join()
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    return {
+        **os.environ,
+        "REDIS_URL": settings.redis_url,
+        "INTERNVL_MODEL": settings.model,
+        "INTERNVL_DEVICE": settings.device,
+        "INTERNVL_HEARTBEAT_S": str(settings.heartbeat_interval_s),
+        "INTERNVL_DEFAULT_MAX_NEW_TOKENS": str(settings.default_max_new_tokens),
+        "LOG_LEVEL": "INFO",
+    }
+
+
+class WorkerProcess:
+    """A real ``internvl-queue worker`` subprocess."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "internvl_queue", "worker"],
+            env=worker_env(settings),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.registry = WorkerRegistry(redis.Redis.from_url(settings.redis_url))
+
+    def info(self) -> WorkerInfo:
+        for info in self.registry.live():
+            if info.pid == self.process.pid:
+                return info
+        raise LookupError(f"worker {self.process.pid} has no heartbeat\n{self.log()}")
+
+    def info_after(self, moment: float, timeout: float = 10) -> WorkerInfo:
+        """The first heartbeat published after ``moment`` (counters are as of then)."""
+        deadline = time.monotonic() + timeout
+        while (info := self.info()).last_seen <= moment:
+            assert time.monotonic() < deadline, "no fresh heartbeat"
+            time.sleep(0.05)
+        return info
+
+    def wait_ready(self, timeout: float = 180) -> WorkerInfo:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.process.returncode}\n{self.log()}")
+            try:
+                return self.info()
+            except LookupError:
+                time.sleep(0.2)
+        raise TimeoutError(f"worker not ready after {timeout} s\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+@pytest.fixture(scope="session")
+def _session_worker_settings(redis_url: str, tiny_model_dir: Path) -> Settings:
+    return Settings(
+        redis_url=redis_url,
+        model=str(tiny_model_dir),
+        device="cpu",
+        heartbeat_interval_s=0.5,
+        default_max_new_tokens=16,
+    )
+
+
+@pytest.fixture(scope="session")
+def _session_worker(
+    _session_worker_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    worker = WorkerProcess(_session_worker_settings, tmp_path_factory.mktemp("logs") / "worker.log")
+    try:
+        worker.wait_ready()
+        yield worker
+    finally:
+        worker.stop()
+
+
+@pytest.fixture
+def worker(_session_worker: WorkerProcess, settings: Settings) -> WorkerProcess:
+    """The shared real worker, alive and heartbeating (settings match the test's)."""
+    assert replace(settings) == _session_worker.settings
+    _session_worker.wait_ready(timeout=10)
+    return _session_worker

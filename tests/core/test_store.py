@@ -1,0 +1,91 @@
+import redis
+
+from internvl_queue.core.job import Job, JobParams
+from internvl_queue.core.keys import images_key, job_key
+from internvl_queue.core.status import JobStatus
+from internvl_queue.core.store import ClaimOutcome, JobStore
+
+PARAMS = JobParams(max_new_tokens=8, max_tiles=2)
+
+
+def _new(store: JobStore, images: int = 2) -> Job:
+    job = Job.new("what?", PARAMS, image_count=images, metadata={"k": 1})
+    store.create(job, [b"img%d" % i for i in range(images)])
+    return job
+
+
+def test_create_and_read_back(redis_client: redis.Redis) -> None:
+    store = JobStore(redis_client, retention_s=100)
+    job = _new(store)
+    assert store.get(job.id) == job
+    assert store.images(job.id) == [b"img0", b"img1"]
+    assert 0 < redis_client.ttl(job_key(job.id)) <= 100
+    assert 0 < redis_client.ttl(images_key(job.id)) <= 100
+
+
+def test_unknown_job_reads_none(redis_client: redis.Redis) -> None:
+    assert JobStore(redis_client, retention_s=100).get("nope") is None
+
+
+def test_claim_then_finish(redis_client: redis.Redis) -> None:
+    store = JobStore(redis_client, retention_s=100)
+    job = _new(store)
+    claim = store.claim(job.id, max_attempts=3)
+    assert claim.outcome is ClaimOutcome.CLAIMED
+    assert claim.job is not None
+    assert claim.job.status is JobStatus.RUNNING
+    assert claim.job.attempts == 1
+    assert claim.job.started_at is not None
+    done = store.finish(claim.job, JobStatus.SUCCEEDED, result={"answer": "a"})
+    assert done is not None and done.status is JobStatus.SUCCEEDED
+    stored = store.get(job.id)
+    assert stored is not None
+    assert stored.result == {"answer": "a"}
+    assert stored.finished_at is not None
+    assert not redis_client.exists(images_key(job.id))  # images go once the job is done
+
+
+def test_redelivery_of_finished_job_changes_nothing(redis_client: redis.Redis) -> None:
+    store = JobStore(redis_client, retention_s=100)
+    job = _new(store)
+    claim = store.claim(job.id, max_attempts=3)
+    assert claim.job is not None
+    store.finish(claim.job, JobStatus.SUCCEEDED, result={"answer": "a"})
+    before = store.get(job.id)
+    again = store.claim(job.id, max_attempts=3)
+    assert again.outcome is ClaimOutcome.ALREADY_TERMINAL
+    assert store.get(job.id) == before
+
+
+def test_only_the_latest_delivery_may_store_an_outcome(redis_client: redis.Redis) -> None:
+    store = JobStore(redis_client, retention_s=100)
+    job = _new(store)
+    first = store.claim(job.id, max_attempts=3).job
+    second = store.claim(job.id, max_attempts=3).job  # redelivered while the first still runs
+    assert first is not None and second is not None
+    assert second.attempts == 2
+    assert store.finish(first, JobStatus.SUCCEEDED, result={"answer": "first"}) is None
+    assert store.finish(second, JobStatus.SUCCEEDED, result={"answer": "second"}) is not None
+    assert store.finish(second, JobStatus.FAILED, error={"code": "x", "message": "y"}) is None
+    stored = store.get(job.id)
+    assert stored is not None
+    assert stored.result == {"answer": "second"}
+
+
+def test_gives_up_after_max_attempts(redis_client: redis.Redis) -> None:
+    store = JobStore(redis_client, retention_s=100)
+    job = _new(store)
+    for _ in range(2):
+        assert store.claim(job.id, max_attempts=2).outcome is ClaimOutcome.CLAIMED
+    last = store.claim(job.id, max_attempts=2)
+    assert last.outcome is ClaimOutcome.GAVE_UP
+    stored = store.get(job.id)
+    assert stored is not None
+    assert stored.status is JobStatus.FAILED
+    assert stored.error is not None and stored.error["code"] == "too_many_attempts"
+
+
+def test_missing_job_claims_nothing(redis_client: redis.Redis) -> None:
+    store = JobStore(redis_client, retention_s=100)
+    assert store.claim("gone", max_attempts=3).outcome is ClaimOutcome.MISSING
+    assert list(redis_client.scan_iter("iq:*")) == []

@@ -1,0 +1,113 @@
+import pytest
+
+from internvl_queue.core.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    ServiceError,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from internvl_queue.core.settings import Settings
+from internvl_queue.core.status import JobStatus
+from internvl_queue.core.submission import Submission, prepare_job
+from tests.images import photo, png_bomb, truncated_jpeg
+
+SETTINGS = Settings(max_tiles=6)
+IMAGE = photo(64, 48)
+
+
+def test_valid_submission_with_defaults() -> None:
+    job = prepare_job(Submission(question="What is it?", images=[IMAGE, IMAGE]), SETTINGS)
+    assert job.status is JobStatus.QUEUED
+    assert job.image_count == 2
+    assert job.params.max_new_tokens == SETTINGS.default_max_new_tokens
+    assert job.params.max_tiles == 6  # the operator's cap is the default
+    assert job.metadata is None
+
+
+def test_form_strings_are_parsed() -> None:
+    job = prepare_job(
+        Submission(
+            question="q",
+            images=[IMAGE],
+            max_new_tokens="64",
+            max_tiles="2",
+            metadata='{"a": [1, 2]}',
+        ),
+        SETTINGS,
+    )
+    assert (job.params.max_new_tokens, job.params.max_tiles) == (64, 2)
+    assert job.metadata == {"a": [1, 2]}
+
+
+@pytest.mark.parametrize(
+    ("submission", "error", "code"),
+    [
+        (Submission(question=None, images=[IMAGE]), BadRequest, "missing_question"),
+        (Submission(question="   ", images=[IMAGE]), ValidationFailed, "invalid_question"),
+        (Submission(question="x" * 8001, images=[IMAGE]), ValidationFailed, "invalid_question"),
+        (Submission(question=5, images=[IMAGE]), ValidationFailed, "invalid_question"),
+        (Submission(question="q", images=[]), BadRequest, "missing_image"),
+        (Submission(question="q", images=[IMAGE] * 9), ValidationFailed, "too_many_images"),
+        (
+            Submission(question="q", images=[IMAGE], max_new_tokens=0),
+            ValidationFailed,
+            "invalid_parameter",
+        ),
+        (
+            Submission(question="q", images=[IMAGE], max_new_tokens="4097"),
+            ValidationFailed,
+            "invalid_parameter",
+        ),
+        (
+            Submission(question="q", images=[IMAGE], max_new_tokens=True),
+            ValidationFailed,
+            "invalid_parameter",
+        ),
+        (
+            Submission(question="q", images=[IMAGE], max_tiles="7"),
+            ValidationFailed,
+            "invalid_parameter",
+        ),  # above the operator's cap of 6
+        (
+            Submission(question="q", images=[IMAGE], max_tiles="1.5"),
+            ValidationFailed,
+            "invalid_parameter",
+        ),
+        (
+            Submission(question="q", images=[IMAGE], metadata="[1]"),
+            ValidationFailed,
+            "invalid_metadata",
+        ),
+        (
+            Submission(question="q", images=[IMAGE], metadata="{nope"),
+            ValidationFailed,
+            "invalid_metadata",
+        ),
+        (
+            Submission(question="q", images=[IMAGE], metadata={"k": "v" * 5000}),
+            ValidationFailed,
+            "invalid_metadata",
+        ),
+        (
+            Submission(question="q", images=[b"hello, not an image"]),
+            UnsupportedMediaType,
+            "unsupported_image",
+        ),
+        (Submission(question="q", images=[truncated_jpeg()]), ValidationFailed, "corrupt_image"),
+        (Submission(question="q", images=[png_bomb()]), PayloadTooLarge, "image_too_large"),
+        (Submission(question="q", images=[b""]), ValidationFailed, "empty_image"),
+    ],
+)
+def test_invalid_submissions(submission: Submission, error: type[ServiceError], code: str) -> None:
+    with pytest.raises(error) as caught:
+        prepare_job(submission, SETTINGS)
+    assert caught.value.code == code
+    assert caught.value.message
+
+
+def test_pixel_limit_is_the_operators() -> None:
+    small_limit = Settings(max_image_pixels=64 * 48 - 1)
+    with pytest.raises(PayloadTooLarge) as caught:
+        prepare_job(Submission(question="q", images=[IMAGE]), small_limit)
+    assert caught.value.code == "image_too_large"

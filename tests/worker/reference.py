@@ -1,0 +1,38 @@
+"""The reference answer: transformers' own processor + ``model.generate``, written out here
+independently of ``internvl_queue.worker.model``, so that a mistake there cannot hide itself."""
+
+from __future__ import annotations
+
+import functools
+import io
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+
+@functools.cache
+def _load(model_dir: str) -> tuple[Any, Any]:
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
+    return processor, model
+
+
+def reference_answer(
+    model_dir: Path, images: list[bytes], question: str, *, max_new_tokens: int, max_tiles: int
+) -> tuple[str, int]:
+    """(answer, number of tiles) for one job, greedy, on the CPU in fp32."""
+    processor, model = _load(str(model_dir))
+    pictures = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
+    content: list[dict[str, str]] = [{"type": "image"}] * len(pictures)
+    conversation = [{"role": "user", "content": [*content, {"type": "text", "text": question}]}]
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    inputs = processor(images=pictures, text=prompt, max_patches=max_tiles, return_tensors="pt")
+    with torch.inference_mode():
+        output = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)
+    new = output[0, inputs["input_ids"].shape[1] :]
+    return processor.decode(new, skip_special_tokens=True).strip(), int(
+        inputs["pixel_values"].shape[0]
+    )

@@ -1,0 +1,122 @@
+"""One delivery of a job through ``WorkerRuntime``, in-process, with a real Redis and one named
+fake model per failure mode (the model is the outermost edge here)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis
+
+from internvl_queue.core.errors import GpuOutOfMemory, InferenceError
+from internvl_queue.core.job import Job, JobParams
+from internvl_queue.core.settings import Settings
+from internvl_queue.core.status import JobStatus
+from internvl_queue.worker.model import Answer
+from internvl_queue.worker.runtime import WorkerRuntime
+from tests.images import photo
+
+
+def answers_fine(images: list[Any], question: str, **params: int) -> Answer:
+    return Answer(
+        text=f"{len(images)} image(s): {question}",
+        prompt_tokens=10,
+        completion_tokens=3,
+        image_tiles=len(images),
+        preprocess_ms=1.0,
+        inference_ms=2.0,
+    )
+
+
+def raises_model_error(images: list[Any], question: str, **params: int) -> Answer:
+    raise InferenceError("the model failed on this job: RuntimeError: boom")
+
+
+def raises_gpu_oom(images: list[Any], question: str, **params: int) -> Answer:
+    raise GpuOutOfMemory("the job does not fit in GPU memory")
+
+
+def raises_a_bug(images: list[Any], question: str, **params: int) -> Answer:
+    raise KeyError("a bug in our own code")
+
+
+@pytest.fixture
+def runtime(settings: Settings) -> WorkerRuntime:
+    rt = WorkerRuntime(settings, name="test-worker")
+    rt.use_model(None, answers_fine)
+    return rt
+
+
+def _queued(runtime: WorkerRuntime, images: list[bytes] | None = None) -> Job:
+    job = Job.new("what?", JobParams(max_new_tokens=4, max_tiles=2), image_count=1)
+    runtime.store.create(job, images or [photo(20, 20)])
+    return job
+
+
+def test_success_stores_result_and_counts(
+    runtime: WorkerRuntime, redis_client: redis.Redis
+) -> None:
+    job = _queued(runtime)
+    assert runtime.process(job.id) is JobStatus.SUCCEEDED
+    stored = runtime.store.get(job.id)
+    assert stored is not None and stored.result is not None
+    assert stored.result["answer"] == "1 image(s): what?"
+    assert stored.result["usage"] == {"prompt_tokens": 10, "completion_tokens": 3, "image_tiles": 1}
+    assert runtime.info().jobs_succeeded == 1
+
+
+@pytest.mark.parametrize(
+    ("fake", "code"),
+    [
+        (raises_model_error, "model_error"),
+        (raises_gpu_oom, "gpu_out_of_memory"),
+        (raises_a_bug, "internal_error"),
+    ],
+)
+def test_a_failing_job_is_stored_failed_and_the_runtime_carries_on(
+    runtime: WorkerRuntime, fake: Any, code: str
+) -> None:
+    runtime.use_model(None, fake)
+    bad = _queued(runtime)
+    assert runtime.process(bad.id) is JobStatus.FAILED
+    stored = runtime.store.get(bad.id)
+    assert stored is not None and stored.error is not None
+    assert stored.error["code"] == code
+    assert stored.result is None
+    runtime.use_model(None, answers_fine)
+    good = _queued(runtime)
+    assert runtime.process(good.id) is JobStatus.SUCCEEDED
+    assert (runtime.info().jobs_failed, runtime.info().jobs_succeeded) == (1, 1)
+
+
+def test_redelivery_after_success_is_a_no_op(runtime: WorkerRuntime) -> None:
+    job = _queued(runtime)
+    runtime.process(job.id)
+    before = runtime.store.get(job.id)
+    runtime.use_model(None, raises_model_error)  # would fail it, if it ran again
+    assert runtime.process(job.id) is None
+    assert runtime.store.get(job.id) == before
+    assert runtime.info().redeliveries_ignored == 1
+
+
+def test_unknown_job_is_dropped(runtime: WorkerRuntime) -> None:
+    assert runtime.process("no-such-job") is None
+    assert runtime.info().jobs_done == 0
+
+
+def test_a_job_whose_worker_keeps_dying_fails_after_max_attempts(
+    runtime: WorkerRuntime, settings: Settings
+) -> None:
+    job = _queued(runtime)
+    for _ in range(settings.max_attempts):  # each delivery claimed, then its worker "died"
+        runtime.store.claim(job.id, max_attempts=settings.max_attempts)
+    assert runtime.process(job.id) is JobStatus.FAILED
+    stored = runtime.store.get(job.id)
+    assert stored is not None and stored.error is not None
+    assert stored.error["code"] == "too_many_attempts"
+
+
+def test_heartbeat_is_published(runtime: WorkerRuntime) -> None:
+    runtime.publish_heartbeat()
+    [info] = runtime.registry.live()
+    assert (info.name, info.model) == ("test-worker", runtime.settings.model)

@@ -44,9 +44,9 @@ def inspect_image(data: bytes, *, max_pixels: int, label: str = "image") -> Imag
                 f"{label} is not an image format we can read (JPEG, PNG, WebP, GIF, BMP, TIFF...)",
                 code="unsupported_image",
             ) from None
-        except Image.DecompressionBombError:
+        except Image.DecompressionBombError as exc:  # Pillow's own, larger limit tripped first
             raise PayloadTooLarge(
-                f"{label} has more than {max_pixels} pixels", code="image_too_large"
+                f"{label} is over the limit of {max_pixels} pixels ({exc})", code="image_too_large"
             ) from None
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise ValidationFailed(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 from internvl_queue.api import create_app
 from internvl_queue.cli.redis_server import free_port, start_redis
@@ -117,10 +117,15 @@ def client(app):  # type: ignore[no-untyped-def]
     return app.test_client()
 
 
+class _Quiet(WSGIRequestHandler):
+    def log_request(self, *args: object, **kwargs: object) -> None:
+        pass  # one line per poll would drown the test output
+
+
 @pytest.fixture
 def live_api(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """The app behind a real HTTP server on a free loopback port."""
-    server = make_server("127.0.0.1", free_port(), app, threaded=True)
+    server = make_server("127.0.0.1", free_port(), app, threaded=True, request_handler=_Quiet)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"

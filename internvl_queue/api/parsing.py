@@ -13,7 +13,7 @@ from ..core.submission import Submission
 
 __all__ = ["parse_submission"]
 
-_OPTIONAL = ("max_new_tokens", "max_tiles", "metadata")
+_OPTIONAL = ("max_new_tokens", "max_tiles", "timeout_s", "metadata")
 
 
 def parse_submission(request: Request) -> Submission:

@@ -10,7 +10,9 @@
     └── JobFailure               the reason stored on a failed job (no HTTP status of its own)
         ├── ImageDecodeError     an image stored with the job did not decode in the worker
         ├── InferenceError       the model raised while answering
-        └── GpuOutOfMemory       the job does not fit in GPU memory
+        ├── GpuOutOfMemory       the job does not fit in GPU memory
+        ├── JobTimedOut          the job passed its deadline (timeout_s)
+        └── JobCanceled          the job was canceled while running (ends ``canceled``)
 
 The API maps every ``ServiceError`` to ``{"error": {"code", "message"}}`` in one handler.
 """
@@ -22,8 +24,10 @@ __all__ = [
     "GpuOutOfMemory",
     "ImageDecodeError",
     "InferenceError",
+    "JobCanceled",
     "JobFailure",
     "JobNotFound",
+    "JobTimedOut",
     "PayloadTooLarge",
     "ServiceError",
     "ServiceUnavailable",
@@ -111,3 +115,15 @@ class GpuOutOfMemory(JobFailure):
     """Raised when a job does not fit in GPU memory."""
 
     default_code = "gpu_out_of_memory"
+
+
+class JobTimedOut(JobFailure):
+    """Raised when a job passes its deadline before or while it runs."""
+
+    default_code = "timeout"
+
+
+class JobCanceled(JobFailure):
+    """Raised when a running job is canceled; the job ends ``canceled``, not ``failed``."""
+
+    default_code = "canceled"

@@ -30,9 +30,14 @@ def iso8601(epoch: float | None) -> str | None:
 class JobParams:
     max_new_tokens: int
     max_tiles: int
+    timeout_s: int = 600  # deadline, counted from submission
 
     def to_dict(self) -> dict[str, int]:
-        return {"max_new_tokens": self.max_new_tokens, "max_tiles": self.max_tiles}
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "max_tiles": self.max_tiles,
+            "timeout_s": self.timeout_s,
+        }
 
 
 @dataclass(frozen=True)

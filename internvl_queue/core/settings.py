@@ -79,6 +79,41 @@ class Settings:
     heartbeat_interval_s: float = field(
         default=5.0, metadata=_env("INTERNVL_HEARTBEAT_S", "worker heartbeat period")
     )
+    default_timeout_s: int = field(
+        default=600,
+        metadata=_env(
+            "INTERNVL_DEFAULT_TIMEOUT_S", "a job's deadline (from submission) if it names none"
+        ),
+    )
+    max_timeout_s: int = field(
+        default=3600, metadata=_env("INTERNVL_MAX_TIMEOUT_S", "largest timeout_s accepted")
+    )
+    worker_concurrency: int = field(
+        default=256,
+        metadata=_env(
+            "INTERNVL_WORKER_CONCURRENCY",
+            "jobs one worker holds at once (threads preparing inputs and waiting on the engine)",
+        ),
+    )
+    max_batch_jobs: int = field(
+        default=256, metadata=_env("INTERNVL_MAX_BATCH_JOBS", "most jobs in one GPU batch")
+    )
+    max_batch_tiles: int = field(
+        default=512, metadata=_env("INTERNVL_MAX_BATCH_TILES", "most image tiles in one GPU batch")
+    )
+    batch_wait_ms: float = field(
+        default=5.0,
+        metadata=_env("INTERNVL_BATCH_WAIT_MS", "how long a batch's first job waits for company"),
+    )
+    group_by_length: bool = field(
+        default=True,
+        metadata=_env(
+            "INTERNVL_GROUP_BY_LENGTH", "batch only jobs of similar max_new_tokens (power of two)"
+        ),
+    )
+    cuda_graphs: bool = field(
+        default=True, metadata=_env("INTERNVL_CUDA_GRAPHS", "replay decode steps as CUDA graphs")
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -121,7 +156,14 @@ class Settings:
         return [(f.metadata["env"], str(f.default), f.metadata["help"]) for f in fields(cls)]
 
 
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
 def _parse(name: str, env: str, raw: str, kind: type) -> object:
+    if kind is bool:
+        if raw.lower() in _TRUE | _FALSE:
+            return raw.lower() in _TRUE
+        raise ValueError(f"{env}={raw!r} is not a boolean (true/false)")
     try:
         if kind is int:
             return int(raw)

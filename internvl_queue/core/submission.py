@@ -28,6 +28,7 @@ class Submission:
     images: list[bytes]
     max_new_tokens: Any = None
     max_tiles: Any = None
+    timeout_s: Any = None
     metadata: Any = None
 
 
@@ -42,6 +43,12 @@ def prepare_job(submission: Submission, settings: Settings) -> Job:
         ),
         max_tiles=_bounded_int(
             "max_tiles", submission.max_tiles, default=settings.max_tiles, high=settings.max_tiles
+        ),
+        timeout_s=_bounded_int(
+            "timeout_s",
+            submission.timeout_s,
+            default=settings.default_timeout_s,
+            high=settings.max_timeout_s,
         ),
     )
     metadata = _metadata(submission.metadata)

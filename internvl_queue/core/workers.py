@@ -6,7 +6,9 @@ drops out of the listing, with no clean-up needed.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import redis
 
@@ -28,6 +30,7 @@ class WorkerInfo:
     jobs_succeeded: int = 0
     jobs_failed: int = 0
     redeliveries_ignored: int = 0
+    engine: dict[str, Any] | None = None  # batching counters: batch sizes, jobs/s, GPU memory
 
     @property
     def jobs_done(self) -> int:
@@ -42,7 +45,9 @@ _FLOAT_FIELDS = {"loaded_at", "last_seen"}
 
 
 def _encode(info: WorkerInfo) -> HashFields:
-    return {k: "" if v is None else str(v) for k, v in asdict(info).items()}
+    encoded = {k: "" if v is None else str(v) for k, v in asdict(info).items()}
+    encoded["engine"] = json.dumps(info.engine)
+    return encoded
 
 
 def _decode(raw: dict[bytes, bytes]) -> WorkerInfo:
@@ -54,6 +59,8 @@ def _decode(raw: dict[bytes, bytes]) -> WorkerInfo:
             values[f.name] = int(text or 0)
         elif f.name in _FLOAT_FIELDS:
             values[f.name] = float(text or 0)
+        elif f.name == "engine":
+            values[f.name] = json.loads(text) if text else None
         else:
             values[f.name] = text or None
     return WorkerInfo(**values)  # type: ignore[arg-type]

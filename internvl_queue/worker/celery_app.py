@@ -32,9 +32,10 @@ def create_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         # The model lives in the worker's own process: no forked pool (CUDA does not survive a
-        # fork, and each child would hold a copy of the model).
-        worker_pool="solo",
-        worker_concurrency=1,
+        # fork, and each child would hold a copy of the model). Threads: each job's task prepares
+        # its own input, then waits while the one engine thread batches them on the GPU.
+        worker_pool="threads",
+        worker_concurrency=settings.worker_concurrency,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )

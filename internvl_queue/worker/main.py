@@ -1,9 +1,10 @@
 """Entry module of the GPU worker: ``celery -A internvl_queue.worker.main worker``.
 
 Reads the settings from the environment (once), builds the Celery app, registers the task and
-the start-up hooks. The model is loaded in ``worker_init``: in the worker's own process (the pool
-is ``solo``), before the consumer starts, so no message is taken before the model is warm. A model
-that fails to load stops the worker with a non-zero exit instead of leaving it consuming.
+the start-up hooks. The model is loaded (and the batching engine started) in ``worker_init``: in
+the worker's own process (the pool is ``threads``), before the consumer starts, so no message is
+taken before the model is warm. A model that fails to load stops the worker with a non-zero exit
+instead of leaving it consuming. At shutdown the pool drains first, then the engine stops.
 """
 
 from __future__ import annotations
@@ -50,5 +51,6 @@ def _start_heartbeat(**_: Any) -> None:
 
 
 @signals.worker_shutdown.connect
-def _stop_heartbeat(**_: Any) -> None:
+def _stop(**_: Any) -> None:
     _heartbeat.stop()
+    runtime.shutdown()

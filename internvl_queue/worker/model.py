@@ -1,7 +1,7 @@
-"""The model seam: the only module that imports torch and transformers.
+"""The model seam: loading the checkpoint, and the prompt format.
 
-``load_model`` builds the warm model once per worker process; ``answer`` runs one job on it.
-Both take plain values, so tests can call them without Celery or Redis.
+``load_model`` builds the warm model once per worker process with transformers' native classes;
+``build_inputs`` is the one place the prompt is made. The batching engine (``engine/``) runs it.
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from ..core.errors import GpuOutOfMemory, InferenceError
-
-__all__ = ["Answer", "LoadedModel", "answer", "build_inputs", "load_model", "resolve_device"]
+__all__ = ["LoadedModel", "build_inputs", "load_model", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +33,6 @@ class LoadedModel:
         if self.device.type != "cuda":
             return None
         return torch.cuda.get_device_name(self.device)
-
-
-@dataclass(frozen=True)
-class Answer:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    image_tiles: int
-    preprocess_ms: float
-    inference_ms: float
 
 
 def resolve_device(preference: str) -> torch.device:
@@ -67,6 +55,10 @@ def load_model(model_id: str, device_preference: str = "auto") -> LoadedModel:
         model_id, dtype=dtype, attn_implementation="sdpa"
     )
     model.to(device).eval()
+    if device.type == "cuda":
+        # TF32 for the float32 parts (rotary embedding, logits); bf16 matmuls are unaffected.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     log.info(
         "loaded %s on %s (%s) in %.1f s",
         model_id,
@@ -86,43 +78,3 @@ def build_inputs(
     conversation = [{"role": "user", "content": content}]
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
     return processor(images=images, text=prompt, max_patches=max_tiles, return_tensors="pt")
-
-
-def answer(
-    loaded: LoadedModel,
-    images: list[Image.Image],
-    question: str,
-    *,
-    max_new_tokens: int,
-    max_tiles: int,
-) -> Answer:
-    """Answer one question about ``images`` greedily; model errors become ``JobFailure``s."""
-    try:
-        started = time.perf_counter()
-        inputs = build_inputs(loaded.processor, images, question, max_tiles=max_tiles)
-        prepared = time.perf_counter()
-        inputs = inputs.to(loaded.device, dtype=loaded.dtype)
-        prompt_len = inputs["input_ids"].shape[1]
-        with torch.inference_mode():
-            output = loaded.model.generate(
-                **inputs, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens
-            )
-        if loaded.device.type == "cuda":
-            torch.cuda.synchronize(loaded.device)
-        finished = time.perf_counter()
-    except torch.OutOfMemoryError as exc:
-        torch.cuda.empty_cache()
-        raise GpuOutOfMemory(f"the job does not fit in GPU memory: {exc}") from None
-    except Exception as exc:
-        log.exception("model error")
-        raise InferenceError(f"the model failed on this job: {type(exc).__name__}: {exc}") from None
-    new_tokens = output[0, prompt_len:]
-    text = loaded.processor.decode(new_tokens, skip_special_tokens=True).strip()
-    return Answer(
-        text=text,
-        prompt_tokens=int(prompt_len),
-        completion_tokens=int(new_tokens.shape[0]),
-        image_tiles=int(inputs["pixel_values"].shape[0]),
-        preprocess_ms=(prepared - started) * 1000,
-        inference_ms=(finished - prepared) * 1000,
-    )

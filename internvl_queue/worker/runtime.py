@@ -13,9 +13,10 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from ..core.errors import ImageDecodeError, JobFailure
+from ..core.errors import ImageDecodeError, JobCanceled, JobFailure, JobTimedOut
 from ..core.images import decode_rgb
 from ..core.job import Job
 from ..core.redis_client import connect
@@ -24,12 +25,25 @@ from ..core.status import JobStatus
 from ..core.store import ClaimOutcome, JobStore
 from ..core.workers import WorkerInfo, WorkerRegistry
 
-__all__ = ["AnswerFn", "WorkerRuntime"]
+__all__ = ["Answer", "AnswerFn", "WorkerRuntime"]
 
 log = logging.getLogger(__name__)
 
-# (images, question, max_new_tokens, max_tiles) -> model.Answer; a seam so tests can fake failures.
-AnswerFn = Callable[..., Any]
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    image_tiles: int
+    preprocess_ms: float
+    inference_ms: float
+    batch_size: int = 1
+
+
+# (images, question, *, max_new_tokens, max_tiles, deadline) -> Answer, raising a JobFailure for
+# a job that cannot be answered. The batching engine in production; a named fake in tests.
+AnswerFn = Callable[..., Answer]
 
 
 class WorkerRuntime:
@@ -41,21 +55,37 @@ class WorkerRuntime:
         self.registry = WorkerRegistry(client)
         self.loaded: Any = None  # model.LoadedModel once load() has run
         self.answer_fn: AnswerFn | None = None
+        self.engine: Any = None  # engine.Engine once load() has run
         self.loaded_at = 0.0
         self._lock = threading.Lock()
         self.counters = {"jobs_succeeded": 0, "jobs_failed": 0, "redeliveries_ignored": 0}
 
     # -- start-up -------------------------------------------------------------------------------
     def load(self) -> None:
-        """Load the model named by the settings (imports torch: worker processes only)."""
-        from . import model
+        """Load the model and start the batching engine (imports torch: worker processes only)."""
+        from .engine import Engine, EngineConfig
+        from .inference import EngineAnswerer
+        from .model import load_model
 
-        loaded = model.load_model(self.settings.model, self.settings.device)
+        loaded = load_model(self.settings.model, self.settings.device)
+        s = self.settings
+        self.engine = Engine(
+            loaded,
+            EngineConfig(
+                max_batch_jobs=s.max_batch_jobs,
+                max_batch_tiles=s.max_batch_tiles,
+                max_wait_ms=s.batch_wait_ms,
+                group_by_length=s.group_by_length,
+                cuda_graphs=s.cuda_graphs,
+            ),
+        )
+        self.engine.start()
+        self.use_model(loaded, EngineAnswerer(loaded, self.engine))
 
-        def answer_with_loaded(images: list[Any], question: str, **params: int) -> Any:
-            return model.answer(loaded, images, question, **params)
-
-        self.use_model(loaded, answer_with_loaded)
+    def shutdown(self) -> None:
+        """Stop the engine once no task waits on it any more (after the pool has drained)."""
+        if self.engine is not None:
+            self.engine.stop()
 
     def use_model(self, loaded: Any, answer_fn: AnswerFn) -> None:
         self.loaded, self.answer_fn, self.loaded_at = loaded, answer_fn, time.time()
@@ -71,6 +101,7 @@ class WorkerRuntime:
             gpu_name=getattr(self.loaded, "gpu_name", None),
             loaded_at=self.loaded_at,
             last_seen=time.time(),
+            engine=self.engine.stats.snapshot() if self.engine is not None else None,
             **counters,
         )
 
@@ -101,6 +132,8 @@ class WorkerRuntime:
         try:
             result = self._answer(job)
             status = JobStatus.SUCCEEDED
+        except JobCanceled as exc:
+            status, error = JobStatus.CANCELED, exc.to_dict()
         except JobFailure as exc:
             status, error = JobStatus.FAILED, exc.to_dict()
         except Exception as exc:  # a bug must fail the job, not the worker
@@ -124,6 +157,11 @@ class WorkerRuntime:
     def _answer(self, job: Job) -> dict[str, Any]:
         if self.answer_fn is None:
             raise RuntimeError("the worker has no model loaded")
+        # The deadline counts from submission, so time spent queued counts too.
+        remaining = job.created_at + job.params.timeout_s - time.time()
+        if remaining <= 0:
+            raise JobTimedOut("the job passed its deadline (timeout_s) before it started")
+        deadline = time.monotonic() + remaining
         started = time.perf_counter()
         blobs = self.store.images(job.id)
         if len(blobs) != job.image_count:
@@ -137,6 +175,7 @@ class WorkerRuntime:
             job.question,
             max_new_tokens=job.params.max_new_tokens,
             max_tiles=job.params.max_tiles,
+            deadline=deadline,
         )
         queued_ms = ((job.started_at or job.created_at) - job.created_at) * 1000
         return {
@@ -147,6 +186,7 @@ class WorkerRuntime:
                 "completion_tokens": reply.completion_tokens,
                 "image_tiles": reply.image_tiles,
             },
+            "batch_size": reply.batch_size,
             "timings_ms": {
                 "queued": round(queued_ms, 1),
                 "preprocess": round(decode_ms + reply.preprocess_ms, 1),

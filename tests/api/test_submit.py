@@ -34,6 +34,7 @@ def test_multipart_submit_is_accepted_and_queued(
             images=[JPEG, photo(30, 30)],
             max_new_tokens="32",
             max_tiles="3",
+            timeout_s="90",
             metadata='{"ref": "abc"}',
         ),
     )
@@ -41,7 +42,7 @@ def test_multipart_submit_is_accepted_and_queued(
     job = reply.json
     assert reply.headers["Location"] == f"/v1/jobs/{job['id']}"
     assert job["status"] == "queued"
-    assert job["params"] == {"max_new_tokens": 32, "max_tiles": 3}
+    assert job["params"] == {"max_new_tokens": 32, "max_tiles": 3, "timeout_s": 90}
     assert job["metadata"] == {"ref": "abc"}
     assert job["created_at"].endswith("Z")
     assert job["result"] is None and job["error"] is None and job["started_at"] is None

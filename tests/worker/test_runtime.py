@@ -12,8 +12,7 @@ from internvl_queue.core.errors import GpuOutOfMemory, InferenceError
 from internvl_queue.core.job import Job, JobParams
 from internvl_queue.core.settings import Settings
 from internvl_queue.core.status import JobStatus
-from internvl_queue.worker.model import Answer
-from internvl_queue.worker.runtime import WorkerRuntime
+from internvl_queue.worker.runtime import Answer, WorkerRuntime
 from tests.images import photo
 
 

@@ -1,0 +1,26 @@
+"""Engine knobs, with defaults sized for one H100 and an InternVL3-1B-class model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["EngineConfig"]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_batch_jobs: int = 256
+    # Bounds the vision tower's batch (each tile is 1 024 patches) and the prefill length.
+    max_batch_tiles: int = 512
+    # How long the first job of a batch waits for company. Small: an idle GPU should start at once.
+    max_wait_ms: float = 5.0
+    # Batch only jobs whose max_new_tokens fall in the same power-of-two bucket, so a 16-token job
+    # is not held for a 4 096-token one.
+    group_by_length: bool = True
+    # Replay each decode step as a CUDA graph (CUDA only): removes the per-kernel launch cost that
+    # dominates small-batch decoding.
+    cuda_graphs: bool = True
+    # Decode steps between looks at the host side (finished rows, deadlines, cancellations).
+    check_every: int = 8
+    # Allocated decode workspaces (KV cache + graph) kept for reuse.
+    max_workspaces: int = 4

@@ -1,0 +1,74 @@
+"""Answering one job through the shared batching engine, from the job's own task thread.
+
+The task thread prepares its request (chat template, tiling, tokenising) while the GPU works on
+other batches, then waits for its own result; the outcome becomes an ``Answer`` or a
+``JobFailure`` with a stable code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from PIL import Image
+
+from ..core.errors import GpuOutOfMemory, InferenceError, JobCanceled, JobTimedOut
+from .engine import Engine, StopReason, prepare_request
+from .model import LoadedModel
+from .runtime import Answer
+
+__all__ = ["EngineAnswerer"]
+
+# How long past its deadline a task waits for the engine before giving up on it.
+_GRACE_S = 30.0
+
+
+class EngineAnswerer:
+    def __init__(self, loaded: LoadedModel, engine: Engine) -> None:
+        self.loaded = loaded
+        self.engine = engine
+
+    def __call__(
+        self,
+        images: list[Image.Image],
+        question: str,
+        *,
+        max_new_tokens: int,
+        max_tiles: int,
+        deadline: float | None = None,
+        is_canceled: Callable[[], bool] | None = None,
+    ) -> Answer:
+        try:
+            request = prepare_request(
+                self.loaded.processor,
+                images,
+                question,
+                max_tiles=max_tiles,
+                max_new_tokens=max_new_tokens,
+                dtype=self.loaded.dtype,
+                deadline=deadline,
+                is_canceled=is_canceled,
+            )
+        except Exception as exc:
+            raise InferenceError(f"could not prepare the model's input: {exc}") from None
+        self.engine.submit(request)
+        wait = None if deadline is None else max(deadline - time.monotonic(), 0) + _GRACE_S
+        result = request.future.result(timeout=wait)
+        if result.stop is StopReason.TIMEOUT:
+            raise JobTimedOut("the job passed its deadline (timeout_s) before it finished")
+        if result.stop is StopReason.CANCELED:
+            raise JobCanceled("the job was canceled")
+        if result.stop is StopReason.OUT_OF_MEMORY:
+            raise GpuOutOfMemory("the job does not fit in GPU memory, even alone")
+        if result.stop is StopReason.ERROR:
+            raise InferenceError(f"the model failed on this job: {result.error}")
+        text = self.loaded.processor.decode(result.tokens, skip_special_tokens=True).strip()
+        return Answer(
+            text=text,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=len(result.tokens),
+            image_tiles=result.image_tiles,
+            preprocess_ms=result.preprocess_ms,
+            inference_ms=result.inference_ms,
+            batch_size=result.batch_size,
+        )

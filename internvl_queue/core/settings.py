@@ -89,7 +89,8 @@ class Settings:
         default=3600, metadata=_env("INTERNVL_MAX_TIMEOUT_S", "largest timeout_s accepted")
     )
     worker_concurrency: int = field(
-        default=256,
+        # Twice the largest batch: while one batch runs, the next one is being prepared.
+        default=512,
         metadata=_env(
             "INTERNVL_WORKER_CONCURRENCY",
             "jobs one worker holds at once (threads preparing inputs and waiting on the engine)",

@@ -174,3 +174,33 @@ def test_readyz_lists_the_worker(client, worker: WorkerProcess, tiny_model_dir: 
     assert info["device"] == "cpu"
     assert info["gpu_name"] is None
     assert info["loaded_at"] > 0
+
+
+def test_concurrent_jobs_are_batched_and_equal_the_reference(
+    live_api: str, worker: WorkerProcess, tiny_model_dir: Path
+) -> None:
+    before = worker.info_after(time.time()).engine or {}
+    inputs = [
+        (photo(40 + 17 * i, 40 + 9 * (i % 5), seed=200 + i), f"Question number {i}?", 3 + i % 7)
+        for i in range(32)
+    ]
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        jobs = list(
+            pool.map(
+                lambda x: _submit(live_api, [x[0]], x[1], max_new_tokens=str(x[2]), max_tiles="4"),
+                inputs,
+            )
+        )
+    finished = [_wait(live_api, j["id"]) for j in jobs]
+    after = worker.info_after(time.time()).engine or {}
+    # The worker's own counters: 32 jobs in fewer than 32 batches, some of more than one job.
+    jobs_batched = after["batched_jobs"] - before.get("batched_jobs", 0)
+    batches = after["batches"] - before.get("batches", 0)
+    assert jobs_batched == 32
+    assert batches < 32
+    assert max(j["result"]["batch_size"] for j in finished) > 1
+    for (image, question, n), job in zip(inputs, finished, strict=True):
+        expected, _ = reference_answer(
+            tiny_model_dir, [image], question, max_new_tokens=n, max_tiles=4
+        )
+        assert job["result"]["answer"] == expected

@@ -3,12 +3,13 @@ fake model per failure mode (the model is the outermost edge here)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 import redis
 
-from internvl_queue.core.errors import GpuOutOfMemory, InferenceError
+from internvl_queue.core.errors import GpuOutOfMemory, InferenceError, JobCanceled
 from internvl_queue.core.job import Job, JobParams
 from internvl_queue.core.settings import Settings
 from internvl_queue.core.status import JobStatus
@@ -16,7 +17,7 @@ from internvl_queue.worker.runtime import Answer, WorkerRuntime
 from tests.images import photo
 
 
-def answers_fine(images: list[Any], question: str, **params: int) -> Answer:
+def answers_fine(images: list[Any], question: str, **params: Any) -> Answer:
     return Answer(
         text=f"{len(images)} image(s): {question}",
         prompt_tokens=10,
@@ -27,15 +28,15 @@ def answers_fine(images: list[Any], question: str, **params: int) -> Answer:
     )
 
 
-def raises_model_error(images: list[Any], question: str, **params: int) -> Answer:
+def raises_model_error(images: list[Any], question: str, **params: Any) -> Answer:
     raise InferenceError("the model failed on this job: RuntimeError: boom")
 
 
-def raises_gpu_oom(images: list[Any], question: str, **params: int) -> Answer:
+def raises_gpu_oom(images: list[Any], question: str, **params: Any) -> Answer:
     raise GpuOutOfMemory("the job does not fit in GPU memory")
 
 
-def raises_a_bug(images: list[Any], question: str, **params: int) -> Answer:
+def raises_a_bug(images: list[Any], question: str, **params: Any) -> Answer:
     raise KeyError("a bug in our own code")
 
 
@@ -119,3 +120,29 @@ def test_heartbeat_is_published(runtime: WorkerRuntime) -> None:
     runtime.publish_heartbeat()
     [info] = runtime.registry.live()
     assert (info.name, info.model) == ("test-worker", runtime.settings.model)
+
+
+def test_a_job_past_its_deadline_fails_with_timeout_without_running(
+    runtime: WorkerRuntime,
+) -> None:
+    job = Job.new("q", JobParams(max_new_tokens=4, max_tiles=1, timeout_s=1), image_count=1)
+    job = replace(job, created_at=job.created_at - 5)  # submitted 5 s ago, deadline 1 s
+    runtime.store.create(job, [photo(20, 20)])
+    runtime.use_model(None, raises_a_bug)  # would fail differently, if it ran
+    assert runtime.process(job.id) is JobStatus.FAILED
+    stored = runtime.store.get(job.id)
+    assert stored is not None and stored.error is not None
+    assert stored.error["code"] == "timeout"
+
+
+def stops_as_canceled(images: list[Any], question: str, **params: Any) -> Answer:
+    raise JobCanceled("the job was canceled")
+
+
+def test_a_job_canceled_while_running_ends_canceled(runtime: WorkerRuntime) -> None:
+    runtime.use_model(None, stops_as_canceled)
+    job = _queued(runtime)
+    assert runtime.process(job.id) is JobStatus.CANCELED
+    stored = runtime.store.get(job.id)
+    assert stored is not None and stored.status is JobStatus.CANCELED
+    assert stored.error is not None and stored.error["code"] == "canceled"

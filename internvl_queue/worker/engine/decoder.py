@@ -134,6 +134,10 @@ class BatchDecoder:
         self.min_new_tokens = int(gen.min_new_tokens or 0)
         self.pad_id = int(gen.pad_token_id if gen.pad_token_id is not None else (eos_ids or [0])[0])
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
+        # Benchmarks set this to get, per batch, where the time goes (it synchronises the GPU
+        # between phases, so it is off in service).
+        self.profile = False
+        self.last_phases_ms: dict[str, float] = {}
         self.max_workspaces = max_workspaces
         self._workspaces: OrderedDict[tuple[int, int, int], _Workspace] = OrderedDict()
 
@@ -162,10 +166,13 @@ class BatchDecoder:
             max_new=1 << (max_new - 1).bit_length(),
         )
 
+        marks = [self._mark()]
         embeds, pad = self._embed_batch(batch, prompt_len)
+        marks.append(self._mark())
         self._reset(ws, batch, pad)
         first = self._prefill(ws, embeds, pad, prompt_len, n)
         self._record(ws, first, step0=True)
+        marks.append(self._mark())
         stopped: dict[int, StopReason] = {}
         for step in range(1, max_new):
             if step % check_every == 0 and self._check(ws, n, should_stop, stopped):
@@ -174,7 +181,20 @@ class BatchDecoder:
                 ws.graph.replay()
             else:
                 self._decode_step(ws)
-        return self._collect(ws, batch, stopped)
+        outputs = self._collect(ws, batch, stopped)
+        marks.append(self._mark())
+        if self.profile:
+            names = ("vision", "prefill", "decode")
+            self.last_phases_ms = {
+                name: (b - a) * 1000
+                for name, a, b in zip(names, marks[:-1], marks[1:], strict=True)
+            }
+        return outputs
+
+    def _mark(self) -> float:
+        if self.profile and self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
 
     # -- stages ------------------------------------------------------------------------------------
     def _embed_batch(

@@ -1,0 +1,341 @@
+"""Engine benchmark: the per-request baseline and the batching engine, measured in one run.
+
+    python -m benchmarks.engine_bench                      # on a GPU: InternVL3-1B shape, bf16
+    python -m benchmarks.engine_bench --model DIR --device cpu --jobs 16   # a quick CPU smoke run
+
+Workloads (real JPEGs made here): W1 = 448x448 (1 tile); W7 = 896x672 with max_tiles=6 (6 tiles +
+thumbnail = 7); question of about 16 tokens; exactly 64 new tokens (eos ignored); Wmix = W1 with
+max_new_tokens uniform in 16..256. Prints a table and appends it, with the device and date, to
+benchmarks/RESULTS.md (and writes the figures as JSON for the whole-path benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import random
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from internvl_queue.worker.engine import Engine, EngineConfig, EngineRequest, prepare_request
+from internvl_queue.worker.model import LoadedModel, build_inputs, load_model
+
+QUESTION = "Describe this picture in one short sentence, naming the main object and its colour."
+NEW_TOKENS = 64
+# Compute roofline on an H100 (ANCHORS.md): ~0.91 TFLOP per W1 job, ~7 TFLOP per W7 job.
+ROOFLINE_JOBS_S = {"W1": 880.0, "W7": 125.0}
+RESULTS = Path(__file__).parent / "RESULTS.md"
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    width: int
+    height: int
+    max_tiles: int
+
+
+W1 = Workload("W1", 448, 448, 12)
+W7 = Workload("W7", 896, 672, 6)
+
+
+def jpeg(width: int, height: int, seed: int) -> bytes:
+    rng = random.Random(seed)
+    small = Image.new("RGB", (16, 12))
+    small.putdata([tuple(rng.randrange(256) for _ in range(3)) for _ in range(16 * 12)])
+    buffer = io.BytesIO()
+    small.resize((width, height), Image.Resampling.BICUBIC).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def images_for(workload: Workload, count: int = 32) -> list[bytes]:
+    return [jpeg(workload.width, workload.height, seed) for seed in range(count)]
+
+
+def decode(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+# -- the per-request baseline: processor + one generate per job ---------------------------------
+def baseline(loaded: LoadedModel, workload: Workload, jobs: int) -> dict[str, float]:
+    images = images_for(workload, jobs)
+    sync()
+    started = time.perf_counter()
+    tiles = 0
+    for data in images:
+        inputs = build_inputs(
+            loaded.processor, [decode(data)], QUESTION, max_tiles=workload.max_tiles
+        )
+        tiles = int(inputs["pixel_values"].shape[0])
+        inputs = inputs.to(loaded.device, dtype=loaded.dtype)
+        with torch.inference_mode():
+            loaded.model.generate(
+                **inputs, do_sample=False, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS
+            )
+        sync()
+    elapsed = time.perf_counter() - started
+    return {"jobs_s": jobs / elapsed, "s_per_job": elapsed / jobs, "tiles": tiles}
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+# -- the engine ---------------------------------------------------------------------------------
+class Submitter:
+    """Prepares requests in a thread pool (as the worker's task threads do) and submits them."""
+
+    def __init__(self, loaded: LoadedModel, engine: Engine, threads: int) -> None:
+        self.loaded, self.engine = loaded, engine
+        self.pool = ThreadPoolExecutor(threads)
+
+    def one(
+        self, data: bytes, workload: Workload, max_new_tokens: int = NEW_TOKENS
+    ) -> EngineRequest:
+        request = prepare_request(
+            self.loaded.processor,
+            [decode(data)],
+            QUESTION,
+            max_tiles=workload.max_tiles,
+            max_new_tokens=max_new_tokens,
+            dtype=self.loaded.dtype,
+            ignore_eos=True,
+        )
+        request.submitted_at = time.monotonic()
+        return self.engine.submit(request)
+
+    def burst(
+        self, workload: Workload, jobs: int, lengths: Callable[[int], int] = lambda i: NEW_TOKENS
+    ) -> dict[str, float]:
+        images = images_for(workload)
+        before = self.engine.stats.snapshot()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        futures = [
+            self.pool.submit(self.one, images[i % len(images)], workload, lengths(i))
+            for i in range(jobs)
+        ]
+        results = [f.result().future.result() for f in futures]
+        elapsed = time.perf_counter() - started
+        after = self.engine.stats.snapshot()
+        batches = after["batches"] - before["batches"]
+        return {
+            "jobs_s": jobs / elapsed,
+            "tokens_s": sum(len(r.tokens) for r in results) / elapsed,
+            "mean_batch": jobs / max(batches, 1),
+            "tiles": results[0].image_tiles,
+            "peak_gpu_gb": torch.cuda.max_memory_allocated() / 2**30
+            if torch.cuda.is_available()
+            else 0.0,
+        }
+
+    def single(self, workload: Workload, repeats: int) -> dict[str, float]:
+        images = images_for(workload, repeats)
+        latencies = []
+        for data in images:
+            started = time.perf_counter()
+            self.one(data, workload).future.result()
+            latencies.append(time.perf_counter() - started)
+        return {"p50_ms": statistics.median(latencies) * 1000}
+
+    def steady(self, workload: Workload, rate: float, seconds: float) -> dict[str, float]:
+        """Poisson arrivals at ``rate`` jobs/s; latency from arrival to answer."""
+        images = images_for(workload)
+        rng = random.Random(1)
+        latencies: list[float] = []
+        lock = threading.Lock()
+        pending = []
+
+        def job(data: bytes, arrived: float) -> None:
+            self.one(data, workload).future.result()
+            with lock:
+                latencies.append(time.perf_counter() - arrived)
+
+        end = time.perf_counter() + seconds
+        next_at = time.perf_counter()
+        i = 0
+        while next_at < end:
+            time.sleep(max(0.0, next_at - time.perf_counter()))
+            pending.append(self.pool.submit(job, images[i % len(images)], next_at))
+            i += 1
+            next_at += rng.expovariate(rate)
+        for f in pending:
+            f.result()
+        latencies.sort()
+        return {
+            "rate": rate,
+            "p50_ms": latencies[len(latencies) // 2] * 1000,
+            "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+        }
+
+
+def agreement(loaded: LoadedModel, engine: Engine, submitter: Submitter, jobs: int) -> float:
+    """Fraction of jobs whose tokens are identical batched (all at once) and alone."""
+    images = images_for(W1, jobs)
+    together = [
+        f.result().future.result()
+        for f in [submitter.pool.submit(submitter.one, d, W1) for d in images]
+    ]
+    alone = [submitter.one(d, W1).future.result() for d in images]
+    same = sum(a.tokens == b.tokens for a, b in zip(together, alone, strict=True))
+    return same / jobs
+
+
+def profile_batch(
+    engine: Engine, submitter: Submitter, workload: Workload, jobs: int
+) -> dict[str, float]:
+    engine.decoder.profile = True
+    try:
+        submitter.burst(workload, jobs)
+        return dict(engine.decoder.last_phases_ms)
+    finally:
+        engine.decoder.profile = False
+
+
+def make_engine(loaded: LoadedModel, **config: Any) -> Engine:
+    engine = Engine(loaded, EngineConfig(**config))
+    engine.start()
+    return engine
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", help="checkpoint directory (default: build the 1B shape)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--jobs", type=int, default=1024)
+    parser.add_argument("--baseline-jobs", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=16, help="preprocessing threads")
+    parser.add_argument("--steady-seconds", type=float, default=15)
+    parser.add_argument("--fp32-agreement", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--keep-model", type=Path, help="write the built checkpoint here")
+    parser.add_argument("--no-append", action="store_true")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="internvl-bench-"))
+    model_dir = Path(args.model) if args.model else None
+    if model_dir is None:
+        from benchmarks.shapes import write_internvl3_1b_shaped
+
+        model_dir = write_internvl3_1b_shaped(args.keep_model or workdir / "internvl3-1b-shaped")
+    loaded = load_model(str(model_dir), args.device)
+    device_name = loaded.gpu_name or "cpu"
+    print(f"model {model_dir} on {device_name} ({loaded.dtype})", flush=True)
+    figures: dict[str, Any] = {"device": device_name, "dtype": str(loaded.dtype)}
+
+    for w in (W1, W7):
+        figures[f"baseline_{w.name}"] = baseline(loaded, w, args.baseline_jobs)
+        print(w.name, "baseline", figures[f"baseline_{w.name}"], flush=True)
+
+    engine = make_engine(loaded, group_by_length=True)
+    submitter = Submitter(loaded, engine, args.threads)
+    for w in (W1, W7):  # warm-up: allocations, CUDA graph captures
+        submitter.burst(w, min(args.jobs, 256))
+    for w in (W1, W7):
+        figures[f"burst_{w.name}"] = submitter.burst(w, args.jobs)
+        print(w.name, "burst", figures[f"burst_{w.name}"], flush=True)
+        figures[f"profile_{w.name}"] = profile_batch(engine, submitter, w, min(args.jobs, 256))
+        print(w.name, "phases of one batch (ms)", figures[f"profile_{w.name}"], flush=True)
+    figures["single_W1"] = submitter.single(W1, 20)
+    print("single", figures["single_W1"], flush=True)
+    rate = 0.5 * figures["burst_W1"]["jobs_s"]
+    figures["steady_W1"] = submitter.steady(W1, rate, args.steady_seconds)
+    print("steady", figures["steady_W1"], flush=True)
+    figures["agreement_bf16_W1"] = agreement(loaded, engine, submitter, 64)
+    print("agreement", figures["agreement_bf16_W1"], flush=True)
+    mix_rng = random.Random(7)
+    lengths = [mix_rng.randint(16, 256) for _ in range(args.jobs)]
+    figures["mix_grouped"] = submitter.burst(W1, args.jobs, lambda i: lengths[i % len(lengths)])
+    engine.stop()
+    ungrouped = make_engine(loaded, group_by_length=False)
+    submitter.engine = ungrouped
+    submitter.burst(W1, 64, lambda i: lengths[i % len(lengths)])
+    figures["mix_ungrouped"] = submitter.burst(W1, args.jobs, lambda i: lengths[i % len(lengths)])
+    ungrouped.stop()
+    print("mix", figures["mix_grouped"], figures["mix_ungrouped"], flush=True)
+
+    if args.fp32_agreement and loaded.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        fp32 = LoadedModel(
+            loaded.model_id, loaded.model.float(), loaded.processor, loaded.device, torch.float32
+        )
+        engine32 = make_engine(fp32)
+        figures["agreement_fp32_W1"] = agreement(fp32, engine32, Submitter(fp32, engine32, 16), 64)
+        engine32.stop()
+        print("fp32 agreement", figures["agreement_fp32_W1"], flush=True)
+
+    table = render(figures, args)
+    print(table)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    if not args.no_append:
+        with RESULTS.open("a") as results:
+            results.write(table + "\n")
+
+
+def render(f: dict[str, Any], args: argparse.Namespace) -> str:
+    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    rows = [
+        f"\n## Engine benchmark, {f['device']}, {f['dtype']}, {date}\n",
+        f"`python -m benchmarks.engine_bench` ({args.jobs} jobs per burst, "
+        f"{args.threads} preprocessing threads, {NEW_TOKENS} new tokens, eos ignored)\n",
+        "| figure | per-request baseline | engine | engine / baseline | fraction of roofline |",
+        "|---|---|---|---|---|",
+    ]
+    for w in ("W1", "W7"):
+        base, burst = f[f"baseline_{w}"], f[f"burst_{w}"]
+        rows.append(
+            f"| {w} burst jobs/s ({burst['tiles']} tiles) | {base['jobs_s']:.2f} | "
+            f"{burst['jobs_s']:.1f} (mean batch {burst['mean_batch']:.0f}) | "
+            f"{burst['jobs_s'] / base['jobs_s']:.0f}x | "
+            f"{burst['jobs_s'] / ROOFLINE_JOBS_S[w]:.1%} |"
+        )
+    rows.append(
+        f"| W1 single job, idle GPU | {f['baseline_W1']['s_per_job'] * 1000:.0f} ms | "
+        f"{f['single_W1']['p50_ms']:.0f} ms (p50 of 20) | | |"
+    )
+    s = f["steady_W1"]
+    rows.append(
+        f"| W1 latency at {s['rate']:.0f} jobs/s offered (half the burst rate) | | "
+        f"p50 {s['p50_ms']:.0f} ms, p99 {s['p99_ms']:.0f} ms | | |"
+    )
+    g, u = f["mix_grouped"], f["mix_ungrouped"]
+    rows.append(
+        f"| Wmix burst jobs/s (max_new_tokens 16..256) | | grouped by length {g['jobs_s']:.1f}, "
+        f"ungrouped {u['jobs_s']:.1f} | | |"
+    )
+    peak = max(f[k]["peak_gpu_gb"] for k in ("burst_W1", "burst_W7", "mix_grouped"))
+    rows.append(f"| peak GPU memory | | {peak:.1f} GiB | | |")
+    rows.append(
+        f"| batched == alone, {f['dtype'].removeprefix('torch.')} (64 W1 jobs, 64 tokens) | | "
+        f"{f['agreement_bf16_W1']:.0%} identical | | |"
+    )
+    if "agreement_fp32_W1" in f:
+        rows.append(
+            f"| batched == alone, fp32, TF32 off | | {f['agreement_fp32_W1']:.0%} identical | | |"
+        )
+    for w in ("W1", "W7"):
+        phases = ", ".join(f"{k} {v:.0f} ms" for k, v in f[f"profile_{w}"].items())
+        rows.append(
+            f"| one {w} batch of {min(args.jobs, 256)}: where the time goes | | {phases} | | |"
+        )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""An InternVL3-1B-shaped checkpoint with random weights, built from a config (no download).
+
+InternViT-300M (1024 hidden, 24 layers, 16 heads, MLP 4096, 448 px tiles, patch 14) + Qwen2.5-0.5B
+(896 hidden, 24 layers, 14 heads, 2 KV heads, MLP 4864, vocabulary 151 674). The tokenizer and
+chat template come from the tiny checkpoint (its vocabulary is smaller, which only matters for
+decoding text; the benchmarks count tokens), the image processor tiles at 448 px with 256 image
+tokens per tile, as the real model does.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoProcessor,
+    GotOcr2ImageProcessorFast,
+    InternVLConfig,
+    InternVLForConditionalGeneration,
+    InternVLProcessor,
+    InternVLVisionConfig,
+    Qwen2Config,
+)
+
+from internvl_queue.worker.tiny_model import make_tiny_model
+
+__all__ = ["write_internvl3_1b_shaped"]
+
+
+def write_internvl3_1b_shaped(directory: Path, *, seed: int = 0) -> Path:
+    with tempfile.TemporaryDirectory() as tiny:
+        make_tiny_model(tiny)
+        small = AutoProcessor.from_pretrained(tiny)
+    processor = InternVLProcessor(
+        image_processor=GotOcr2ImageProcessorFast(
+            size={"height": 448, "width": 448}, crop_to_patches=True, min_patches=1, max_patches=12
+        ),
+        tokenizer=small.tokenizer,
+        video_processor=small.video_processor,
+        image_seq_length=256,
+        chat_template=small.chat_template,
+    )
+    config = InternVLConfig(
+        vision_config=InternVLVisionConfig(attention_bias=True),  # InternViT-300M defaults
+        text_config=Qwen2Config(
+            hidden_size=896,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            intermediate_size=4864,
+            vocab_size=151_674,
+            max_position_embeddings=32_768,
+            rope_theta=1_000_000.0,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=True,
+        ),
+        image_token_id=processor.image_token_id,
+        image_seq_length=256,
+        downsample_ratio=0.5,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = InternVLForConditionalGeneration(config).to(torch.bfloat16)
+    model.generation_config.eos_token_id = small.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model.generation_config.pad_token_id = small.tokenizer.pad_token_id
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory

@@ -29,7 +29,14 @@ from typing import Any
 import torch
 from PIL import Image
 
-from internvl_queue.worker.engine import Engine, EngineConfig, EngineRequest, prepare_request
+from internvl_queue.worker.engine import (
+    Engine,
+    EngineConfig,
+    EngineRequest,
+    Preprocessor,
+    default_processes,
+    make_request,
+)
 from internvl_queue.worker.model import LoadedModel, build_inputs, load_model
 
 QUESTION = "Describe this picture in one short sentence, naming the main object and its colour."
@@ -96,25 +103,20 @@ def sync() -> None:
 
 # -- the engine ---------------------------------------------------------------------------------
 class Submitter:
-    """Prepares requests in a thread pool (as the worker's task threads do) and submits them."""
+    """Submits jobs from many threads, each preparing its input through the worker's own
+    ``Preprocessor`` (a process pool on a GPU), as the worker's task threads do."""
 
-    def __init__(self, loaded: LoadedModel, engine: Engine, threads: int) -> None:
-        self.loaded, self.engine = loaded, engine
+    def __init__(
+        self, loaded: LoadedModel, engine: Engine, threads: int, preprocessor: Preprocessor
+    ) -> None:
+        self.loaded, self.engine, self.preprocessor = loaded, engine, preprocessor
         self.pool = ThreadPoolExecutor(threads)
 
     def one(
         self, data: bytes, workload: Workload, max_new_tokens: int = NEW_TOKENS
     ) -> EngineRequest:
-        request = prepare_request(
-            self.loaded.processor,
-            [decode(data)],
-            QUESTION,
-            max_tiles=workload.max_tiles,
-            max_new_tokens=max_new_tokens,
-            dtype=self.loaded.dtype,
-            ignore_eos=True,
-        )
-        request.submitted_at = time.monotonic()
+        prepared = self.preprocessor([data], QUESTION, max_tiles=workload.max_tiles)
+        request = make_request(prepared, max_new_tokens=max_new_tokens, ignore_eos=True)
         return self.engine.submit(request)
 
     def burst(
@@ -198,10 +200,12 @@ def agreement(loaded: LoadedModel, engine: Engine, submitter: Submitter, jobs: i
 def profile_batch(
     engine: Engine, submitter: Submitter, workload: Workload, jobs: int
 ) -> dict[str, float]:
-    engine.decoder.profile = True
+    """Phases of the largest batch of a burst (the GPU is synchronised between phases)."""
+    engine.decoder.profile, engine.decoder.profile_log = True, []
     try:
         submitter.burst(workload, jobs)
-        return dict(engine.decoder.last_phases_ms)
+        size, phases = max(engine.decoder.profile_log, key=lambda entry: entry[0])
+        return {"batch": size, **phases}
     finally:
         engine.decoder.profile = False
 
@@ -218,7 +222,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--jobs", type=int, default=1024)
     parser.add_argument("--baseline-jobs", type=int, default=6)
-    parser.add_argument("--threads", type=int, default=16, help="preprocessing threads")
+    parser.add_argument("--threads", type=int, default=256, help="submitting threads")
+    parser.add_argument("--processes", type=int, default=-1, help="preprocessing processes")
     parser.add_argument("--steady-seconds", type=float, default=15)
     parser.add_argument("--fp32-agreement", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -241,8 +246,13 @@ def main() -> None:
         figures[f"baseline_{w.name}"] = baseline(loaded, w, args.baseline_jobs)
         print(w.name, "baseline", figures[f"baseline_{w.name}"], flush=True)
 
+    processes = default_processes(loaded.device.type) if args.processes < 0 else args.processes
+    preprocessor = Preprocessor(
+        str(model_dir), loaded.processor, loaded.dtype, processes=processes, max_pixels=10**8
+    )
+    figures["preprocess_processes"] = processes
     engine = make_engine(loaded, group_by_length=True)
-    submitter = Submitter(loaded, engine, args.threads)
+    submitter = Submitter(loaded, engine, args.threads, preprocessor)
     for w in (W1, W7):  # warm-up: allocations, CUDA graph captures
         submitter.burst(w, min(args.jobs, 256))
     for w in (W1, W7):
@@ -275,7 +285,13 @@ def main() -> None:
             loaded.model_id, loaded.model.float(), loaded.processor, loaded.device, torch.float32
         )
         engine32 = make_engine(fp32)
-        figures["agreement_fp32_W1"] = agreement(fp32, engine32, Submitter(fp32, engine32, 16), 64)
+        pre32 = Preprocessor(
+            str(model_dir), fp32.processor, torch.float32, processes=processes, max_pixels=10**8
+        )
+        figures["agreement_fp32_W1"] = agreement(
+            fp32, engine32, Submitter(fp32, engine32, 64, pre32), 64
+        )
+        pre32.close()
         engine32.stop()
         print("fp32 agreement", figures["agreement_fp32_W1"], flush=True)
 
@@ -293,7 +309,8 @@ def render(f: dict[str, Any], args: argparse.Namespace) -> str:
     rows = [
         f"\n## Engine benchmark, {f['device']}, {f['dtype']}, {date}\n",
         f"`python -m benchmarks.engine_bench` ({args.jobs} jobs per burst, "
-        f"{args.threads} preprocessing threads, {NEW_TOKENS} new tokens, eos ignored)\n",
+        f"{args.threads} submitting threads, {f['preprocess_processes']} preprocessing processes, "
+        f"{NEW_TOKENS} new tokens, eos ignored)\n",
         "| figure | per-request baseline | engine | engine / baseline | fraction of roofline |",
         "|---|---|---|---|---|",
     ]
@@ -330,10 +347,10 @@ def render(f: dict[str, Any], args: argparse.Namespace) -> str:
             f"| batched == alone, fp32, TF32 off | | {f['agreement_fp32_W1']:.0%} identical | | |"
         )
     for w in ("W1", "W7"):
-        phases = ", ".join(f"{k} {v:.0f} ms" for k, v in f[f"profile_{w}"].items())
-        rows.append(
-            f"| one {w} batch of {min(args.jobs, 256)}: where the time goes | | {phases} | | |"
-        )
+        profile = dict(f[f"profile_{w}"])
+        size = profile.pop("batch")
+        phases = ", ".join(f"{k} {v:.0f} ms" for k, v in profile.items())
+        rows.append(f"| one {w} batch of {size:.0f} jobs: where the time goes | | {phases} | | |")
     return "\n".join(rows)
 
 

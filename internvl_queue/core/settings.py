@@ -112,6 +112,13 @@ class Settings:
             "INTERNVL_GROUP_BY_LENGTH", "batch only jobs of similar max_new_tokens (power of two)"
         ),
     )
+    preprocess_processes: int = field(
+        default=-1,
+        metadata=_env(
+            "INTERNVL_PREPROCESS_PROCESSES",
+            "processes decoding and tiling images (-1: auto, most cores on GPU, 0 on CPU)",
+        ),
+    )
     cuda_graphs: bool = field(
         default=True, metadata=_env("INTERNVL_CUDA_GRAPHS", "replay decode steps as CUDA graphs")
     )

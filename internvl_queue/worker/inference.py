@@ -1,8 +1,8 @@
 """Answering one job through the shared batching engine, from the job's own task thread.
 
-The task thread prepares its request (chat template, tiling, tokenising) while the GPU works on
-other batches, then waits for its own result; the outcome becomes an ``Answer`` or a
-``JobFailure`` with a stable code.
+The task has its input prepared (in the preprocessing pool on GPU workers) while the GPU works on
+other batches, hands it to the engine and waits for its own result; the outcome becomes an
+``Answer`` or a ``JobFailure`` with a stable code.
 """
 
 from __future__ import annotations
@@ -10,10 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from PIL import Image
-
-from ..core.errors import GpuOutOfMemory, InferenceError, JobCanceled, JobTimedOut
-from .engine import Engine, StopReason, prepare_request
+from ..core.errors import GpuOutOfMemory, InferenceError, JobCanceled, JobFailure, JobTimedOut
+from .engine import Engine, Preprocessor, StopReason, make_request
 from .model import LoadedModel
 from .runtime import Answer
 
@@ -24,13 +22,14 @@ _GRACE_S = 30.0
 
 
 class EngineAnswerer:
-    def __init__(self, loaded: LoadedModel, engine: Engine) -> None:
+    def __init__(self, loaded: LoadedModel, engine: Engine, preprocessor: Preprocessor) -> None:
         self.loaded = loaded
         self.engine = engine
+        self.preprocessor = preprocessor
 
     def __call__(
         self,
-        images: list[Image.Image],
+        images: list[bytes],
         question: str,
         *,
         max_new_tokens: int,
@@ -39,19 +38,16 @@ class EngineAnswerer:
         is_canceled: Callable[[], bool] | None = None,
     ) -> Answer:
         try:
-            request = prepare_request(
-                self.loaded.processor,
-                images,
-                question,
-                max_tiles=max_tiles,
-                max_new_tokens=max_new_tokens,
-                dtype=self.loaded.dtype,
-                deadline=deadline,
-                is_canceled=is_canceled,
-            )
+            prepared = self.preprocessor(images, question, max_tiles=max_tiles)
+        except JobFailure:
+            raise
         except Exception as exc:
             raise InferenceError(f"could not prepare the model's input: {exc}") from None
-        self.engine.submit(request)
+        request = self.engine.submit(
+            make_request(
+                prepared, max_new_tokens=max_new_tokens, deadline=deadline, is_canceled=is_canceled
+            )
+        )
         wait = None if deadline is None else max(deadline - time.monotonic(), 0) + _GRACE_S
         result = request.future.result(timeout=wait)
         if result.stop is StopReason.TIMEOUT:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.errors import ImageDecodeError, JobCanceled, JobFailure, JobTimedOut
-from ..core.images import decode_rgb
 from ..core.job import Job
 from ..core.redis_client import connect
 from ..core.settings import Settings
@@ -41,8 +40,8 @@ class Answer:
     batch_size: int = 1
 
 
-# (images, question, *, max_new_tokens, max_tiles, deadline) -> Answer, raising a JobFailure for
-# a job that cannot be answered. The batching engine in production; a named fake in tests.
+# (image bytes, question, *, max_new_tokens, max_tiles, deadline) -> Answer, raising a JobFailure
+# for a job that cannot be answered. The batching engine in production; a named fake in tests.
 AnswerFn = Callable[..., Answer]
 
 
@@ -56,6 +55,7 @@ class WorkerRuntime:
         self.loaded: Any = None  # model.LoadedModel once load() has run
         self.answer_fn: AnswerFn | None = None
         self.engine: Any = None  # engine.Engine once load() has run
+        self.preprocessor: Any = None  # engine.Preprocessor once load() has run
         self.loaded_at = 0.0
         self._lock = threading.Lock()
         self.counters = {"jobs_succeeded": 0, "jobs_failed": 0, "redeliveries_ignored": 0}
@@ -63,7 +63,7 @@ class WorkerRuntime:
     # -- start-up -------------------------------------------------------------------------------
     def load(self) -> None:
         """Load the model and start the batching engine (imports torch: worker processes only)."""
-        from .engine import Engine, EngineConfig
+        from .engine import Engine, EngineConfig, Preprocessor, default_processes
         from .inference import EngineAnswerer
         from .model import load_model
 
@@ -79,13 +79,23 @@ class WorkerRuntime:
                 cuda_graphs=s.cuda_graphs,
             ),
         )
+        processes = s.preprocess_processes
+        self.preprocessor = Preprocessor(
+            s.model,
+            loaded.processor,
+            loaded.dtype,
+            processes=default_processes(loaded.device.type) if processes < 0 else processes,
+            max_pixels=s.max_image_pixels,
+        )
         self.engine.start()
-        self.use_model(loaded, EngineAnswerer(loaded, self.engine))
+        self.use_model(loaded, EngineAnswerer(loaded, self.engine, self.preprocessor))
 
     def shutdown(self) -> None:
         """Stop the engine once no task waits on it any more (after the pool has drained)."""
         if self.engine is not None:
             self.engine.stop()
+        if self.preprocessor is not None:
+            self.preprocessor.close()
 
     def use_model(self, loaded: Any, answer_fn: AnswerFn) -> None:
         self.loaded, self.answer_fn, self.loaded_at = loaded, answer_fn, time.time()
@@ -162,16 +172,13 @@ class WorkerRuntime:
         if remaining <= 0:
             raise JobTimedOut("the job passed its deadline (timeout_s) before it started")
         deadline = time.monotonic() + remaining
-        started = time.perf_counter()
         blobs = self.store.images(job.id)
         if len(blobs) != job.image_count:
             raise ImageDecodeError(
                 f"the job's images are gone ({len(blobs)} of {job.image_count} found)"
             )
-        images = [decode_rgb(b, max_pixels=self.settings.max_image_pixels) for b in blobs]
-        decode_ms = (time.perf_counter() - started) * 1000
         reply = self.answer_fn(
-            images,
+            blobs,
             job.question,
             max_new_tokens=job.params.max_new_tokens,
             max_tiles=job.params.max_tiles,
@@ -189,7 +196,7 @@ class WorkerRuntime:
             "batch_size": reply.batch_size,
             "timings_ms": {
                 "queued": round(queued_ms, 1),
-                "preprocess": round(decode_ms + reply.preprocess_ms, 1),
+                "preprocess": round(reply.preprocess_ms, 1),
                 "inference": round(reply.inference_ms, 1),
                 "total": round((time.time() - job.created_at) * 1000, 1),
             },

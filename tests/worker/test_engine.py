@@ -3,7 +3,6 @@ the one-at-a-time answers; deadlines, cancellation and out-of-memory splitting."
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,10 +10,15 @@ from typing import Any
 
 import pytest
 import torch
-from PIL import Image
 
-from internvl_queue.worker.engine import Engine, EngineConfig, EngineRequest, StopReason
-from internvl_queue.worker.engine import prepare_request as prepare
+from internvl_queue.worker.engine import (
+    Engine,
+    EngineConfig,
+    EngineRequest,
+    StopReason,
+    make_request,
+)
+from internvl_queue.worker.engine.preprocess import prepare
 from internvl_queue.worker.model import LoadedModel, load_model
 from tests.images import photo
 
@@ -38,9 +42,18 @@ def make_engine(loaded: LoadedModel) -> Iterator[Any]:
         engine.stop()
 
 
-def _request(loaded: LoadedModel, image: bytes, question: str, **kw: Any) -> EngineRequest:
-    pil = Image.open(io.BytesIO(image)).convert("RGB")
-    return prepare(loaded.processor, [pil], question, dtype=loaded.dtype, **kw)
+def _request(
+    loaded: LoadedModel, image: bytes, question: str, *, max_tiles: int, **kw: Any
+) -> EngineRequest:
+    prepared = prepare(
+        loaded.processor,
+        [image],
+        question,
+        max_tiles=max_tiles,
+        dtype=loaded.dtype,
+        max_pixels=10**8,
+    )
+    return make_request(prepared, **kw)
 
 
 def _one_at_a_time(

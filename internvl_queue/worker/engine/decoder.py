@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .attention import GROUPED_DECODE
 from .request import EngineRequest, StopReason
 
 __all__ = ["BatchDecoder", "DecodeOutput"]
@@ -118,6 +119,9 @@ class BatchDecoder:
         self.vision_strategy = config.vision_feature_select_strategy
         self.image_token_id = int(config.image_token_id)
         text = config.text_config
+        # The text layers' decode-step attention reads the static cache per K/V group
+        # (attention.py); their prefill and the vision tower keep sdpa.
+        text._attn_implementation = GROUPED_DECODE
         self.n_layers = text.num_hidden_layers
         self.kv_heads = text.num_key_value_heads
         self.head_dim = (
@@ -137,7 +141,7 @@ class BatchDecoder:
         # Benchmarks set this to get, per batch, where the time goes (it synchronises the GPU
         # between phases, so it is off in service).
         self.profile = False
-        self.last_phases_ms: dict[str, float] = {}
+        self.profile_log: list[tuple[int, dict[str, float]]] = []  # (batch size, phase ms)
         self.max_workspaces = max_workspaces
         self._workspaces: OrderedDict[tuple[int, int, int], _Workspace] = OrderedDict()
 
@@ -185,10 +189,11 @@ class BatchDecoder:
         marks.append(self._mark())
         if self.profile:
             names = ("vision", "prefill", "decode")
-            self.last_phases_ms = {
+            phases = {
                 name: (b - a) * 1000
                 for name, a, b in zip(names, marks[:-1], marks[1:], strict=True)
             }
+            self.profile_log.append((n, phases))
         return outputs
 
     def _mark(self) -> float:

@@ -1,8 +1,4 @@
-"""What a task hands the engine (``EngineRequest``) and what it gets back (``EngineResult``).
-
-``prepare_request`` runs in the task's own thread, off the GPU thread: applying the chat
-template, tiling and normalising the images, tokenising.
-"""
+"""What a task hands the engine (``EngineRequest``) and what it gets back (``EngineResult``)."""
 
 from __future__ import annotations
 
@@ -11,14 +7,12 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
 
 import torch
-from PIL import Image
 
-from ..model import build_inputs
+from .preprocess import Prepared
 
-__all__ = ["EngineRequest", "EngineResult", "StopReason", "prepare_request"]
+__all__ = ["EngineRequest", "EngineResult", "StopReason", "make_request"]
 
 
 class StopReason(StrEnum):
@@ -67,27 +61,20 @@ class EngineResult:
     error: str | None = None
 
 
-def prepare_request(
-    processor: Any,
-    images: list[Image.Image],
-    question: str,
+def make_request(
+    prepared: Prepared,
     *,
-    max_tiles: int,
     max_new_tokens: int,
-    dtype: torch.dtype,
     deadline: float | None = None,
     is_canceled: Callable[[], bool] | None = None,
     ignore_eos: bool = False,
 ) -> EngineRequest:
-    started = time.perf_counter()
-    inputs = build_inputs(processor, images, question, max_tiles=max_tiles)
-    pixel_values = inputs["pixel_values"].to(dtype)
     return EngineRequest(
-        input_ids=inputs["input_ids"][0],
-        pixel_values=pixel_values,
+        input_ids=prepared.input_ids,
+        pixel_values=prepared.pixel_values,
         max_new_tokens=max_new_tokens,
         deadline=deadline,
         is_canceled=is_canceled,
         ignore_eos=ignore_eos,
-        preprocess_ms=(time.perf_counter() - started) * 1000,
+        preprocess_ms=prepared.preprocess_ms,
     )

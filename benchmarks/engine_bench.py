@@ -216,6 +216,31 @@ def make_engine(loaded: LoadedModel, **config: Any) -> Engine:
     return engine
 
 
+def extras(
+    figures: dict[str, Any],
+    args: argparse.Namespace,
+    loaded: LoadedModel,
+    engine: Engine,
+    submitter: Submitter,
+) -> None:
+    """Latency under load, bf16 agreement, and grouping by length on a mixed workload."""
+    rate = 0.5 * figures["burst_W1"]["jobs_s"]
+    figures["steady_W1"] = submitter.steady(W1, rate, args.steady_seconds)
+    print("steady", figures["steady_W1"], flush=True)
+    figures["agreement_bf16_W1"] = agreement(loaded, engine, submitter, 64)
+    print("agreement", figures["agreement_bf16_W1"], flush=True)
+    mix_rng = random.Random(7)
+    lengths = [mix_rng.randint(16, 256) for _ in range(args.jobs)]
+    figures["mix_grouped"] = submitter.burst(W1, args.jobs, lambda i: lengths[i % len(lengths)])
+    ungrouped = make_engine(loaded, group_by_length=False)
+    submitter.engine = ungrouped
+    submitter.burst(W1, 64, lambda i: lengths[i % len(lengths)])
+    figures["mix_ungrouped"] = submitter.burst(W1, args.jobs, lambda i: lengths[i % len(lengths)])
+    ungrouped.stop()
+    submitter.engine = engine
+    print("mix", figures["mix_grouped"], figures["mix_ungrouped"], flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", help="checkpoint directory (default: build the 1B shape)")
@@ -226,6 +251,9 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=-1, help="preprocessing processes")
     parser.add_argument("--steady-seconds", type=float, default=15)
     parser.add_argument("--fp32-agreement", action="store_true")
+    parser.add_argument(
+        "--no-extras", action="store_true", help="only the baseline, bursts and single-job figures"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--keep-model", type=Path, help="write the built checkpoint here")
     parser.add_argument("--no-append", action="store_true")
@@ -262,21 +290,9 @@ def main() -> None:
         print(w.name, "phases of one batch (ms)", figures[f"profile_{w.name}"], flush=True)
     figures["single_W1"] = submitter.single(W1, 20)
     print("single", figures["single_W1"], flush=True)
-    rate = 0.5 * figures["burst_W1"]["jobs_s"]
-    figures["steady_W1"] = submitter.steady(W1, rate, args.steady_seconds)
-    print("steady", figures["steady_W1"], flush=True)
-    figures["agreement_bf16_W1"] = agreement(loaded, engine, submitter, 64)
-    print("agreement", figures["agreement_bf16_W1"], flush=True)
-    mix_rng = random.Random(7)
-    lengths = [mix_rng.randint(16, 256) for _ in range(args.jobs)]
-    figures["mix_grouped"] = submitter.burst(W1, args.jobs, lambda i: lengths[i % len(lengths)])
+    if not args.no_extras:
+        extras(figures, args, loaded, engine, submitter)
     engine.stop()
-    ungrouped = make_engine(loaded, group_by_length=False)
-    submitter.engine = ungrouped
-    submitter.burst(W1, 64, lambda i: lengths[i % len(lengths)])
-    figures["mix_ungrouped"] = submitter.burst(W1, args.jobs, lambda i: lengths[i % len(lengths)])
-    ungrouped.stop()
-    print("mix", figures["mix_grouped"], figures["mix_ungrouped"], flush=True)
 
     if args.fp32_agreement and loaded.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -326,22 +342,10 @@ def render(f: dict[str, Any], args: argparse.Namespace) -> str:
         f"| W1 single job, idle GPU | {f['baseline_W1']['s_per_job'] * 1000:.0f} ms | "
         f"{f['single_W1']['p50_ms']:.0f} ms (p50 of 20) | | |"
     )
-    s = f["steady_W1"]
-    rows.append(
-        f"| W1 latency at {s['rate']:.0f} jobs/s offered (half the burst rate) | | "
-        f"p50 {s['p50_ms']:.0f} ms, p99 {s['p99_ms']:.0f} ms | | |"
-    )
-    g, u = f["mix_grouped"], f["mix_ungrouped"]
-    rows.append(
-        f"| Wmix burst jobs/s (max_new_tokens 16..256) | | grouped by length {g['jobs_s']:.1f}, "
-        f"ungrouped {u['jobs_s']:.1f} | | |"
-    )
-    peak = max(f[k]["peak_gpu_gb"] for k in ("burst_W1", "burst_W7", "mix_grouped"))
+    if "steady_W1" in f:
+        rows.extend(_extra_rows(f))
+    peak = max(f[k]["peak_gpu_gb"] for k in ("burst_W1", "burst_W7"))
     rows.append(f"| peak GPU memory | | {peak:.1f} GiB | | |")
-    rows.append(
-        f"| batched == alone, {f['dtype'].removeprefix('torch.')} (64 W1 jobs, 64 tokens) | | "
-        f"{f['agreement_bf16_W1']:.0%} identical | | |"
-    )
     if "agreement_fp32_W1" in f:
         rows.append(
             f"| batched == alone, fp32, TF32 off | | {f['agreement_fp32_W1']:.0%} identical | | |"
@@ -352,6 +356,25 @@ def render(f: dict[str, Any], args: argparse.Namespace) -> str:
         phases = ", ".join(f"{k} {v:.0f} ms" for k, v in profile.items())
         rows.append(f"| one {w} batch of {size:.0f} jobs: where the time goes | | {phases} | | |")
     return "\n".join(rows)
+
+
+def _extra_rows(f: dict[str, Any]) -> list[str]:
+    rows = []
+    s = f["steady_W1"]
+    rows.append(
+        f"| W1 latency at {s['rate']:.0f} jobs/s offered (half the burst rate) | | "
+        f"p50 {s['p50_ms']:.0f} ms, p99 {s['p99_ms']:.0f} ms | | |"
+    )
+    g, u = f["mix_grouped"], f["mix_ungrouped"]
+    rows.append(
+        f"| Wmix burst jobs/s (max_new_tokens 16..256) | | grouped by length {g['jobs_s']:.1f}, "
+        f"ungrouped {u['jobs_s']:.1f} | | |"
+    )
+    rows.append(
+        f"| batched == alone, {f['dtype'].removeprefix('torch.')} (64 W1 jobs, 64 tokens) | | "
+        f"{f['agreement_bf16_W1']:.0%} identical | | |"
+    )
+    return rows
 
 
 if __name__ == "__main__":

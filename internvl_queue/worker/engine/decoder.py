@@ -211,6 +211,10 @@ class BatchDecoder:
             pad[row] = prompt_len - request.prompt_tokens
             ids[row, pad[row] :] = request.input_ids
         ids = ids.to(self.device, non_blocking=True)
+        for request in batch:
+            if request.uploaded is not None:  # copied to the GPU on the upload stream
+                torch.cuda.current_stream().wait_event(request.uploaded)
+                request.pixel_values.record_stream(torch.cuda.current_stream())
         pixels = torch.cat([r.pixel_values for r in batch]).to(
             self.device, self.dtype, non_blocking=True
         )

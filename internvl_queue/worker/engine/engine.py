@@ -39,6 +39,8 @@ class Engine:
         self._wakeup = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
+        on_gpu = loaded.device.type == "cuda"
+        self._upload_stream = torch.cuda.Stream(loaded.device) if on_gpu else None
 
     # -- life cycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -52,6 +54,14 @@ class Engine:
         self._thread.join(timeout)
 
     def submit(self, request: EngineRequest) -> EngineRequest:
+        """Queue a request (from any thread). On CUDA its pixels are uploaded here, in the
+        caller's thread on a side stream, so the engine thread never waits on host copies."""
+        if self._upload_stream is not None:
+            pinned = request.pixel_values.pin_memory()
+            with torch.cuda.stream(self._upload_stream):
+                request.pixel_values = pinned.to(self.loaded.device, non_blocking=True)
+                request.uploaded = torch.cuda.Event()
+                request.uploaded.record(self._upload_stream)
         with self._wakeup:
             if self._stopping:
                 raise RuntimeError("the engine is stopping")

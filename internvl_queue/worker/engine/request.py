@@ -27,7 +27,7 @@ class StopReason(StrEnum):
 @dataclass
 class EngineRequest:
     input_ids: torch.Tensor  # [prompt_len], long, CPU
-    pixel_values: torch.Tensor  # [tiles, 3, H, W], model dtype, CPU
+    pixel_values: torch.Tensor  # [tiles, 3, H, W], model dtype; on the GPU once uploaded
     max_new_tokens: int
     deadline: float | None = None  # time.monotonic() value after which the job stops
     is_canceled: Callable[[], bool] | None = None
@@ -35,6 +35,7 @@ class EngineRequest:
     preprocess_ms: float = 0.0
     submitted_at: float = field(default_factory=time.monotonic)
     future: Future[EngineResult] = field(default_factory=Future)
+    uploaded: torch.cuda.Event | None = None  # set when pixel_values were copied to the GPU
 
     @property
     def tiles(self) -> int:

@@ -373,7 +373,9 @@ class BatchDecoder:
                 self._decode_step(ws)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: task threads keep uploading pixels (pinning, copying) while this thread
+        # captures; the default "global" mode would make their CUDA calls fail mid-capture.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self._decode_step(ws)
         ws.graph = graph
         log.info(

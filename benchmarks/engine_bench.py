@@ -257,7 +257,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--keep-model", type=Path, help="write the built checkpoint here")
     parser.add_argument("--no-append", action="store_true")
+    parser.add_argument("--workloads", default="W1,W7", help="comma-separated: W1, W7")
     args = parser.parse_args()
+    workloads = [{"W1": W1, "W7": W7}[name] for name in args.workloads.split(",")]
 
     workdir = Path(tempfile.mkdtemp(prefix="internvl-bench-"))
     model_dir = Path(args.model) if args.model else None
@@ -270,7 +272,7 @@ def main() -> None:
     print(f"model {model_dir} on {device_name} ({loaded.dtype})", flush=True)
     figures: dict[str, Any] = {"device": device_name, "dtype": str(loaded.dtype)}
 
-    for w in (W1, W7):
+    for w in workloads:
         figures[f"baseline_{w.name}"] = baseline(loaded, w, args.baseline_jobs)
         print(w.name, "baseline", figures[f"baseline_{w.name}"], flush=True)
 
@@ -281,9 +283,9 @@ def main() -> None:
     figures["preprocess_processes"] = processes
     engine = make_engine(loaded, group_by_length=True)
     submitter = Submitter(loaded, engine, args.threads, preprocessor)
-    for w in (W1, W7):  # warm-up: allocations, CUDA graph captures
+    for w in workloads:  # warm-up: allocations, CUDA graph captures
         submitter.burst(w, min(args.jobs, 256))
-    for w in (W1, W7):
+    for w in workloads:
         figures[f"burst_{w.name}"] = submitter.burst(w, args.jobs)
         print(w.name, "burst", figures[f"burst_{w.name}"], flush=True)
         figures[f"profile_{w.name}"] = profile_batch(engine, submitter, w, min(args.jobs, 256))
@@ -330,7 +332,7 @@ def render(f: dict[str, Any], args: argparse.Namespace) -> str:
         "| figure | per-request baseline | engine | engine / baseline | fraction of roofline |",
         "|---|---|---|---|---|",
     ]
-    for w in ("W1", "W7"):
+    for w in [k.removeprefix("burst_") for k in f if k.startswith("burst_")]:
         base, burst = f[f"baseline_{w}"], f[f"burst_{w}"]
         rows.append(
             f"| {w} burst jobs/s ({burst['tiles']} tiles) | {base['jobs_s']:.2f} | "
@@ -344,13 +346,13 @@ def render(f: dict[str, Any], args: argparse.Namespace) -> str:
     )
     if "steady_W1" in f:
         rows.extend(_extra_rows(f))
-    peak = max(f[k]["peak_gpu_gb"] for k in ("burst_W1", "burst_W7"))
+    peak = max(f[k]["peak_gpu_gb"] for k in f if k.startswith("burst_"))
     rows.append(f"| peak GPU memory | | {peak:.1f} GiB | | |")
     if "agreement_fp32_W1" in f:
         rows.append(
             f"| batched == alone, fp32, TF32 off | | {f['agreement_fp32_W1']:.0%} identical | | |"
         )
-    for w in ("W1", "W7"):
+    for w in [k.removeprefix("burst_") for k in f if k.startswith("burst_")]:
         profile = dict(f[f"profile_{w}"])
         size = profile.pop("batch")
         phases = ", ".join(f"{k} {v:.0f} ms" for k, v in profile.items())

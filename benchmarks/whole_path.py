@@ -52,6 +52,7 @@ def main() -> None:
         "INTERNVL_HEARTBEAT_S": "1",
         "LOG_LEVEL": "WARNING",
     }
+    print("starting the worker", flush=True)
     worker = subprocess.Popen(
         [sys.executable, "-m", "internvl_queue", "worker", "--loglevel", "WARNING"], env=env
     )
@@ -91,6 +92,7 @@ def main() -> None:
                 time.sleep(0.01)
             return time.perf_counter() - started, ids
 
+        print("worker ready; warming up", flush=True)
         burst(256)  # warm-up
         elapsed, ids = burst(args.jobs)
         jobs = [store.get(i) for i in ids]

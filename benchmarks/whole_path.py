@@ -1,18 +1,20 @@
-"""Whole-path benchmark: Redis + a real Celery worker process + submissions, W1 burst.
+"""Whole-path benchmark: Redis + a real Celery worker process + submissions, W1 burst, compared
+with the engine alone on the same machine in the same run.
 
-    python -m benchmarks.whole_path --model DIR --engine-json engine.json
+    python -m benchmarks.whole_path --model DIR        # DIR is built (1B shape) if missing
 
 Each job goes the way the API sends it: validated (``prepare_job``, the image fully decoded),
 stored in Redis with its image, and dispatched as a Celery message carrying only its id; the worker
-claims it, prepares it in a task thread, batches it on the GPU, stores the answer. The burst's
-throughput (first submit to last stored answer) is compared with the engine alone (the figure
-``benchmarks.engine_bench`` wrote to its JSON) and appended to benchmarks/RESULTS.md.
+claims it, prepares it in its preprocessing pool, batches it on the GPU, stores the answer. The
+burst's throughput (first submit to last stored answer) is then compared with the engine alone
+(``benchmarks.engine_bench``'s burst, in this process, after the worker has stopped), and the
+result appended to benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import collections
 import os
 import subprocess
 import sys
@@ -24,7 +26,15 @@ from pathlib import Path
 
 import redis
 
-from benchmarks.engine_bench import NEW_TOKENS, QUESTION, RESULTS, W1, images_for
+from benchmarks.engine_bench import (
+    NEW_TOKENS,
+    QUESTION,
+    RESULTS,
+    W1,
+    Submitter,
+    images_for,
+    make_engine,
+)
 from internvl_queue.cli.redis_server import start_redis
 from internvl_queue.core.keys import job_key
 from internvl_queue.core.settings import Settings
@@ -33,40 +43,43 @@ from internvl_queue.core.submission import Submission, prepare_job
 from internvl_queue.core.workers import WorkerRegistry
 from internvl_queue.worker.celery_app import RUN_JOB_TASK, create_celery
 
+_TERMINAL = (b"succeeded", b"failed", b"canceled")
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--engine-json", type=Path, required=True)
-    parser.add_argument("--jobs", type=int, default=1024)
-    parser.add_argument("--threads", type=int, default=16)
-    args = parser.parse_args()
 
-    engine_figures = json.loads(args.engine_json.read_text())
+def say(message: str) -> None:
+    print(f"[whole_path {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def whole_path(model: str, jobs: int, threads: int, log_path: Path) -> dict[str, float]:
     server = start_redis(Path(tempfile.mkdtemp()) / "redis", persistent=False)
-    settings = Settings(redis_url=server.url, model=args.model, heartbeat_interval_s=1.0)
+    settings = Settings(redis_url=server.url, model=model, heartbeat_interval_s=1.0)
     env = {
         **os.environ,
         "REDIS_URL": server.url,
-        "INTERNVL_MODEL": args.model,
+        "INTERNVL_MODEL": model,
         "INTERNVL_HEARTBEAT_S": "1",
-        "LOG_LEVEL": "WARNING",
+        "LOG_LEVEL": "INFO",
     }
-    print("starting the worker", flush=True)
+    log = log_path.open("wb")
     worker = subprocess.Popen(
-        [sys.executable, "-m", "internvl_queue", "worker", "--loglevel", "WARNING"], env=env
+        [sys.executable, "-m", "internvl_queue", "worker"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     client = redis.Redis.from_url(server.url)
     try:
         registry = WorkerRegistry(client)
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 240
         while not registry.live():
-            assert worker.poll() is None and time.monotonic() < deadline, "worker did not start"
+            if worker.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the worker did not start")
             time.sleep(0.5)
+        say("worker ready")
         store = JobStore(client, retention_s=3600)
         celery = create_celery(settings)
         images = images_for(W1)
-        pool = ThreadPoolExecutor(args.threads)
+        pool = ThreadPoolExecutor(threads)
 
         def submit(i: int) -> str:
             data = images[i % len(images)]
@@ -77,50 +90,105 @@ def main() -> None:
             celery.send_task(RUN_JOB_TASK, args=[job.id], task_id=job.id, queue=settings.queue_name)
             return job.id
 
-        def burst(jobs: int) -> tuple[float, list[str]]:
+        def burst(count: int, timeout: float = 180) -> tuple[float, list[str]]:
             started = time.perf_counter()
-            ids = list(pool.map(submit, range(jobs)))
+            ids = list(pool.map(submit, range(count)))
             remaining = set(ids)
             while remaining:
+                if time.perf_counter() - started > timeout:
+                    pipe = client.pipeline(transaction=False)
+                    for job_id in remaining:
+                        pipe.hget(job_key(job_id), "status")
+                    raise TimeoutError(f"unfinished: {collections.Counter(pipe.execute())}")
                 pipe = client.pipeline(transaction=False)
                 ordered = list(remaining)
                 for job_id in ordered:
                     pipe.hget(job_key(job_id), "status")
                 for job_id, status in zip(ordered, pipe.execute(), strict=True):
-                    if status in (b"succeeded", b"failed", b"canceled"):
+                    if status in _TERMINAL:
                         remaining.discard(job_id)
                 time.sleep(0.01)
             return time.perf_counter() - started, ids
 
-        print("worker ready; warming up", flush=True)
-        burst(256)  # warm-up
-        elapsed, ids = burst(args.jobs)
-        jobs = [store.get(i) for i in ids]
-        succeeded = [j for j in jobs if j is not None and j.status.value == "succeeded"]
-        tokens = sum(j.result["usage"]["completion_tokens"] for j in succeeded if j.result)
-        whole = args.jobs / elapsed
-        engine = engine_figures["burst_W1"]["jobs_s"]
-        batches = [j.result["batch_size"] for j in succeeded if j.result]
-        row = (
-            f"\n## Whole path, {engine_figures['device']}, "
-            f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}\n\n"
-            "`python -m benchmarks.whole_path`: Redis + `internvl-queue worker` (Celery, threads "
-            "pool) + validated submissions dispatched through Celery; W1 burst.\n\n"
-            "| figure | value |\n|---|---|\n"
-            f"| W1 burst, whole path ({args.jobs} jobs) | {whole:.1f} jobs/s |\n"
-            f"| W1 burst, engine alone (same device, engine_bench) | {engine:.1f} jobs/s |\n"
-            f"| whole path / engine alone | {whole / engine:.2f} |\n"
-            f"| jobs succeeded | {len(succeeded)} of {args.jobs} |\n"
-            f"| mean new tokens per job | {tokens / max(len(succeeded), 1):.1f} |\n"
-            f"| mean batch size seen by jobs | {sum(batches) / max(len(batches), 1):.0f} |\n"
-        )
-        print(row)
-        with RESULTS.open("a") as results:
-            results.write(row)
+        burst(256)
+        say("warmed up")
+        elapsed, ids = burst(jobs)
+        finished = [store.get(i) for i in ids]
+        ok = [j for j in finished if j is not None and j.result is not None]
+        figures = {
+            "jobs_s": jobs / elapsed,
+            "succeeded": len(ok),
+            "tokens": sum(j.result["usage"]["completion_tokens"] for j in ok) / max(len(ok), 1),
+            "batch": sum(j.result["batch_size"] for j in ok) / max(len(ok), 1),
+        }
+        say(f"whole path: {figures}")
+        return figures
+    except Exception:
+        log.flush()
+        say("worker log (tail):\n" + log_path.read_text(errors="replace")[-4000:])
+        raise
     finally:
         worker.terminate()
-        worker.wait(120)
+        try:
+            worker.wait(60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        log.close()
         server.stop()
+
+
+def engine_alone(model: str, jobs: int) -> float:
+    from internvl_queue.worker.engine import Preprocessor, default_processes
+    from internvl_queue.worker.model import load_model
+
+    loaded = load_model(model, "auto")
+    processes = default_processes(loaded.device.type)
+    preprocessor = Preprocessor(
+        model, loaded.processor, loaded.dtype, processes=processes, max_pixels=10**8
+    )
+    engine = make_engine(loaded)
+    submitter = Submitter(loaded, engine, 256, preprocessor)
+    submitter.burst(W1, 256)
+    figures = submitter.burst(W1, jobs)
+    say(f"engine alone: {figures}")
+    engine.stop()
+    preprocessor.close()
+    return float(figures["jobs_s"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--jobs", type=int, default=1024)
+    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--log", type=Path, default=Path(tempfile.mkdtemp()) / "worker.log")
+    args = parser.parse_args()
+    if not Path(args.model).exists():
+        from benchmarks.shapes import write_internvl3_1b_shaped
+
+        say("building the InternVL3-1B-shaped checkpoint")
+        write_internvl3_1b_shaped(Path(args.model))
+    whole = whole_path(args.model, args.jobs, args.threads, args.log)
+    engine = engine_alone(args.model, args.jobs)
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    row = (
+        f"\n## Whole path, {device}, {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}\n\n"
+        "`python -m benchmarks.whole_path`: Redis + `internvl-queue worker` (Celery, threads "
+        "pool, preprocessing pool, batching engine) + validated submissions dispatched through "
+        "Celery, W1 burst; then the engine alone on the same machine in the same run.\n\n"
+        "| figure | value |\n|---|---|\n"
+        f"| W1 burst, whole path ({args.jobs} jobs) | {whole['jobs_s']:.1f} jobs/s |\n"
+        f"| W1 burst, engine alone | {engine:.1f} jobs/s |\n"
+        f"| whole path / engine alone | {whole['jobs_s'] / engine:.2f} |\n"
+        f"| jobs succeeded | {whole['succeeded']:.0f} of {args.jobs} |\n"
+        f"| mean new tokens per job | {whole['tokens']:.1f} |\n"
+        f"| mean batch size seen by jobs | {whole['batch']:.0f} |\n"
+    )
+    print(row, flush=True)
+    with RESULTS.open("a") as results:
+        results.write(row)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""One way to open a Redis connection, so every process uses the same timeouts."""
+"""One way to open a Redis connection, so every process uses the same timeouts and pool."""
 
 from __future__ import annotations
 
@@ -14,8 +14,18 @@ __all__ = ["HashFields", "connect"]
 HashFields = Mapping[Any, str]
 
 
-def connect(url: str) -> redis.Redis:
-    # Bytes in, bytes out: images are binary. Timeouts keep a dead Redis from hanging a request.
-    return redis.Redis.from_url(
-        url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
+def connect(url: str, *, max_connections: int = 128) -> redis.Redis:
+    """A client whose pool makes a thread wait for a free connection instead of failing.
+
+    redis-py's default pool raises "Too many connections" past 100, which a worker with hundreds
+    of task threads reaches at once; a blocking pool queues them briefly instead.
+    """
+    pool = redis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=30,  # seconds to wait for a free connection
+        socket_timeout=10,  # a dead Redis must not hang a request
+        socket_connect_timeout=5,
+        health_check_interval=30,
     )
+    return redis.Redis(connection_pool=pool)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from celery import signals
+from celery.exceptions import Reject
 
 from ..core.settings import Settings
 from .celery_app import RUN_JOB_TASK, create_celery
@@ -31,7 +33,14 @@ _heartbeat = Heartbeat(runtime)
 
 @app.task(name=RUN_JOB_TASK, ignore_result=True)
 def run_job(job_id: str) -> None:
-    runtime.process(job_id)
+    try:
+        runtime.process(job_id)
+    except redis.RedisError as exc:
+        # The store could not be read or written: the job's outcome is not stored. Put the
+        # message back rather than ack it, so that the job is run again (bounded by
+        # max_attempts) instead of staying "running" for ever.
+        log.error("job %s: Redis error (%s); message requeued", job_id, exc)
+        raise Reject(exc, requeue=True) from exc
 
 
 @signals.worker_init.connect

@@ -49,7 +49,8 @@ class WorkerRuntime:
     def __init__(self, settings: Settings, *, name: str | None = None) -> None:
         self.settings = settings
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
-        client = connect(settings.redis_url)
+        # Every task thread may talk to Redis at once.
+        client = connect(settings.redis_url, max_connections=settings.worker_concurrency + 16)
         self.store = JobStore(client, retention_s=settings.job_retention_s)
         self.registry = WorkerRegistry(client)
         self.loaded: Any = None  # model.LoadedModel once load() has run
@@ -96,6 +97,11 @@ class WorkerRuntime:
             self.engine.stop()
         if self.preprocessor is not None:
             self.preprocessor.close()
+        self.close()
+
+    def close(self) -> None:
+        """Close the Redis connections."""
+        self.store.redis.connection_pool.disconnect()
 
     def use_model(self, loaded: Any, answer_fn: AnswerFn) -> None:
         self.loaded, self.answer_fn, self.loaded_at = loaded, answer_fn, time.time()

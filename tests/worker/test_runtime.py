@@ -3,6 +3,9 @@ fake model per failure mode (the model is the outermost edge here)."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -41,10 +44,11 @@ def raises_a_bug(images: list[Any], question: str, **params: Any) -> Answer:
 
 
 @pytest.fixture
-def runtime(settings: Settings) -> WorkerRuntime:
+def runtime(settings: Settings) -> Iterator[WorkerRuntime]:
     rt = WorkerRuntime(settings, name="test-worker")
     rt.use_model(None, answers_fine)
-    return rt
+    yield rt
+    rt.close()
 
 
 def _queued(runtime: WorkerRuntime, images: list[bytes] | None = None) -> Job:
@@ -146,3 +150,23 @@ def test_a_job_canceled_while_running_ends_canceled(runtime: WorkerRuntime) -> N
     stored = runtime.store.get(job.id)
     assert stored is not None and stored.status is JobStatus.CANCELED
     assert stored.error is not None and stored.error["code"] == "canceled"
+
+
+def test_hundreds_of_task_threads_finishing_at_once_all_store_their_outcome(
+    settings: Settings,
+) -> None:
+    # Regression: redis-py's default pool refuses a 101st connection ("Too many connections"),
+    # which 256 task threads finishing together reached on the GPU worker; jobs stayed running.
+    runtime = WorkerRuntime(replace(settings, worker_concurrency=256), name="busy-worker")
+    barrier = threading.Barrier(256)
+
+    def answers_together(images: list[Any], question: str, **params: Any) -> Answer:
+        barrier.wait(timeout=60)  # every thread then hits Redis at the same moment
+        return answers_fine(images, question, **params)
+
+    runtime.use_model(None, answers_together)
+    jobs = [_queued(runtime) for _ in range(256)]
+    with ThreadPoolExecutor(max_workers=256) as pool:
+        statuses = list(pool.map(lambda job: runtime.process(job.id), jobs))
+    runtime.close()
+    assert statuses == [JobStatus.SUCCEEDED] * 256

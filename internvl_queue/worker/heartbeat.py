@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import redis
 
@@ -12,6 +13,8 @@ from .runtime import WorkerRuntime
 __all__ = ["Heartbeat"]
 
 log = logging.getLogger(__name__)
+
+_LOG_EVERY_S = 60.0
 
 
 class Heartbeat:
@@ -34,8 +37,18 @@ class Heartbeat:
             log.warning("could not remove heartbeat: %s", exc)
 
     def _loop(self) -> None:
+        logged_jobs, last_log = -1, time.monotonic()
         while not self._stop.wait(self.runtime.settings.heartbeat_interval_s):
+            info = self.runtime.info()
             try:
-                self.runtime.publish_heartbeat()
+                self.runtime.registry.publish(
+                    info, ttl_s=self.runtime.settings.heartbeat_interval_s * 3
+                )
             except redis.RedisError as exc:  # Redis blips must not kill the thread
                 log.warning("heartbeat failed: %s", exc)
+            # The engine's counters in the log too, once a minute while there is work.
+            if info.engine and time.monotonic() - last_log >= _LOG_EVERY_S:
+                if info.engine["batched_jobs"] != logged_jobs:
+                    log.info("engine: %s", info.engine)
+                    logged_jobs = int(info.engine["batched_jobs"])
+                last_log = time.monotonic()

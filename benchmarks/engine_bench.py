@@ -131,7 +131,8 @@ class Submitter:
             self.pool.submit(self.one, images[i % len(images)], workload, lengths(i))
             for i in range(jobs)
         ]
-        results = [f.result().future.result() for f in futures]
+        requests = [f.result() for f in futures]
+        results = [r.future.result() for r in requests]
         elapsed = time.perf_counter() - started
         after = self.engine.stats.snapshot()
         batches = after["batches"] - before["batches"]
@@ -139,7 +140,7 @@ class Submitter:
             "jobs_s": jobs / elapsed,
             "tokens_s": sum(len(r.tokens) for r in results) / elapsed,
             "mean_batch": jobs / max(batches, 1),
-            "tiles": results[0].image_tiles,
+            "tiles": requests[0].tiles,
             "peak_gpu_gb": torch.cuda.max_memory_allocated() / 2**30
             if torch.cuda.is_available()
             else 0.0,

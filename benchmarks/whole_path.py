@@ -95,18 +95,16 @@ def whole_path(model: str, jobs: int, threads: int, log_path: Path) -> dict[str,
             ids = list(pool.map(submit, range(count)))
             remaining = set(ids)
             while remaining:
-                if time.perf_counter() - started > timeout:
-                    pipe = client.pipeline(transaction=False)
-                    for job_id in remaining:
-                        pipe.hget(job_key(job_id), "status")
-                    raise TimeoutError(f"unfinished: {collections.Counter(pipe.execute())}")
-                pipe = client.pipeline(transaction=False)
                 ordered = list(remaining)
+                pipe = client.pipeline(transaction=False)
                 for job_id in ordered:
                     pipe.hget(job_key(job_id), "status")
-                for job_id, status in zip(ordered, pipe.execute(), strict=True):
-                    if status in _TERMINAL:
-                        remaining.discard(job_id)
+                statuses = pipe.execute()
+                remaining = {
+                    i for i, st in zip(ordered, statuses, strict=True) if st not in _TERMINAL
+                }
+                if remaining and time.perf_counter() - started > timeout:
+                    raise TimeoutError(f"unfinished: {collections.Counter(statuses)}")
                 time.sleep(0.01)
             return time.perf_counter() - started, ids
 

@@ -39,13 +39,11 @@ class Heartbeat:
     def _loop(self) -> None:
         logged_jobs, last_log = -1, time.monotonic()
         while not self._stop.wait(self.runtime.settings.heartbeat_interval_s):
-            info = self.runtime.info()
             try:
-                self.runtime.registry.publish(
-                    info, ttl_s=self.runtime.settings.heartbeat_interval_s * 3
-                )
+                info = self.runtime.publish_heartbeat()
             except redis.RedisError as exc:  # Redis blips must not kill the thread
                 log.warning("heartbeat failed: %s", exc)
+                continue
             # The engine's counters in the log too, once a minute while there is work.
             if info.engine and time.monotonic() - last_log >= _LOG_EVERY_S:
                 if info.engine["batched_jobs"] != logged_jobs:

@@ -61,10 +61,10 @@ class EngineAnswerer:
         text = self.loaded.processor.decode(result.tokens, skip_special_tokens=True).strip()
         return Answer(
             text=text,
-            prompt_tokens=result.prompt_tokens,
+            prompt_tokens=request.prompt_tokens,
             completion_tokens=len(result.tokens),
-            image_tiles=result.image_tiles,
-            preprocess_ms=result.preprocess_ms,
+            image_tiles=request.tiles,
+            preprocess_ms=prepared.preprocess_ms,
             inference_ms=result.inference_ms,
             batch_size=result.batch_size,
         )

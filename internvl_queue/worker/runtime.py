@@ -121,8 +121,11 @@ class WorkerRuntime:
             **counters,
         )
 
-    def publish_heartbeat(self) -> None:
-        self.registry.publish(self.info(), ttl_s=self.settings.heartbeat_interval_s * 3)
+    def publish_heartbeat(self) -> WorkerInfo:
+        """Publish this worker's heartbeat; returns what was published."""
+        info = self.info()
+        self.registry.publish(info, ttl_s=self.settings.heartbeat_interval_s * 3)
+        return info
 
     # -- one delivery ---------------------------------------------------------------------------
     def process(self, job_id: str) -> JobStatus | None:

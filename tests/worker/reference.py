@@ -20,10 +20,13 @@ def _load(model_dir: str) -> tuple[Any, Any]:
     return processor, model
 
 
-def reference_answer(
+def reference_tokens(
     model_dir: Path, images: list[bytes], question: str, *, max_new_tokens: int, max_tiles: int
-) -> tuple[str, int]:
-    """(answer, number of tiles) for one job, greedy, on the CPU in fp32."""
+) -> tuple[list[int], int]:
+    """(new token ids, number of tiles) for one job alone, greedy, on the CPU in fp32.
+
+    One sequence alone stops at its eos, so the new tokens carry no padding.
+    """
     processor, model = _load(str(model_dir))
     pictures = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
     content: list[dict[str, str]] = [{"type": "image"}] * len(pictures)
@@ -32,7 +35,16 @@ def reference_answer(
     inputs = processor(images=pictures, text=prompt, max_patches=max_tiles, return_tensors="pt")
     with torch.inference_mode():
         output = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)
-    new = output[0, inputs["input_ids"].shape[1] :]
-    return processor.decode(new, skip_special_tokens=True).strip(), int(
-        inputs["pixel_values"].shape[0]
+    new: list[int] = output[0, inputs["input_ids"].shape[1] :].tolist()
+    return new, int(inputs["pixel_values"].shape[0])
+
+
+def reference_answer(
+    model_dir: Path, images: list[bytes], question: str, *, max_new_tokens: int, max_tiles: int
+) -> tuple[str, int]:
+    """(answer, number of tiles) for one job, as the service should return it."""
+    tokens, tiles = reference_tokens(
+        model_dir, images, question, max_new_tokens=max_new_tokens, max_tiles=max_tiles
     )
+    processor, _ = _load(str(model_dir))
+    return processor.decode(tokens, skip_special_tokens=True).strip(), tiles

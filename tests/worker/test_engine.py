@@ -21,6 +21,7 @@ from internvl_queue.worker.engine import (
 from internvl_queue.worker.engine.preprocess import prepare
 from internvl_queue.worker.model import LoadedModel, load_model
 from tests.images import photo
+from tests.worker.reference import reference_tokens
 
 
 @pytest.fixture(scope="module")
@@ -59,22 +60,14 @@ def _request(
 def _one_at_a_time(
     loaded: LoadedModel, image: bytes, question: str, *, max_new_tokens: int, max_tiles: int
 ) -> list[int]:
-    """The reference: transformers' generate on this job alone, tokens up to eos inclusive."""
-    request = _request(loaded, image, question, max_tiles=max_tiles, max_new_tokens=1)
-    with torch.inference_mode():
-        out = loaded.model.generate(
-            input_ids=request.input_ids[None],
-            attention_mask=torch.ones_like(request.input_ids)[None],
-            pixel_values=request.pixel_values,
-            do_sample=False,
-            max_new_tokens=max_new_tokens,
-        )
-    tokens: list[int] = out[0, request.prompt_tokens :].tolist()
-    eos = loaded.model.generation_config.eos_token_id
-    eos_ids = {eos} if isinstance(eos, int) else set(eos)
-    for i, token in enumerate(tokens):
-        if token in eos_ids:
-            return tokens[: i + 1]
+    """The reference: transformers' generate on this job alone (tests/worker/reference.py)."""
+    tokens, _ = reference_tokens(
+        Path(loaded.model_id),
+        [image],
+        question,
+        max_new_tokens=max_new_tokens,
+        max_tiles=max_tiles,
+    )
     return tokens
 
 
@@ -97,7 +90,7 @@ def test_batched_tokens_equal_one_at_a_time(loaded: LoadedModel, make_engine: An
     engine.start()
     results = [r.future.result(timeout=120) for r in requests]
     assert [r.batch_size for r in results] == [len(JOBS)] * len(JOBS)  # one batch
-    assert len({r.image_tiles for r in results}) > 2  # really mixed tile counts
+    assert len({r.tiles for r in requests}) > 2  # really mixed tile counts
     for (img, q, n, t), result in zip(JOBS, results, strict=True):
         expected = _one_at_a_time(loaded, img, q, max_new_tokens=n, max_tiles=t)
         assert result.tokens == expected
@@ -200,8 +193,8 @@ def test_out_of_memory_splits_the_batch_and_a_job_too_big_alone_fails(
     results = [r.future.result(timeout=120) for r in requests]
     # 5 -> halves (2 + 3) -> ... until each part fits; every failed attempt was retried smaller.
     assert fake.batch_sizes[:2] == [5, 2] and len(fake.batch_sizes) > 4
-    for (img, q, n, t), result in zip(JOBS[:5], results, strict=True):
-        if result.image_tiles > 12:  # the 13-tile job fails alone, the rest are answered
+    for (img, q, n, t), request, result in zip(JOBS[:5], requests, results, strict=True):
+        if request.tiles > 12:  # the 13-tile job fails alone, the rest are answered
             assert result.stop is StopReason.OUT_OF_MEMORY
         else:
             assert result.tokens == _one_at_a_time(loaded, img, q, max_new_tokens=n, max_tiles=t)

@@ -79,16 +79,7 @@ class Engine:
                 self._run(batch)
             except Exception as exc:  # never leave a task waiting on a future nobody resolves
                 log.exception("engine error")
-                for request in batch:
-                    if not request.future.done():
-                        self._resolve(
-                            request,
-                            DecodeOutput([], StopReason.ERROR),
-                            0.0,
-                            len(batch),
-                            time.monotonic(),
-                            error=repr(exc),
-                        )
+                self._fail([r for r in batch if not r.future.done()], exc)
 
     def _next_batch(self) -> list[EngineRequest] | None:
         with self._wakeup:
@@ -115,7 +106,7 @@ class Engine:
         for request in batch:
             reason = _stop_reason(request, now)
             if reason is not None:
-                self._resolve(request, DecodeOutput([], reason), 0.0, 0, now)
+                self._resolve(request, DecodeOutput([], reason), 0.0, 0)
             else:
                 runnable.append(request)
         if runnable:
@@ -134,7 +125,7 @@ class Engine:
             self.stats.out_of_memory()
             if len(batch) == 1:
                 log.warning("one job does not fit in GPU memory (%d tiles)", batch[0].tiles)
-                self._resolve(batch[0], DecodeOutput([], StopReason.OUT_OF_MEMORY), 0.0, 1, started)
+                self._resolve(batch[0], DecodeOutput([], StopReason.OUT_OF_MEMORY), 0.0, 1)
                 return
             half = len(batch) // 2
             log.warning("out of GPU memory with %d jobs; splitting", len(batch))
@@ -143,15 +134,7 @@ class Engine:
             return
         except Exception as exc:  # a bug or a bad input: fail these jobs, keep the engine
             log.exception("batch of %d failed", len(batch))
-            for request in batch:
-                self._resolve(
-                    request,
-                    DecodeOutput([], StopReason.ERROR),
-                    0.0,
-                    len(batch),
-                    started,
-                    error=f"{type(exc).__name__}: {exc}",
-                )
+            self._fail(batch, exc)
             return
         if self.loaded.device.type == "cuda":
             torch.cuda.synchronize()
@@ -163,7 +146,12 @@ class Engine:
             seconds=elapsed_ms / 1000,
         )
         for request, output in zip(batch, outputs, strict=True):
-            self._resolve(request, output, elapsed_ms, len(batch), started)
+            self._resolve(request, output, elapsed_ms, len(batch))
+
+    def _fail(self, batch: Sequence[EngineRequest], exc: Exception) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        for request in batch:
+            self._resolve(request, DecodeOutput([], StopReason.ERROR), 0.0, len(batch), error)
 
     @staticmethod
     def _resolve(
@@ -171,17 +159,12 @@ class Engine:
         output: DecodeOutput,
         inference_ms: float,
         batch_size: int,
-        started: float,
         error: str | None = None,
     ) -> None:
         request.future.set_result(
             EngineResult(
                 tokens=output.tokens,
                 stop=output.stop,
-                prompt_tokens=request.prompt_tokens,
-                image_tiles=request.tiles,
-                preprocess_ms=request.preprocess_ms,
-                queue_ms=(started - request.submitted_at) * 1000,
                 inference_ms=inference_ms,
                 batch_size=batch_size,
                 error=error,

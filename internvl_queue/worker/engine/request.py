@@ -32,7 +32,6 @@ class EngineRequest:
     deadline: float | None = None  # time.monotonic() value after which the job stops
     is_canceled: Callable[[], bool] | None = None
     ignore_eos: bool = False  # benchmarks: always generate max_new_tokens
-    preprocess_ms: float = 0.0
     submitted_at: float = field(default_factory=time.monotonic)
     future: Future[EngineResult] = field(default_factory=Future)
     uploaded: torch.cuda.Event | None = None  # set when pixel_values were copied to the GPU
@@ -53,10 +52,6 @@ class EngineRequest:
 class EngineResult:
     tokens: list[int]
     stop: StopReason
-    prompt_tokens: int
-    image_tiles: int
-    preprocess_ms: float
-    queue_ms: float  # waiting for a batch
     inference_ms: float  # the batch's GPU time, shared by its jobs
     batch_size: int
     error: str | None = None
@@ -77,5 +72,4 @@ def make_request(
         deadline=deadline,
         is_canceled=is_canceled,
         ignore_eos=ignore_eos,
-        preprocess_ms=prepared.preprocess_ms,
     )

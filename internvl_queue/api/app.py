@@ -27,7 +27,11 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
     client = connect(settings.redis_url)
     app.extensions[EXTENSION] = Services(
         settings=settings,
-        store=JobStore(client, retention_s=settings.job_retention_s),
+        store=JobStore(
+            client,
+            retention_s=settings.job_retention_s,
+            event_ttl_s=settings.webhook_window_s,
+        ),
         workers=WorkerRegistry(client),
         dispatcher=dispatcher or CeleryDispatcher(settings),
     )

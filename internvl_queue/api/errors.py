@@ -18,6 +18,7 @@ _HTTP_CODES = {
     400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
+    409: "conflict",
     413: "request_too_large",
     415: "unsupported_media_type",
 }
@@ -30,7 +31,12 @@ def error_response(status: int, code: str, message: str) -> tuple[Response, int]
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ServiceError)
     def _service_error(exc: ServiceError) -> tuple[Response, int]:
-        return error_response(exc.http_status, exc.code, exc.message)
+        response, status = error_response(exc.http_status, exc.code, exc.message)
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(exc.retry_after)
+        if status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="internvl-queue"'
+        return response, status
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> tuple[Response, int]:

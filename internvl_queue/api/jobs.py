@@ -25,7 +25,7 @@ def submit() -> tuple[Response, int, dict[str, str]]:
     submission = parse_submission(request)
     job = prepare_job(submission, svc.settings)
     try:
-        svc.store.create(job, submission.images)
+        job = svc.store.create(job, submission.images)
     except redis.RedisError as exc:
         log.error("could not store job: %s", exc)
         raise ServiceUnavailable("the job store is unavailable; try again") from None

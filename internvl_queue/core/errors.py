@@ -2,11 +2,15 @@
 
     ServiceError                 base; carries ``code``, ``message`` and an HTTP status
     ├── BadRequest               400  malformed request (bad JSON, bad base64, missing field)
-    ├── JobNotFound              404  unknown or expired job id
+    ├── Unauthorized             401  missing, unknown or revoked API key
+    ├── JobNotFound              404  unknown or expired job id (or another key's job)
+    ├── Conflict                 409  the job already finished; an Idempotency-Key still in flight
     ├── PayloadTooLarge          413  body over the byte limit, image over the pixel limit
     ├── UnsupportedMediaType     415  request or file type we do not accept
     ├── ValidationFailed         422  well-formed but invalid values
-    ├── ServiceUnavailable       503  Redis or the broker does not answer
+    │   └── WebhookUrlNotAllowed 422  a webhook_url the SSRF guard refuses
+    ├── TooManyRequests          429  the API key's submit rate limit (with Retry-After)
+    ├── ServiceUnavailable       503  Redis or the broker does not answer; the queue is full
     └── JobFailure               the reason stored on a failed job (no HTTP status of its own)
         ├── ImageDecodeError     an image stored with the job did not decode in the worker
         ├── InferenceError       the model raised while answering
@@ -14,13 +18,15 @@
         ├── JobTimedOut          the job passed its deadline (timeout_s)
         └── JobCanceled          the job was canceled while running (ends ``canceled``)
 
-The API maps every ``ServiceError`` to ``{"error": {"code", "message"}}`` in one handler.
+The API maps every ``ServiceError`` to ``{"error": {"code", "message"}}`` in one handler; an
+error with ``retry_after`` also sets the ``Retry-After`` header.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "BadRequest",
+    "Conflict",
     "GpuOutOfMemory",
     "ImageDecodeError",
     "InferenceError",
@@ -31,8 +37,11 @@ __all__ = [
     "PayloadTooLarge",
     "ServiceError",
     "ServiceUnavailable",
+    "TooManyRequests",
+    "Unauthorized",
     "UnsupportedMediaType",
     "ValidationFailed",
+    "WebhookUrlNotAllowed",
 ]
 
 
@@ -42,10 +51,13 @@ class ServiceError(Exception):
     http_status = 500
     default_code = "internal_error"
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, retry_after: int | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code or self.default_code
+        self.retry_after = retry_after  # seconds, sent as Retry-After
 
     def to_dict(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message}
@@ -58,11 +70,25 @@ class BadRequest(ServiceError):
     default_code = "bad_request"
 
 
+class Unauthorized(ServiceError):
+    """Raised when a request carries no API key, or one that is unknown or revoked."""
+
+    http_status = 401
+    default_code = "unauthorized"
+
+
 class JobNotFound(ServiceError):
     """Raised when a job id is unknown or its record has expired."""
 
     http_status = 404
     default_code = "job_not_found"
+
+
+class Conflict(ServiceError):
+    """Raised when a request conflicts with the current state (a finished job, a key in flight)."""
+
+    http_status = 409
+    default_code = "conflict"
 
 
 class PayloadTooLarge(ServiceError):
@@ -84,6 +110,19 @@ class ValidationFailed(ServiceError):
 
     http_status = 422
     default_code = "invalid_parameter"
+
+
+class WebhookUrlNotAllowed(ValidationFailed):
+    """Raised when a webhook_url is not http(s) or resolves to an address the guard refuses."""
+
+    default_code = "webhook_url_not_allowed"
+
+
+class TooManyRequests(ServiceError):
+    """Raised when an API key submits faster than its rate limit allows."""
+
+    http_status = 429
+    default_code = "rate_limited"
 
 
 class ServiceUnavailable(ServiceError):

@@ -49,6 +49,15 @@ class Job:
     image_count: int
     created_at: float
     metadata: dict[str, Any] | None = None
+    # The API key that submitted the job ("" when the API runs open); only it sees the job.
+    owner: str = ""
+    webhook_url: str | None = None
+    webhook_events: tuple[str, ...] = ()
+    # When the record (and its images) will be deleted: retention from submission, then again
+    # from the moment it finished.
+    expires_at: float = 0.0
+    # Set when a cancel reaches a running job; the worker stops it and stores ``canceled``.
+    cancel_requested_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
     result: dict[str, Any] | None = None
@@ -73,6 +82,10 @@ class Job:
         params: JobParams,
         image_count: int,
         metadata: dict[str, Any] | None = None,
+        *,
+        owner: str = "",
+        webhook_url: str | None = None,
+        webhook_events: tuple[str, ...] = (),
     ) -> Job:
         return cls(
             id=new_job_id(),
@@ -81,6 +94,9 @@ class Job:
             params=params,
             image_count=image_count,
             metadata=metadata,
+            owner=owner,
+            webhook_url=webhook_url,
+            webhook_events=webhook_events if webhook_url else (),
             created_at=time.time(),
         )
 
@@ -99,6 +115,11 @@ class Job:
             "image_count": str(self.image_count),
             "created_at": repr(self.created_at),
             "metadata": json.dumps(self.metadata),
+            "owner": self.owner,
+            "webhook_url": self.webhook_url or "",
+            "webhook_events": ",".join(self.webhook_events),
+            "expires_at": repr(self.expires_at),
+            "cancel_requested_at": json.dumps(self.cancel_requested_at),
             "started_at": json.dumps(self.started_at),
             "finished_at": json.dumps(self.finished_at),
             "result": json.dumps(self.result),
@@ -118,6 +139,11 @@ class Job:
             image_count=int(h["image_count"]),
             created_at=float(h["created_at"]),
             metadata=json.loads(h["metadata"]),
+            owner=h.get("owner", ""),
+            webhook_url=h.get("webhook_url") or None,
+            webhook_events=tuple(e for e in h.get("webhook_events", "").split(",") if e),
+            expires_at=float(h.get("expires_at", "0")),
+            cancel_requested_at=json.loads(h.get("cancel_requested_at", "null")),
             started_at=json.loads(h["started_at"]),
             finished_at=json.loads(h["finished_at"]),
             result=json.loads(h["result"]),
@@ -127,17 +153,25 @@ class Job:
         )
 
     # -- public view ----------------------------------------------------------------------------
-    def to_public(self) -> dict[str, Any]:
-        """The job object of the HTTP API (internal bookkeeping left out)."""
+    def to_public(self, *, queue_position: int | None = None) -> dict[str, Any]:
+        """The job object of the HTTP API and of webhooks (internal bookkeeping left out)."""
         return {
             "id": self.id,
             "status": self.status.value,
             "created_at": iso8601(self.created_at),
             "started_at": iso8601(self.started_at),
             "finished_at": iso8601(self.finished_at),
+            "expires_at": iso8601(self.expires_at),
+            "queue_position": queue_position if self.status is JobStatus.QUEUED else None,
+            "cancel_requested_at": iso8601(self.cancel_requested_at),
             "question": self.question,
             "params": self.params.to_dict(),
             "metadata": self.metadata,
+            "webhook": (
+                {"url": self.webhook_url, "events": list(self.webhook_events)}
+                if self.webhook_url
+                else None
+            ),
             "result": self.result,
             "error": self.error,
         }

@@ -1,8 +1,24 @@
-"""Every Redis key this project writes, in one place."""
+"""Every Redis key and channel this project uses, in one place."""
 
 from __future__ import annotations
 
-__all__ = ["PREFIX", "images_key", "job_key", "worker_key", "workers_key"]
+__all__ = [
+    "PREFIX",
+    "api_key_key",
+    "api_keys_key",
+    "cancel_channel",
+    "deliveries_key",
+    "done_channel",
+    "event_key",
+    "idempotency_key",
+    "images_key",
+    "job_key",
+    "outbox_key",
+    "queued_key",
+    "rate_key",
+    "worker_key",
+    "workers_key",
+]
 
 PREFIX = "iq"
 
@@ -13,6 +29,52 @@ def job_key(job_id: str) -> str:
 
 def images_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:images"
+
+
+def deliveries_key(job_id: str) -> str:
+    """A list of every webhook attempt made for the job (JSON entries, oldest first)."""
+    return f"{PREFIX}:job:{job_id}:deliveries"
+
+
+def queued_key() -> str:
+    """A sorted set of queued job ids scored by submission time (positions, the queue cap)."""
+    return f"{PREFIX}:queued"
+
+
+def done_channel(job_id: str) -> str:
+    """Pub/sub channel announcing that the job reached a terminal state (long polls wait on it)."""
+    return f"{PREFIX}:done:{job_id}"
+
+
+def cancel_channel() -> str:
+    """Pub/sub channel on which the id of a running job that was asked to cancel is published."""
+    return f"{PREFIX}:cancel"
+
+
+def event_key(event_id: str) -> str:
+    return f"{PREFIX}:event:{event_id}"
+
+
+def outbox_key() -> str:
+    """A sorted set of webhook event ids scored by when their next attempt is due."""
+    return f"{PREFIX}:outbox"
+
+
+def api_keys_key() -> str:
+    """A hash of API key id -> JSON record (name, hashed secret, created, revoked)."""
+    return f"{PREFIX}:apikeys"
+
+
+def api_key_key(key_id: str) -> str:
+    return f"{PREFIX}:apikey:{key_id}"
+
+
+def idempotency_key(owner: str, key_digest: str) -> str:
+    return f"{PREFIX}:idem:{owner or '-'}:{key_digest}"
+
+
+def rate_key(owner: str, window: int) -> str:
+    return f"{PREFIX}:rate:{owner or '-'}:{window}"
 
 
 def workers_key() -> str:

@@ -6,9 +6,13 @@ below the entry points reads ``os.environ``.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from typing import Literal
 
 __all__ = ["DEFAULT_MODEL", "Settings"]
@@ -16,6 +20,10 @@ __all__ = ["DEFAULT_MODEL", "Settings"]
 DEFAULT_MODEL = "OpenGVLab/InternVL3-1B-hf"
 
 Device = Literal["auto", "cpu", "cuda"]
+
+# Seconds between webhook attempts: 11 attempts over about 20 hours (before jitter, which only
+# shortens a wait), so the default job retention of 24 h outlives every retry.
+DEFAULT_WEBHOOK_SCHEDULE = "5,30,120,600,1800,3600,7200,14400,21600,21600"
 
 
 def _env(name: str, help: str) -> dict[str, str]:
@@ -122,6 +130,92 @@ class Settings:
     cuda_graphs: bool = field(
         default=True, metadata=_env("INTERNVL_CUDA_GRAPHS", "replay decode steps as CUDA graphs")
     )
+    # -- access and backpressure --------------------------------------------------------------
+    max_queued_jobs: int = field(
+        default=10_000,
+        metadata=_env(
+            "INTERNVL_MAX_QUEUED_JOBS",
+            "jobs waiting for a worker before submits get 503 (0: no cap)",
+        ),
+    )
+    rate_limit_jobs: int = field(
+        default=3000,
+        metadata=_env(
+            "INTERNVL_RATE_LIMIT_JOBS",
+            "submits one API key may make per rate-limit window before 429 (0: no limit)",
+        ),
+    )
+    rate_limit_window_s: int = field(
+        default=60, metadata=_env("INTERNVL_RATE_LIMIT_WINDOW_S", "the rate-limit window")
+    )
+    idempotency_ttl_s: int = field(
+        default=24 * 3600,
+        metadata=_env("INTERNVL_IDEMPOTENCY_TTL_S", "how long an Idempotency-Key is remembered"),
+    )
+    # -- webhooks -------------------------------------------------------------------------------
+    webhook_secrets: str = field(
+        default="",
+        metadata=_env(
+            "WEBHOOK_SECRETS",
+            "comma-separated whsec_ secrets; the first signs new events, all sign (rotation)",
+        ),
+    )
+    webhook_retry_schedule: str = field(
+        default=DEFAULT_WEBHOOK_SCHEDULE,
+        metadata=_env(
+            "WEBHOOK_RETRY_SCHEDULE", "comma-separated seconds between webhook delivery attempts"
+        ),
+    )
+    webhook_allowed_cidrs: str = field(
+        default="",
+        metadata=_env(
+            "WEBHOOK_ALLOWED_CIDRS",
+            "comma-separated CIDRs webhooks may reach although private/loopback/link-local",
+        ),
+    )
+    webhook_timeout_s: float = field(
+        default=10.0,
+        metadata=_env("WEBHOOK_TIMEOUT_S", "connect timeout, and read timeout, of one attempt"),
+    )
+    webhook_queue: str = field(
+        default="internvl-webhooks",
+        metadata=_env("WEBHOOK_QUEUE", "Celery queue the webhook worker consumes"),
+    )
+    webhook_concurrency: int = field(
+        default=16,
+        metadata=_env("WEBHOOK_CONCURRENCY", "deliveries one webhook worker runs at once"),
+    )
+    webhook_poll_s: float = field(
+        default=0.5,
+        metadata=_env("WEBHOOK_POLL_S", "how often the webhook worker looks for due events"),
+    )
+
+    # -- derived values -------------------------------------------------------------------------
+    @cached_property
+    def webhook_secret_list(self) -> tuple[str, ...]:
+        return tuple(s.strip() for s in self.webhook_secrets.split(",") if s.strip())
+
+    @cached_property
+    def webhook_schedule(self) -> tuple[float, ...]:
+        return tuple(float(s) for s in self.webhook_retry_schedule.split(",") if s.strip())
+
+    @property
+    def webhook_window_s(self) -> float:
+        """The longest a webhook event can keep being retried, counted from its creation."""
+        return sum(self.webhook_schedule) + self.webhook_lease_s
+
+    @property
+    def webhook_lease_s(self) -> float:
+        """How long one attempt may hold an event before another worker may take it over."""
+        return 2 * self.webhook_timeout_s + 5
+
+    @cached_property
+    def webhook_allowed_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(
+            ipaddress.ip_network(c.strip(), strict=False)
+            for c in self.webhook_allowed_cidrs.split(",")
+            if c.strip()
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -146,7 +240,11 @@ class Settings:
             raise ValueError(
                 "INTERNVL_DEFAULT_MAX_NEW_TOKENS must be in 1..INTERNVL_MAX_NEW_TOKENS"
             )
+        self._validate_webhooks()
         for name in (
+            "rate_limit_window_s",
+            "idempotency_ttl_s",
+            "webhook_concurrency",
             "max_request_bytes",
             "max_image_pixels",
             "max_images",
@@ -157,6 +255,33 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
+
+    def _validate_webhooks(self) -> None:
+        for secret in self.webhook_secret_list:
+            if not secret.startswith("whsec_"):
+                raise ValueError("WEBHOOK_SECRETS: every secret must start with whsec_")
+            try:
+                if len(base64.b64decode(secret[len("whsec_") :], validate=True)) < 16:
+                    raise ValueError("WEBHOOK_SECRETS: a secret must hold at least 16 bytes")
+            except binascii.Error:
+                raise ValueError("WEBHOOK_SECRETS: a secret is whsec_ + base64") from None
+        try:
+            schedule = self.webhook_schedule
+        except ValueError:
+            raise ValueError("WEBHOOK_RETRY_SCHEDULE must be comma-separated seconds") from None
+        if not schedule or any(delay < 0 for delay in schedule):
+            raise ValueError("WEBHOOK_RETRY_SCHEDULE needs at least one non-negative delay")
+        try:
+            self.webhook_allowed_networks  # noqa: B018 (parsed here to fail at start-up)
+        except ValueError as exc:
+            raise ValueError(f"WEBHOOK_ALLOWED_CIDRS: {exc}") from None
+        if self.webhook_timeout_s <= 0 or self.webhook_poll_s <= 0:
+            raise ValueError("WEBHOOK_TIMEOUT_S and WEBHOOK_POLL_S must be positive")
+        if self.job_retention_s < self.webhook_window_s:
+            raise ValueError(
+                f"INTERNVL_JOB_RETENTION_S ({self.job_retention_s}) must cover the webhook retry "
+                f"window ({self.webhook_window_s:.0f} s, WEBHOOK_RETRY_SCHEDULE plus one attempt)"
+            )
 
     @classmethod
     def documented(cls) -> list[tuple[str, str, str]]:

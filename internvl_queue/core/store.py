@@ -2,7 +2,9 @@
 
 Every state change reads the record under ``WATCH``, checks the move with the pure state machine
 and writes it in ``MULTI``/``EXEC``; a concurrent writer makes the transaction retry, so two
-deliveries of one job can never both store an outcome.
+deliveries of one job can never both store an outcome. The same transaction keeps the queued
+index, writes the webhook events the move produces to the outbox, and announces a finished job
+on its pub/sub channel (for long polls), so none of these can disagree with the record.
 """
 
 from __future__ import annotations
@@ -10,17 +12,18 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, TypeVar
 
 import redis
 
+from . import webhook_events
 from .job import Job
-from .keys import images_key, job_key
+from .keys import cancel_channel, done_channel, images_key, job_key, queued_key
 from .status import JobStatus
 
-__all__ = ["Claim", "ClaimOutcome", "JobStore"]
+__all__ = ["CancelOutcome", "Claim", "ClaimOutcome", "JobStore"]
 
 T = TypeVar("T")
 
@@ -30,6 +33,14 @@ class ClaimOutcome(StrEnum):
     MISSING = "missing"  # unknown or expired: nothing to do
     ALREADY_TERMINAL = "already_terminal"  # a redelivered message for a finished job
     GAVE_UP = "gave_up"  # delivered too often; the job has been failed
+    CANCELED = "canceled"  # redelivered after its worker died, with a cancel pending: now canceled
+
+
+class CancelOutcome(StrEnum):
+    CANCELED = "canceled"  # it was queued: canceled at once, it will never run
+    REQUESTED = "requested"  # it is running: its worker stops it and stores ``canceled``
+    ALREADY_FINISHED = "already_finished"
+    MISSING = "missing"
 
 
 @dataclass(frozen=True)
@@ -39,22 +50,47 @@ class Claim:
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis, *, retention_s: int) -> None:
+    def __init__(
+        self, client: redis.Redis, *, retention_s: int, event_ttl_s: float | None = None
+    ) -> None:
         self.redis = client
         self.retention_s = retention_s
+        # Webhook events outlive their last retry; by default they live as long as a job record.
+        self.event_ttl_s = retention_s if event_ttl_s is None else event_ttl_s
 
-    def create(self, job: Job, images: list[bytes]) -> None:
+    def create(self, job: Job, images: list[bytes]) -> Job:
         """Store a new job and its images atomically, both expiring after the retention time."""
+        job = replace(job, expires_at=job.created_at + self.retention_s)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(job_key(job.id), mapping=job.to_hash())
         pipe.rpush(images_key(job.id), *images)
         pipe.expire(job_key(job.id), self.retention_s)
         pipe.expire(images_key(job.id), self.retention_s)
+        pipe.zadd(queued_key(), {job.id: job.created_at})
+        # Entries of jobs that expired while queued (their worker never came) go too.
+        pipe.zremrangebyscore(queued_key(), "-inf", job.created_at - self.retention_s)
         pipe.execute()
+        return job
 
     def discard(self, job_id: str) -> None:
         """Remove a job that was never dispatched (the broker refused it)."""
-        self.redis.delete(job_key(job_id), images_key(job_id))
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(job_key(job_id), images_key(job_id))
+        pipe.zrem(queued_key(), job_id)
+        pipe.execute()
+
+    def queued_count(self) -> int:
+        """Jobs accepted and not yet started, across all queues and workers."""
+        return int(self.redis.zcard(queued_key()))
+
+    def queue_position(self, job_id: str) -> int | None:
+        """1 for the oldest queued job; None if the job is not queued.
+
+        Approximate: jobs are ranked by submission time, while the broker may hand out a
+        redelivered or slower-to-publish message in a slightly different order.
+        """
+        rank = self.redis.zrank(queued_key(), job_id)
+        return None if rank is None else int(rank) + 1  # type: ignore[arg-type]
 
     def get(self, job_id: str) -> Job | None:
         raw = self.redis.hgetall(job_key(job_id))
@@ -72,6 +108,11 @@ class JobStore:
             if job.status.is_terminal:
                 return Claim(ClaimOutcome.ALREADY_TERMINAL, job), None
             now = time.time()
+            if job.cancel_requested_at is not None:
+                canceled = job.moved_to(
+                    JobStatus.CANCELED, finished_at=now, error=_CANCELED_WHILE_RUNNING
+                )
+                return Claim(ClaimOutcome.CANCELED, canceled), canceled
             if job.attempts >= max_attempts:
                 failed = job.moved_to(
                     JobStatus.FAILED,
@@ -101,7 +142,11 @@ class JobStore:
         result: dict[str, Any] | None = None,
         error: dict[str, str] | None = None,
     ) -> Job | None:
-        """Store the outcome of the delivery that claimed ``job``; None if it no longer owns it."""
+        """Store the outcome of the delivery that claimed ``job``; None if it no longer owns it.
+
+        A job that was asked to cancel while it ran ends ``canceled`` whatever its outcome: the
+        caller was told it would be.
+        """
 
         def decide(current: Job | None) -> tuple[Job | None, Job | None]:
             if (
@@ -110,15 +155,68 @@ class JobStore:
                 or current.attempt_token != job.attempt_token
             ):
                 return None, None
-            done = current.moved_to(status, finished_at=time.time(), result=result, error=error)
+            if current.cancel_requested_at is not None:
+                done = current.moved_to(
+                    JobStatus.CANCELED, finished_at=time.time(), error=_CANCELED_WHILE_RUNNING
+                )
+            else:
+                done = current.moved_to(status, finished_at=time.time(), result=result, error=error)
             return done, done
 
         return self._update(job.id, decide)
 
+    def cancel(self, job_id: str) -> tuple[CancelOutcome, Job | None]:
+        """Cancel a job: a queued one at once; a running one by asking its worker to stop it."""
+
+        def decide(job: Job | None) -> tuple[tuple[CancelOutcome, Job | None], Job | None]:
+            if job is None:
+                return (CancelOutcome.MISSING, None), None
+            if job.status.is_terminal:
+                return (CancelOutcome.ALREADY_FINISHED, job), None
+            now = time.time()
+            if job.status is JobStatus.QUEUED:
+                canceled = job.moved_to(
+                    JobStatus.CANCELED,
+                    finished_at=now,
+                    error={"code": "canceled", "message": "the job was canceled before it ran"},
+                )
+                return (CancelOutcome.CANCELED, canceled), canceled
+            if job.cancel_requested_at is not None:
+                return (CancelOutcome.REQUESTED, job), None
+            asked = replace(job, cancel_requested_at=now)
+            return (CancelOutcome.REQUESTED, asked), asked
+
+        return self._update(job_id, decide)
+
+    def wait_finished(self, job_id: str, timeout_s: float) -> Job | None:
+        """The job once it is terminal, or as it is after ``timeout_s``; None if unknown.
+
+        Waits on the job's pub/sub channel, subscribed before the record is read again, so a
+        job finishing at any moment wakes the waiter (no polling).
+        """
+        job = self.get(job_id)
+        if job is None or job.status.is_terminal or timeout_s <= 0:
+            return job
+        deadline = time.monotonic() + timeout_s
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(done_channel(job_id))
+            job = self.get(job_id)
+            while job is not None and not job.status.is_terminal:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                if pubsub.get_message(timeout=min(remaining, 5.0)) is not None:
+                    job = self.get(job_id)
+            return job
+        finally:
+            pubsub.close()
+
     def _update(self, job_id: str, decide: Callable[[Job | None], tuple[T, Job | None]]) -> T:
         """Read the job under WATCH, let ``decide`` return (answer, new record or None), write it.
 
-        A terminal record loses its images and is kept for the retention time from now.
+        A terminal record loses its images and is kept for the retention time from now. The
+        webhook events of the move are staged in the same transaction.
         """
         key = job_key(job_id)
         answer: list[T] = []
@@ -130,11 +228,28 @@ class JobStore:
             answer[:] = [outcome]
             if new is None:
                 return
+            now = time.time()
+            finishing = new.status.is_terminal
+            if finishing:
+                new = replace(new, expires_at=now + self.retention_s)
             pipe.multi()
             pipe.hset(key, mapping=new.to_hash())
-            if new.status.is_terminal:
+            if new.status is not JobStatus.QUEUED:
+                pipe.zrem(queued_key(), job_id)
+            for kind in webhook_events.events_for(current, new):
+                event = webhook_events.WebhookEvent.for_job(new, kind, now)
+                webhook_events.stage(pipe, event, ttl_s=self.event_ttl_s)
+            if finishing:
                 pipe.delete(images_key(job_id))
                 pipe.expire(key, self.retention_s)
+                pipe.publish(done_channel(job_id), new.status.value)
+            elif new.cancel_requested_at is not None and (
+                current is not None and current.cancel_requested_at is None
+            ):
+                pipe.publish(cancel_channel(), job_id)
 
         self.redis.transaction(transaction, key)
         return answer[0]
+
+
+_CANCELED_WHILE_RUNNING = {"code": "canceled", "message": "the job was canceled while it ran"}

@@ -51,7 +51,9 @@ class WorkerRuntime:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         # Every task thread may talk to Redis at once.
         client = connect(settings.redis_url, max_connections=settings.worker_concurrency + 16)
-        self.store = JobStore(client, retention_s=settings.job_retention_s)
+        self.store = JobStore(
+            client, retention_s=settings.job_retention_s, event_ttl_s=settings.webhook_window_s
+        )
         self.registry = WorkerRegistry(client)
         self.loaded: Any = None  # model.LoadedModel once load() has run
         self.answer_fn: AnswerFn | None = None
@@ -143,6 +145,9 @@ class WorkerRuntime:
             log.error("job %s: failed after %d deliveries", job_id, claim.job.attempts)
             self._count("jobs_failed")
             return JobStatus.FAILED
+        if claim.outcome is ClaimOutcome.CANCELED:
+            log.info("job %s: redelivered with a cancel pending; canceled", job_id)
+            return JobStatus.CANCELED
         return self._run(claim.job)
 
     def _run(self, job: Job) -> JobStatus | None:

@@ -52,9 +52,13 @@ def test_multipart_submit_is_accepted_and_queued(
         "created_at",
         "started_at",
         "finished_at",
+        "expires_at",
+        "queue_position",
+        "cancel_requested_at",
         "question",
         "params",
         "metadata",
+        "webhook",
         "result",
         "error",
     }

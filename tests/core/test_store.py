@@ -1,3 +1,4 @@
+import pytest
 import redis
 
 from internvl_queue.core.job import Job, JobParams
@@ -10,14 +11,14 @@ PARAMS = JobParams(max_new_tokens=8, max_tiles=2)
 
 def _new(store: JobStore, images: int = 2) -> Job:
     job = Job.new("what?", PARAMS, image_count=images, metadata={"k": 1})
-    store.create(job, [b"img%d" % i for i in range(images)])
-    return job
+    return store.create(job, [b"img%d" % i for i in range(images)])
 
 
 def test_create_and_read_back(redis_client: redis.Redis) -> None:
     store = JobStore(redis_client, retention_s=100)
     job = _new(store)
     assert store.get(job.id) == job
+    assert job.expires_at == pytest.approx(job.created_at + 100)
     assert store.images(job.id) == [b"img0", b"img1"]
     assert 0 < redis_client.ttl(job_key(job.id)) <= 100
     assert 0 < redis_client.ttl(images_key(job.id)) <= 100

@@ -53,8 +53,7 @@ def runtime(settings: Settings) -> Iterator[WorkerRuntime]:
 
 def _queued(runtime: WorkerRuntime, images: list[bytes] | None = None) -> Job:
     job = Job.new("what?", JobParams(max_new_tokens=4, max_tiles=2), image_count=1)
-    runtime.store.create(job, images or [photo(20, 20)])
-    return job
+    return runtime.store.create(job, images or [photo(20, 20)])
 
 
 def test_success_stores_result_and_counts(

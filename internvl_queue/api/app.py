@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from ..core.idempotency import IdempotencyStore
 from ..core.redis_client import connect
 from ..core.settings import Settings
 from ..core.store import JobStore
@@ -34,6 +35,7 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
         ),
         workers=WorkerRegistry(client),
         dispatcher=dispatcher or CeleryDispatcher(settings),
+        idempotency=IdempotencyStore(client, ttl_s=settings.idempotency_ttl_s),
     )
     register_error_handlers(app)
     app.register_blueprint(jobs)

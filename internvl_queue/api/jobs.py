@@ -1,4 +1,8 @@
-"""``/v1/jobs``: submit a job, read a job."""
+"""``/v1/jobs``: submit, read (optionally waiting), cancel.
+
+Every view acts for the calling API key: another key's job answers 404, exactly like an unknown
+one, so ids cannot be probed.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,15 @@ import logging
 import redis
 from flask import Blueprint, Response, jsonify, request
 
-from ..core.errors import JobNotFound, ServiceUnavailable
-from ..core.submission import prepare_job
+from ..core.errors import Conflict, JobNotFound, ServiceUnavailable, ValidationFailed
+from ..core.idempotency import ReservationOutcome, check_key
+from ..core.job import Job
+from ..core.store import CancelOutcome
+from ..core.submission import Submission, prepare_job
+from .auth import current_owner
 from .parsing import parse_submission
-from .services import services
+from .services import Services, services
+from .waiting import prefer_wait, query_wait
 
 __all__ = ["jobs"]
 
@@ -18,13 +27,67 @@ log = logging.getLogger(__name__)
 
 jobs = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
+# Seconds a caller refused for a full queue is asked to wait before trying again.
+QUEUE_FULL_RETRY_AFTER_S = 10
+
+Reply = tuple[Response, int, dict[str, str]]
+
 
 @jobs.post("")
-def submit() -> tuple[Response, int, dict[str, str]]:
+def submit() -> Reply:
     svc = services()
+    owner = current_owner()
     submission = parse_submission(request)
-    job = prepare_job(submission, svc.settings)
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        job = _accept(svc, submission, owner)
+        return _submitted(svc, job, {})
+    check_key(key)
+    fingerprint = submission.fingerprint()
+    reservation = svc.idempotency.reserve(owner, key, fingerprint)
+    if reservation.outcome is ReservationOutcome.MISMATCH:
+        raise ValidationFailed(
+            "this Idempotency-Key was already used for a different request",
+            code="idempotency_key_reused",
+        )
+    if reservation.outcome is ReservationOutcome.IN_FLIGHT:
+        raise Conflict(
+            "a request with this Idempotency-Key is still being processed; retry shortly",
+            code="idempotency_key_in_flight",
+        )
+    if reservation.outcome is ReservationOutcome.REPLAY:
+        assert reservation.job_id is not None
+        original = svc.store.get(reservation.job_id)
+        if original is not None:
+            return _submitted(svc, original, {"Idempotency-Replayed": "true"})
+        # The job expired before its key did: the key is free again.
+        svc.idempotency.release(owner, key)
+        if svc.idempotency.reserve(owner, key, fingerprint).outcome is not ReservationOutcome.NEW:
+            raise Conflict(
+                "a request with this Idempotency-Key is still being processed; retry shortly",
+                code="idempotency_key_in_flight",
+            )
     try:
+        job = _accept(svc, submission, owner)
+    except Exception:
+        svc.idempotency.release(owner, key)
+        raise
+    svc.idempotency.complete(owner, key, fingerprint, job.id)
+    return _submitted(svc, job, {})
+
+
+def _accept(svc: Services, submission: Submission, owner: str) -> Job:
+    """Validate, store and dispatch a new job; raises a ``ServiceError`` saying why not."""
+    job = prepare_job(submission, svc.settings, owner=owner)
+    cap = svc.settings.max_queued_jobs
+    try:
+        # Approximate under concurrent submits (checked, then added): a few jobs over is fine.
+        if cap and svc.store.queued_count() >= cap:
+            raise ServiceUnavailable(
+                f"{cap} jobs are already waiting; try again later",
+                code="queue_full",
+                retry_after=QUEUE_FULL_RETRY_AFTER_S,
+            )
         job = svc.store.create(job, submission.images)
     except redis.RedisError as exc:
         log.error("could not store job: %s", exc)
@@ -35,12 +98,54 @@ def submit() -> tuple[Response, int, dict[str, str]]:
         log.error("could not dispatch job %s: %s", job.id, exc)
         svc.store.discard(job.id)
         raise ServiceUnavailable("the job queue is unavailable; try again") from None
-    return jsonify(job.to_public()), 202, {"Location": f"/v1/jobs/{job.id}"}
+    return job
+
+
+def _submitted(svc: Services, job: Job, headers: dict[str, str]) -> Reply:
+    """202 with the job; 200 with the finished job if ``Prefer: wait`` saw it finish."""
+    headers = {**headers, "Location": f"/v1/jobs/{job.id}"}
+    wait = prefer_wait(request.headers.get("Prefer"))
+    if wait > 0:
+        job = svc.store.wait_finished(job.id, wait) or job
+        headers["Preference-Applied"] = f"wait={wait:g}"
+        if job.status.is_terminal:
+            return jsonify(job.to_public()), 200, headers
+    return _view(svc, job), 202, headers
 
 
 @jobs.get("/<job_id>")
 def read(job_id: str) -> Response:
-    job = services().store.get(job_id)
-    if job is None:
+    svc = services()
+    wait = query_wait(request.args.get("wait"))
+    job = _own_job(svc, job_id)
+    if wait > 0 and not job.status.is_terminal:
+        job = svc.store.wait_finished(job_id, wait) or job
+    return _view(svc, job)
+
+
+@jobs.post("/<job_id>/cancel")
+def cancel(job_id: str) -> tuple[Response, int]:
+    """200 and ``canceled`` for a queued job; 202 for a running one, which its worker stops."""
+    svc = services()
+    _own_job(svc, job_id)
+    outcome, job = svc.store.cancel(job_id)
+    if outcome is CancelOutcome.MISSING or job is None:
         raise JobNotFound(f"no job with id {job_id!r} (unknown, or expired)")
-    return jsonify(job.to_public())
+    if outcome is CancelOutcome.ALREADY_FINISHED:
+        raise Conflict(
+            f"the job already finished ({job.status.value}); there is nothing to cancel",
+            code="job_already_finished",
+        )
+    return jsonify(job.to_public()), 200 if outcome is CancelOutcome.CANCELED else 202
+
+
+def _own_job(svc: Services, job_id: str) -> Job:
+    job = svc.store.get(job_id)
+    if job is None or job.owner != current_owner():
+        raise JobNotFound(f"no job with id {job_id!r} (unknown, or expired)")
+    return job
+
+
+def _view(svc: Services, job: Job) -> Response:
+    position = svc.store.queue_position(job.id) if job.status.value == "queued" else None
+    return jsonify(job.to_public(queue_position=position))

@@ -13,7 +13,7 @@ from ..core.submission import Submission
 
 __all__ = ["parse_submission"]
 
-_OPTIONAL = ("max_new_tokens", "max_tiles", "timeout_s", "metadata")
+_OPTIONAL = ("max_new_tokens", "max_tiles", "timeout_s", "metadata", "webhook_url")
 
 
 def parse_submission(request: Request) -> Submission:
@@ -30,7 +30,11 @@ def parse_submission(request: Request) -> Submission:
 def _from_form(request: Request) -> Submission:
     images = [upload.read() for upload in request.files.getlist("image")]
     fields = {name: request.form.get(name) for name in _OPTIONAL}
-    return Submission(question=request.form.get("question"), images=images, **fields)
+    # Repeated fields or one comma-separated field both work.
+    events = ",".join(request.form.getlist("webhook_events")) or None
+    return Submission(
+        question=request.form.get("question"), images=images, webhook_events=events, **fields
+    )
 
 
 def _from_json(request: Request) -> Submission:
@@ -44,7 +48,12 @@ def _from_json(request: Request) -> Submission:
         raise BadRequest("'images' must be a list of {\"data\": ...} objects", code="invalid_json")
     images = [_image_data(item, index) for index, item in enumerate(raw_images)]
     fields = {name: body.get(name) for name in _OPTIONAL}
-    return Submission(question=body.get("question"), images=images, **fields)
+    return Submission(
+        question=body.get("question"),
+        images=images,
+        webhook_events=body.get("webhook_events"),
+        **fields,
+    )
 
 
 def _image_data(item: Any, index: int) -> bytes:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from flask import current_app
 
+from ..core.idempotency import IdempotencyStore
 from ..core.settings import Settings
 from ..core.store import JobStore
 from ..core.workers import WorkerRegistry
@@ -22,6 +23,7 @@ class Services:
     store: JobStore
     workers: WorkerRegistry
     dispatcher: Dispatcher
+    idempotency: IdempotencyStore
 
 
 def services() -> Services:

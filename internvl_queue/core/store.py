@@ -109,14 +109,12 @@ class JobStore:
                 return Claim(ClaimOutcome.ALREADY_TERMINAL, job), None
             now = time.time()
             if job.cancel_requested_at is not None:
-                canceled = job.moved_to(
-                    JobStatus.CANCELED, finished_at=now, error=_CANCELED_WHILE_RUNNING
-                )
+                canceled = self._ended(job, JobStatus.CANCELED, error=_CANCELED_WHILE_RUNNING)
                 return Claim(ClaimOutcome.CANCELED, canceled), canceled
             if job.attempts >= max_attempts:
-                failed = job.moved_to(
+                failed = self._ended(
+                    job,
                     JobStatus.FAILED,
-                    finished_at=now,
                     error={
                         "code": "too_many_attempts",
                         "message": f"the job was delivered {job.attempts} times without "
@@ -165,6 +163,11 @@ class JobStore:
 
         return self._update(job.id, decide)
 
+    def _ended(self, job: Job, status: JobStatus, **changes: Any) -> Job:
+        """``job`` moved to a terminal ``status`` now; its record lives the retention time more."""
+        now = time.time()
+        return job.moved_to(status, finished_at=now, expires_at=now + self.retention_s, **changes)
+
     def cancel(self, job_id: str) -> tuple[CancelOutcome, Job | None]:
         """Cancel a job: a queued one at once; a running one by asking its worker to stop it."""
 
@@ -175,9 +178,9 @@ class JobStore:
                 return (CancelOutcome.ALREADY_FINISHED, job), None
             now = time.time()
             if job.status is JobStatus.QUEUED:
-                canceled = job.moved_to(
+                canceled = self._ended(
+                    job,
                     JobStatus.CANCELED,
-                    finished_at=now,
                     error={"code": "canceled", "message": "the job was canceled before it ran"},
                 )
                 return (CancelOutcome.CANCELED, canceled), canceled
@@ -230,8 +233,6 @@ class JobStore:
                 return
             now = time.time()
             finishing = new.status.is_terminal
-            if finishing:
-                new = replace(new, expires_at=now + self.retention_s)
             pipe.multi()
             pipe.hset(key, mapping=new.to_hash())
             if new.status is not JobStatus.QUEUED:

@@ -6,6 +6,7 @@ one place. Cheap checks run first; images are decoded last.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,8 @@ from .errors import BadRequest, ValidationFailed
 from .images import inspect_image
 from .job import Job, JobParams
 from .settings import Settings
+from .webhook_events import DEFAULT_EVENTS, EVENT_TYPES
+from .webhook_url import check_webhook_url
 
 __all__ = ["MAX_METADATA_BYTES", "Submission", "prepare_job"]
 
@@ -30,9 +33,27 @@ class Submission:
     max_tiles: Any = None
     timeout_s: Any = None
     metadata: Any = None
+    webhook_url: Any = None
+    webhook_events: Any = None
+
+    def fingerprint(self) -> str:
+        """A digest of everything the caller sent, to tell a retried request from a different one
+        under the same Idempotency-Key."""
+        fields = {
+            "question": self.question,
+            "max_new_tokens": self.max_new_tokens,
+            "max_tiles": self.max_tiles,
+            "timeout_s": self.timeout_s,
+            "metadata": self.metadata,
+            "webhook_url": self.webhook_url,
+            "webhook_events": self.webhook_events,
+            "images": [hashlib.sha256(data).hexdigest() for data in self.images],
+        }
+        canonical = json.dumps(fields, sort_keys=True, default=str).encode()
+        return hashlib.sha256(canonical).hexdigest()
 
 
-def prepare_job(submission: Submission, settings: Settings) -> Job:
+def prepare_job(submission: Submission, settings: Settings, *, owner: str = "") -> Job:
     question = _question(submission.question, settings)
     params = JobParams(
         max_new_tokens=_bounded_int(
@@ -52,6 +73,7 @@ def prepare_job(submission: Submission, settings: Settings) -> Job:
         ),
     )
     metadata = _metadata(submission.metadata)
+    webhook_url, webhook_events = _webhook(submission, settings)
     images = submission.images
     if not images:
         raise BadRequest("at least one image is required", code="missing_image")
@@ -62,7 +84,49 @@ def prepare_job(submission: Submission, settings: Settings) -> Job:
         )
     for index, data in enumerate(images):
         inspect_image(data, max_pixels=settings.max_image_pixels, label=f"image {index + 1}")
-    return Job.new(question, params, image_count=len(images), metadata=metadata)
+    return Job.new(
+        question,
+        params,
+        image_count=len(images),
+        metadata=metadata,
+        owner=owner,
+        webhook_url=webhook_url,
+        webhook_events=webhook_events,
+    )
+
+
+def _webhook(submission: Submission, settings: Settings) -> tuple[str | None, tuple[str, ...]]:
+    url, events = submission.webhook_url, submission.webhook_events
+    if url is None or url == "":
+        if events not in (None, "", []):
+            raise ValidationFailed("webhook_events needs a webhook_url", code="invalid_parameter")
+        return None, ()
+    if not isinstance(url, str):
+        raise ValidationFailed("webhook_url must be a string", code="webhook_url_not_allowed")
+    if not settings.webhook_secret_list:
+        raise ValidationFailed(
+            "this service has no webhook signing secret (WEBHOOK_SECRETS), so it sends no "
+            "webhooks; poll the job instead",
+            code="webhooks_not_configured",
+        )
+    chosen: tuple[str, ...] = DEFAULT_EVENTS
+    if events not in (None, ""):
+        names = events.split(",") if isinstance(events, str) else events
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValidationFailed(
+                "webhook_events must be a list (or comma-separated string) of event types",
+                code="invalid_parameter",
+            )
+        wanted = {n.strip() for n in names if n.strip()}
+        unknown = sorted(wanted - set(EVENT_TYPES))
+        if unknown or not wanted:
+            raise ValidationFailed(
+                f"webhook_events must be some of {', '.join(EVENT_TYPES)}"
+                + (f"; unknown: {', '.join(unknown)}" if unknown else ""),
+                code="invalid_parameter",
+            )
+        chosen = tuple(kind for kind in EVENT_TYPES if kind in wanted)
+    return check_webhook_url(url, settings.webhook_allowed_networks), chosen
 
 
 def _question(raw: Any, settings: Settings) -> str:

@@ -23,6 +23,7 @@ from ..core.settings import Settings
 from ..core.status import JobStatus
 from ..core.store import ClaimOutcome, JobStore
 from ..core.workers import WorkerInfo, WorkerRegistry
+from .cancellation import CancelWatcher
 
 __all__ = ["Answer", "AnswerFn", "WorkerRuntime"]
 
@@ -40,8 +41,9 @@ class Answer:
     batch_size: int = 1
 
 
-# (image bytes, question, *, max_new_tokens, max_tiles, deadline) -> Answer, raising a JobFailure
-# for a job that cannot be answered. The batching engine in production; a named fake in tests.
+# (image bytes, question, *, max_new_tokens, max_tiles, deadline, is_canceled) -> Answer, raising
+# a JobFailure for a job that cannot be answered. The batching engine in production; a named fake
+# in tests.
 AnswerFn = Callable[..., Answer]
 
 
@@ -55,6 +57,7 @@ class WorkerRuntime:
             client, retention_s=settings.job_retention_s, event_ttl_s=settings.webhook_window_s
         )
         self.registry = WorkerRegistry(client)
+        self.cancels = CancelWatcher(client)
         self.loaded: Any = None  # model.LoadedModel once load() has run
         self.answer_fn: AnswerFn | None = None
         self.engine: Any = None  # engine.Engine once load() has run
@@ -91,6 +94,7 @@ class WorkerRuntime:
             max_pixels=s.max_image_pixels,
         )
         self.engine.start()
+        self.cancels.start()
         self.use_model(loaded, EngineAnswerer(loaded, self.engine, self.preprocessor))
 
     def shutdown(self) -> None:
@@ -102,7 +106,8 @@ class WorkerRuntime:
         self.close()
 
     def close(self) -> None:
-        """Close the Redis connections."""
+        """Stop listening for cancels; close the Redis connections."""
+        self.cancels.stop()
         self.store.redis.connection_pool.disconnect()
 
     def use_model(self, loaded: Any, answer_fn: AnswerFn) -> None:
@@ -132,6 +137,14 @@ class WorkerRuntime:
     # -- one delivery ---------------------------------------------------------------------------
     def process(self, job_id: str) -> JobStatus | None:
         """Run one delivery of ``job_id``; returns the stored status, or None if nothing was run."""
+        # Watched before the claim, so that a cancel arriving right after it is not missed.
+        canceled = self.cancels.watch(job_id)
+        try:
+            return self._deliver(job_id, canceled)
+        finally:
+            self.cancels.unwatch(job_id)
+
+    def _deliver(self, job_id: str, canceled: threading.Event) -> JobStatus | None:
         claim = self.store.claim(job_id, max_attempts=self.settings.max_attempts)
         if claim.outcome is ClaimOutcome.MISSING:
             log.warning("job %s: no record (unknown or expired); message dropped", job_id)
@@ -148,13 +161,13 @@ class WorkerRuntime:
         if claim.outcome is ClaimOutcome.CANCELED:
             log.info("job %s: redelivered with a cancel pending; canceled", job_id)
             return JobStatus.CANCELED
-        return self._run(claim.job)
+        return self._run(claim.job, canceled)
 
-    def _run(self, job: Job) -> JobStatus | None:
+    def _run(self, job: Job, canceled: threading.Event) -> JobStatus | None:
         result: dict[str, Any] | None = None
         error: dict[str, str] | None = None
         try:
-            result = self._answer(job)
+            result = self._answer(job, canceled)
             status = JobStatus.SUCCEEDED
         except JobCanceled as exc:
             status, error = JobStatus.CANCELED, exc.to_dict()
@@ -178,7 +191,7 @@ class WorkerRuntime:
         )
         return status
 
-    def _answer(self, job: Job) -> dict[str, Any]:
+    def _answer(self, job: Job, canceled: threading.Event) -> dict[str, Any]:
         if self.answer_fn is None:
             raise RuntimeError("the worker has no model loaded")
         # The deadline counts from submission, so time spent queued counts too.
@@ -191,12 +204,15 @@ class WorkerRuntime:
             raise ImageDecodeError(
                 f"the job's images are gone ({len(blobs)} of {job.image_count} found)"
             )
+        if canceled.is_set():
+            raise JobCanceled("the job was canceled before it reached the model")
         reply = self.answer_fn(
             blobs,
             job.question,
             max_new_tokens=job.params.max_new_tokens,
             max_tiles=job.params.max_tiles,
             deadline=deadline,
+            is_canceled=canceled.is_set,
         )
         queued_ms = ((job.started_at or job.created_at) - job.created_at) * 1000
         return {

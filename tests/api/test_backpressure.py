@@ -1,0 +1,39 @@
+"""The global cap on queued jobs (503 queue_full with Retry-After)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from internvl_queue.api import create_app
+from internvl_queue.core.settings import Settings
+from tests.api.lifecycle_helpers import json_body
+
+
+def test_a_full_queue_refuses_with_503_and_retry_after(settings: Settings) -> None:
+    client = create_app(replace(settings, max_queued_jobs=2)).test_client()
+    first = client.post("/v1/jobs", json=json_body()).json
+    assert client.post("/v1/jobs", json=json_body()).status_code == 202
+    refused = client.post("/v1/jobs", json=json_body())
+    assert refused.status_code == 503
+    assert refused.json["error"]["code"] == "queue_full"
+    assert int(refused.headers["Retry-After"]) > 0
+    # A job leaving the queue makes room again.
+    client.post(f"/v1/jobs/{first['id']}/cancel")
+    assert client.post("/v1/jobs", json=json_body()).status_code == 202
+
+
+def test_queue_positions_are_reported_while_queued(client) -> None:  # type: ignore[no-untyped-def]
+    ids = [client.post("/v1/jobs", json=json_body()).json["id"] for _ in range(3)]
+    assert [client.get(f"/v1/jobs/{i}").json["queue_position"] for i in ids] == [1, 2, 3]
+    client.post(f"/v1/jobs/{ids[0]}/cancel")
+    assert client.get(f"/v1/jobs/{ids[0]}").json["queue_position"] is None
+    assert client.get(f"/v1/jobs/{ids[2]}").json["queue_position"] == 2
+
+
+def test_every_job_says_when_it_expires(client, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    from datetime import datetime
+
+    job = client.post("/v1/jobs", json=json_body()).json
+    created = datetime.fromisoformat(job["created_at"])
+    expires = datetime.fromisoformat(job["expires_at"])
+    assert round((expires - created).total_seconds()) == settings.job_retention_s

@@ -1,0 +1,94 @@
+"""webhook_url and webhook_events on submit: validated, and refused by the SSRF guard."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from internvl_queue.api import create_app
+from internvl_queue.core.settings import Settings
+from tests.api.lifecycle_helpers import json_body
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def _client(settings: Settings, **changes: str):  # type: ignore[no-untyped-def]
+    return create_app(replace(settings, webhook_secrets=SECRET, **changes)).test_client()
+
+
+def test_without_a_signing_secret_webhooks_are_refused(client) -> None:  # type: ignore[no-untyped-def]
+    reply = client.post("/v1/jobs", json=json_body(webhook_url="https://example.com/hook"))
+    assert reply.status_code == 422
+    assert reply.json["error"]["code"] == "webhooks_not_configured"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/hook",
+        "http://localhost/hook",
+        "http://10.1.2.3/hook",
+        "http://192.168.0.10/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]/hook",
+        "http://[::ffff:127.0.0.1]/hook",
+        "http://224.0.0.1/hook",
+        "ftp://example.com/hook",
+        "file:///etc/passwd",
+        "http://user:pw@example.com/hook",
+        "not a url",
+    ],
+)
+def test_private_and_non_http_urls_are_refused(settings: Settings, url: str) -> None:
+    reply = _client(settings).post("/v1/jobs", json=json_body(webhook_url=url))
+    assert reply.status_code == 422, url
+    assert reply.json["error"]["code"] == "webhook_url_not_allowed"
+
+
+def test_an_allowlisted_private_url_is_accepted_with_default_events(settings: Settings) -> None:
+    client = _client(settings, webhook_allowed_cidrs="127.0.0.0/8")
+    reply = client.post("/v1/jobs", json=json_body(webhook_url="http://127.0.0.1:9/hook"))
+    assert reply.status_code == 202, reply.json
+    assert reply.json["webhook"] == {
+        "url": "http://127.0.0.1:9/hook",
+        "events": ["job.succeeded", "job.failed", "job.canceled"],
+    }
+
+
+def test_events_can_be_chosen_in_json_and_in_forms(settings: Settings) -> None:
+    import io
+
+    from tests.api.lifecycle_helpers import JPEG
+
+    client = _client(settings, webhook_allowed_cidrs="127.0.0.0/8")
+    url = "http://127.0.0.1:9/hook"
+    body = json_body(webhook_url=url, webhook_events=["job.started", "job.failed"])
+    assert client.post("/v1/jobs", json=body).json["webhook"]["events"] == [
+        "job.started",
+        "job.failed",
+    ]
+    form = {
+        "question": "q",
+        "image": [(io.BytesIO(JPEG), "a.jpg")],
+        "webhook_url": url,
+        "webhook_events": "job.succeeded,job.started",
+    }
+    assert client.post("/v1/jobs", data=form).json["webhook"]["events"] == [
+        "job.started",
+        "job.succeeded",
+    ]
+
+
+@pytest.mark.parametrize("events", [["job.done"], [], "job.succeeded,nope", [1]])
+def test_unknown_events_are_refused(settings: Settings, events: object) -> None:
+    client = _client(settings, webhook_allowed_cidrs="127.0.0.0/8")
+    body = json_body(webhook_url="http://127.0.0.1:9/hook", webhook_events=events)
+    reply = client.post("/v1/jobs", json=body)
+    assert reply.status_code == 422
+    assert reply.json["error"]["code"] == "invalid_parameter"
+
+
+def test_events_without_a_url_are_refused(settings: Settings) -> None:
+    reply = _client(settings).post("/v1/jobs", json=json_body(webhook_events=["job.failed"]))
+    assert reply.status_code == 422

@@ -4,6 +4,7 @@ fake model per failure mode (the model is the outermost edge here)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -138,17 +139,56 @@ def test_a_job_past_its_deadline_fails_with_timeout_without_running(
     assert stored.error["code"] == "timeout"
 
 
-def stops_as_canceled(images: list[Any], question: str, **params: Any) -> Answer:
-    raise JobCanceled("the job was canceled")
+class RunsUntilCanceled:
+    """A model that decodes "for ever", looking at its cancel hook as the engine does."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.saw_cancel = False
+
+    def __call__(self, images: list[Any], question: str, **params: Any) -> Answer:
+        self.started.set()
+        is_canceled = params["is_canceled"]
+        for _ in range(1000):  # 10 s at most
+            if is_canceled():
+                self.saw_cancel = True
+                raise JobCanceled("the job was canceled")
+            time.sleep(0.01)
+        return answers_fine(images, question)
 
 
-def test_a_job_canceled_while_running_ends_canceled(runtime: WorkerRuntime) -> None:
-    runtime.use_model(None, stops_as_canceled)
+def test_a_cancel_reaches_the_running_job_and_it_ends_canceled(runtime: WorkerRuntime) -> None:
+    model = RunsUntilCanceled()
+    runtime.use_model(None, model)
+    runtime.cancels.start()
     job = _queued(runtime)
-    assert runtime.process(job.id) is JobStatus.CANCELED
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        delivery = pool.submit(runtime.process, job.id)
+        assert model.started.wait(10)
+        runtime.store.cancel(job.id)  # what POST /v1/jobs/<id>/cancel does
+        assert delivery.result(timeout=10) is JobStatus.CANCELED
+    assert model.saw_cancel  # stopped by the hook, not merely overruled when stored
     stored = runtime.store.get(job.id)
     assert stored is not None and stored.status is JobStatus.CANCELED
     assert stored.error is not None and stored.error["code"] == "canceled"
+
+
+def test_a_cancel_mark_is_found_even_without_its_message(
+    runtime: WorkerRuntime, redis_client: redis.Redis
+) -> None:
+    from internvl_queue.core.keys import job_key
+    from internvl_queue.worker.cancellation import CancelWatcher
+
+    watcher = CancelWatcher(redis_client, recheck_s=0.2)
+    watcher.start()
+    try:
+        job = _queued(runtime)
+        event = watcher.watch(job.id)
+        # Marked without a message on the channel (as if published while reconnecting).
+        redis_client.hset(job_key(job.id), "cancel_requested_at", "1.0")
+        assert event.wait(5)
+    finally:
+        watcher.stop()
 
 
 def test_hundreds_of_task_threads_finishing_at_once_all_store_their_outcome(

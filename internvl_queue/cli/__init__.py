@@ -62,6 +62,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         max_tiles=args.max_tiles,
         wait=args.wait,
         timeout_s=args.timeout,
+        api_key=args.api_key,
     )
 
 
@@ -101,6 +102,11 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("images", nargs="+", metavar="IMAGE")
     submit.add_argument("--question", "-q", required=True)
     submit.add_argument("--api", default=os.environ.get("INTERNVL_API", "http://127.0.0.1:8000"))
+    submit.add_argument(
+        "--api-key",
+        default=os.environ.get("INTERNVL_API_KEY"),
+        help="API key (default: $INTERNVL_API_KEY)",
+    )
     submit.add_argument("--max-new-tokens", type=int)
     submit.add_argument("--max-tiles", type=int)
     submit.add_argument("--wait", action="store_true", help="wait and print the answer")

@@ -24,7 +24,9 @@ def submit(
     max_tiles: int | None,
     wait: bool,
     timeout_s: float,
+    api_key: str | None = None,
 ) -> int:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     fields = {"question": question}
     if max_new_tokens is not None:
         fields["max_new_tokens"] = str(max_new_tokens)
@@ -32,7 +34,9 @@ def submit(
         fields["max_tiles"] = str(max_tiles)
     with ExitStack() as stack:
         files = [("image", (p.name, stack.enter_context(p.open("rb")))) for p in images]
-        reply = requests.post(f"{api_url}/v1/jobs", data=fields, files=files, timeout=60)
+        reply = requests.post(
+            f"{api_url}/v1/jobs", data=fields, files=files, headers=headers, timeout=60
+        )
     if reply.status_code != 202:
         print(json.dumps(reply.json(), indent=2), file=sys.stderr)
         return 1
@@ -42,11 +46,18 @@ def submit(
         return 0
     deadline = time.monotonic() + timeout_s
     while job["status"] not in _TERMINAL:
-        if time.monotonic() > deadline:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
             print(f"gave up waiting for job {job['id']} (status {job['status']})", file=sys.stderr)
             return 2
-        time.sleep(0.2)
-        job = requests.get(f"{api_url}/v1/jobs/{job['id']}", timeout=30).json()
+        # A long poll: the API answers as soon as the job finishes.
+        wait_s = min(remaining, 30)
+        job = requests.get(
+            f"{api_url}/v1/jobs/{job['id']}",
+            params={"wait": f"{wait_s:.1f}"},
+            headers=headers,
+            timeout=wait_s + 30,
+        ).json()
     if job["status"] == "succeeded":
         print(job["result"]["answer"])
         return 0

@@ -1,4 +1,4 @@
-"""What the views need (settings, store, workers, dispatcher), built once per app."""
+"""What the views need (settings, store, workers, dispatcher, keys, limiter), built once per app."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from flask import current_app
 
+from ..core.apikeys import ApiKeyStore
+from ..core.ratelimit import RateLimiter
 from ..core.settings import Settings
 from ..core.store import JobStore
 from ..core.workers import WorkerRegistry
@@ -22,6 +24,8 @@ class Services:
     store: JobStore
     workers: WorkerRegistry
     dispatcher: Dispatcher
+    api_keys: ApiKeyStore
+    rate_limiter: RateLimiter
 
 
 def services() -> Services:

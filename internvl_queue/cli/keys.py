@@ -63,11 +63,12 @@ def format_table(keys: list[ApiKey]) -> str:
     for key in keys:
         status = "active" if key.active else f"revoked {_iso(key.revoked_at)}"
         rows.append((key.id, key.name, _iso(key.created_at), status))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    return "\n".join(
-        "  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[3]])
-        for row in rows
-    )
+    # Pad every column but the last, so no line ends in spaces.
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for *padded, last in rows:
+        lines.append("  ".join([*(c.ljust(w) for c, w in zip(padded, widths, strict=True)), last]))
+    return "\n".join(lines)
 
 
 def _iso(timestamp: float | None) -> str:

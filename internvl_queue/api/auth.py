@@ -27,12 +27,12 @@ log = logging.getLogger(__name__)
 _PROTECTED_PREFIX = "/v1/"
 
 _OPEN_WARNING = """
-************************************************************************************
-*  NO API KEY EXISTS: THE API IS OPEN TO ANYONE WHO CAN REACH IT.                   *
-*  This is meant for local development only. Create a key to require one on every  *
-*  /v1/ request (it takes effect at once, no restart needed):                       *
-*      internvl-queue keys create --name NAME                                       *
-************************************************************************************"""
+**********************************************************************************
+*  NO API KEY EXISTS: THE API IS OPEN TO ANYONE WHO CAN REACH IT.
+*  This is meant for local development only. Create a key to require one on every
+*  /v1/ request (it takes effect at once, no restart needed):
+*      internvl-queue keys create --name NAME
+**********************************************************************************"""
 
 
 def current_owner() -> str:

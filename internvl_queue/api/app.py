@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from flask import Flask
 
+from ..core.apikeys import ApiKeyStore
 from ..core.idempotency import IdempotencyStore
+from ..core.ratelimit import RateLimiter
 from ..core.redis_client import connect
 from ..core.settings import Settings
 from ..core.store import JobStore
 from ..core.workers import WorkerRegistry
+from .auth import register_auth
 from .dispatch import CeleryDispatcher, Dispatcher
 from .errors import register_error_handlers
 from .health import health
@@ -36,8 +39,11 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
         workers=WorkerRegistry(client),
         dispatcher=dispatcher or CeleryDispatcher(settings),
         idempotency=IdempotencyStore(client, ttl_s=settings.idempotency_ttl_s),
+        api_keys=ApiKeyStore(client),
+        rate_limiter=RateLimiter(client, settings.rate_limit_jobs, settings.rate_limit_window_s),
     )
     register_error_handlers(app)
+    register_auth(app)
     app.register_blueprint(jobs)
     app.register_blueprint(health)
     return app

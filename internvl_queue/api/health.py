@@ -1,4 +1,8 @@
-"""``/healthz`` (the process answers) and ``/readyz`` (Redis answers, a model is loaded)."""
+"""``/healthz`` (the process answers) and ``/readyz`` (Redis answers, a model is loaded).
+
+``/readyz`` also says whether API keys are required (``"auth": "api_keys"``) or the API runs
+open (``"open"``); ``"unknown"`` when Redis does not answer. Neither endpoint needs a key.
+"""
 
 from __future__ import annotations
 
@@ -23,9 +27,15 @@ def readyz() -> tuple[Response, int]:
     try:
         svc.store.redis.ping()
         workers = [w.to_public() for w in svc.workers.live()]
+        auth = "api_keys" if svc.api_keys.any_active() else "open"
         redis_ok = True
     except redis.RedisError:
-        workers, redis_ok = [], False
+        workers, redis_ok, auth = [], False, "unknown"
     ready = redis_ok and bool(workers)
-    body = {"status": "ready" if ready else "not_ready", "redis": redis_ok, "workers": workers}
+    body = {
+        "status": "ready" if ready else "not_ready",
+        "redis": redis_ok,
+        "workers": workers,
+        "auth": auth,
+    }
     return jsonify(body), 200 if ready else 503

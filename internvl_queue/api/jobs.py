@@ -37,6 +37,7 @@ Reply = tuple[Response, int, dict[str, str]]
 def submit() -> Reply:
     svc = services()
     owner = current_owner()
+    svc.rate_limiter.check(owner)
     submission = parse_submission(request)
     key = request.headers.get("Idempotency-Key")
     if key is None:

@@ -1,4 +1,4 @@
-"""What the views need (settings, store, workers, dispatcher), built once per app."""
+"""What the views need (settings, store, workers, dispatcher, keys, limiter), built once per app."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from flask import current_app
 
+from ..core.apikeys import ApiKeyStore
 from ..core.idempotency import IdempotencyStore
+from ..core.ratelimit import RateLimiter
 from ..core.settings import Settings
 from ..core.store import JobStore
 from ..core.workers import WorkerRegistry
@@ -24,6 +26,8 @@ class Services:
     workers: WorkerRegistry
     dispatcher: Dispatcher
     idempotency: IdempotencyStore
+    api_keys: ApiKeyStore
+    rate_limiter: RateLimiter
 
 
 def services() -> Services:

@@ -66,6 +66,17 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from .keys import create_key, list_keys, open_store, revoke_key
+
+    store = open_store()
+    if args.keys_command == "create":
+        return create_key(store, args.name)
+    if args.keys_command == "list":
+        return list_keys(store)
+    return revoke_key(store, args.key_id)
+
+
 def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
     from ..worker.tiny_model import make_tiny_model
 
@@ -112,6 +123,19 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait", action="store_true", help="wait and print the answer")
     submit.add_argument("--timeout", type=float, default=600, help="seconds to wait")
     submit.set_defaults(func=_cmd_submit)
+
+    keys = commands.add_parser(
+        "keys", help="create, list and revoke API keys (in the Redis of REDIS_URL)"
+    )
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_commands.add_parser(
+        "create", help="make a key; it is printed once, alone on the last line"
+    )
+    create.add_argument("--name", required=True, help="what the key is for (1-100 characters)")
+    keys_commands.add_parser("list", help="every key: id, name, created, active or revoked")
+    revoke = keys_commands.add_parser("revoke", help="revoke a key, effective at once")
+    revoke.add_argument("key_id", metavar="KEY_ID")
+    keys.set_defaults(func=_cmd_keys)
 
     tiny = commands.add_parser(
         "make-tiny-model", help="write a tiny random InternVL checkpoint (offline demo, tests)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "PREFIX",
+    "active_api_keys_key",
     "api_key_key",
     "api_keys_key",
     "cancel_channel",
@@ -63,6 +64,11 @@ def outbox_key() -> str:
 def api_keys_key() -> str:
     """A hash of API key id -> JSON record (name, hashed secret, created, revoked)."""
     return f"{PREFIX}:apikeys"
+
+
+def active_api_keys_key() -> str:
+    """A set of the ids of keys not revoked: ``SCARD`` answers "is auth on?" in one cheap call."""
+    return f"{PREFIX}:apikeys:active"
 
 
 def api_key_key(key_id: str) -> str:

@@ -11,7 +11,7 @@ def test_healthz(client) -> None:
 def test_readyz_needs_a_worker(client, redis_client: redis.Redis) -> None:
     reply = client.get("/readyz")
     assert reply.status_code == 503
-    assert reply.json == {"status": "not_ready", "redis": True, "workers": []}
+    assert reply.json == {"status": "not_ready", "redis": True, "workers": [], "auth": "open"}
 
 
 def test_readyz_lists_live_workers(client, redis_client: redis.Redis) -> None:
@@ -48,3 +48,4 @@ def test_readyz_without_redis() -> None:
     reply = app.test_client().get("/readyz")
     assert reply.status_code == 503
     assert reply.json["redis"] is False
+    assert reply.json["auth"] == "unknown"

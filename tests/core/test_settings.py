@@ -37,11 +37,37 @@ def test_reads_environment() -> None:
         {"INTERNVL_DEVICE": "tpu"},
         {"INTERNVL_DEFAULT_MAX_NEW_TOKENS": "5000"},
         {"INTERNVL_JOB_RETENTION_S": "0"},
+        # Retention shorter than the webhook retry window: events would outlive their jobs.
+        {"INTERNVL_JOB_RETENTION_S": "3600"},
+        {"WEBHOOK_RETRY_SCHEDULE": "5,100000"},
+        {"WEBHOOK_RETRY_SCHEDULE": "5,soon"},
+        {"WEBHOOK_RETRY_SCHEDULE": ","},
+        {"WEBHOOK_SECRETS": "not-a-whsec"},
+        {"WEBHOOK_SECRETS": "whsec_!!!"},
+        {"WEBHOOK_SECRETS": "whsec_c2hvcnQ="},  # 5 bytes
+        {"WEBHOOK_ALLOWED_CIDRS": "10.0.0.0/33"},
     ],
 )
 def test_rejects_bad_values(env: dict[str, str]) -> None:
     with pytest.raises(ValueError):
         Settings.from_env(env)
+
+
+def test_webhook_settings_are_parsed() -> None:
+    s = Settings.from_env(
+        {
+            "WEBHOOK_SECRETS": (
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw, whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQ="
+            ),
+            "WEBHOOK_RETRY_SCHEDULE": "1,2.5",
+            "WEBHOOK_ALLOWED_CIDRS": "127.0.0.0/8,::1/128",
+            "WEBHOOK_TIMEOUT_S": "2",
+        }
+    )
+    assert len(s.webhook_secret_list) == 2
+    assert s.webhook_schedule == (1.0, 2.5)
+    assert [str(n) for n in s.webhook_allowed_networks] == ["127.0.0.0/8", "::1/128"]
+    assert s.webhook_window_s == 1 + 2.5 + s.webhook_lease_s
 
 
 def test_every_setting_is_documented_in_readme() -> None:

@@ -51,6 +51,25 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_webhook_worker(args: argparse.Namespace) -> int:
+    _configure_logging()
+    # Importing the entry module reads the settings and registers the task and the pump hooks.
+    from ..worker.webhook_main import app, settings
+
+    argv = [
+        "worker",
+        f"--loglevel={args.loglevel}",
+        "-Q",
+        settings.webhook_queue,
+        "--hostname",
+        f"internvl-webhooks-{os.getpid()}@%h",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    app.worker_main(argv)
+    return 0
+
+
 def _cmd_submit(args: argparse.Namespace) -> int:
     from .submit import submit
 
@@ -92,7 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    up = commands.add_parser("up", help="run Redis (unless REDIS_URL is set), a worker and the API")
+    up = commands.add_parser(
+        "up", help="run Redis (unless REDIS_URL is set), the workers and the API"
+    )
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--data-dir", default="var", help="where the private Redis keeps its AOF")
@@ -108,6 +129,12 @@ def _parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run a GPU worker (Celery) with the model warm")
     worker.add_argument("--loglevel", default="INFO")
     worker.set_defaults(func=_cmd_worker)
+
+    webhooks = commands.add_parser(
+        "webhook-worker", help="run a webhook worker (Celery): delivers signed job events"
+    )
+    webhooks.add_argument("--loglevel", default="INFO")
+    webhooks.set_defaults(func=_cmd_webhook_worker)
 
     submit = commands.add_parser("submit", help="submit images and a question to the API")
     submit.add_argument("images", nargs="+", metavar="IMAGE")

@@ -1,8 +1,11 @@
-"""``internvl-queue up``: Redis (unless REDIS_URL is set), a GPU worker and the API, in one command.
+"""``internvl-queue up``: Redis (unless REDIS_URL is set), a GPU worker, a webhook worker and the
+API, in one command.
 
 Each child runs in its own session, so Ctrl-C reaches only this supervisor, which then stops them
-in order: the API first (no new jobs), the worker (warm shutdown: the job in hand finishes), Redis
-last (flushing its append-only file). If any child exits on its own, everything is stopped.
+in order: the API first (no new jobs), the GPU worker (warm shutdown: the job in hand finishes,
+and its webhook events are staged), the webhook worker (the deliveries in hand finish; the rest
+wait in the outbox), Redis last (flushing its append-only file). If any child exits on its own,
+everything is stopped.
 """
 
 from __future__ import annotations
@@ -62,10 +65,11 @@ def run_up(host: str, port: int, data_dir: Path) -> int:
     signal.signal(signal.SIGTERM, request_stop)
 
     worker = _spawn(["worker"], env)
+    webhooks = _spawn(["webhook-worker"], env)
     api = _spawn(["api", "--host", host, "--port", str(port)], env)
     model = env.get("INTERNVL_MODEL", "the default model")
     _say(f"API on http://{host}:{port}; the worker is loading {model}. Ctrl-C stops everything")
-    children = {"api": api, "worker": worker}
+    children = {"api": api, "worker": worker, "webhook worker": webhooks}
     exit_code = 0
     while not stopping:
         for name, process in children.items():
@@ -78,6 +82,8 @@ def run_up(host: str, port: int, data_dir: Path) -> int:
     _stop("api", api, timeout=15)
     # A warm shutdown waits for the job in hand; give it time.
     _stop("worker", worker, timeout=120)
+    # An attempt lasts at most about twice WEBHOOK_TIMEOUT_S (connect, then read).
+    _stop("webhook worker", webhooks, timeout=60)
     if redis_server is not None:
         _say("stopping redis-server")
         redis_server.stop()

@@ -9,9 +9,10 @@ from celery import Celery
 
 from ..core.settings import Settings
 
-__all__ = ["RUN_JOB_TASK", "create_celery"]
+__all__ = ["DELIVER_WEBHOOK_TASK", "RUN_JOB_TASK", "create_celery", "create_webhook_celery"]
 
 RUN_JOB_TASK = "internvl_queue.run_job"
+DELIVER_WEBHOOK_TASK = "internvl_queue.deliver_webhook"
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -38,5 +39,23 @@ def create_celery(settings: Settings) -> Celery:
         worker_concurrency=settings.worker_concurrency,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
+    )
+    return app
+
+
+def create_webhook_celery(settings: Settings) -> Celery:
+    """The webhook worker's app: the same broker, its own queue and a threads pool of its own size.
+
+    Its tasks are acked early: the durable part of a delivery is the event's lease in the outbox,
+    not the message. A worker that dies mid-delivery loses the message, and the event's lease
+    running out makes the outbox pump dispatch it again; acking late would only add a second,
+    redundant redelivery (after the broker's visibility timeout, long after the lease).
+    """
+    app = create_celery(settings)
+    app.conf.update(
+        task_default_queue=settings.webhook_queue,
+        task_acks_late=False,
+        task_reject_on_worker_lost=False,
+        worker_concurrency=settings.webhook_concurrency,
     )
     return app

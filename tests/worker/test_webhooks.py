@@ -1,0 +1,486 @@
+"""Webhook delivery end to end: a real webhook worker process, real Redis, a real HTTP receiver.
+
+Events are produced the way the GPU worker produces them (the store's claim and finish), so no
+model is needed. Each test starts its own ``internvl-queue webhook-worker`` (under a second):
+every worker polls the one outbox, so two tests' workers must never overlap.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from internvl_queue import verify_webhook
+from internvl_queue.cli.redis_server import free_port
+from internvl_queue.core.job import Job, JobParams
+from internvl_queue.core.outbox import Outbox
+from internvl_queue.core.signing import generate_secret
+from internvl_queue.core.status import JobStatus
+from internvl_queue.core.store import JobStore
+from internvl_queue.core.webhook_events import DEFAULT_EVENTS
+
+PARAMS = JobParams(max_new_tokens=8, max_tiles=2)
+SCHEDULE = "0.2,0.2,0.2,0.5,0.5"  # 6 attempts over about 1.6 s
+LEASE_S = 7  # 2 * WEBHOOK_TIMEOUT_S + 5
+OLD_SECRET, NEW_SECRET = generate_secret(), generate_secret()
+
+
+# -- the receiver -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Reply:
+    status: int = 204
+    headers: dict[str, str] = field(default_factory=dict)
+    hold: threading.Event | None = None  # reply only once this is set (a slow receiver)
+
+
+@dataclass(frozen=True)
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float  # monotonic
+
+
+class Receiver:
+    """A real HTTP server on a loopback port: scripted replies in order, every request recorded."""
+
+    def __init__(self, port: int | None = None, script: list[Reply] | None = None) -> None:
+        self.port = port or free_port()
+        self.script = list(script or [])
+        self.received: list[Received] = []
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks?source=test"
+
+    def start(self) -> Receiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                with receiver._lock:
+                    receiver.received.append(
+                        Received(
+                            self.path,
+                            {k.lower(): v for k, v in self.headers.items()},
+                            body,
+                            time.monotonic(),
+                        )
+                    )
+                    reply = receiver.script.pop(0) if receiver.script else Reply()
+                if reply.hold is not None:
+                    reply.hold.wait(10)
+                try:
+                    self.send_response(reply.status)
+                    for name, value in reply.headers.items():
+                        self.send_header(name, value)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                except OSError:
+                    pass  # the worker is gone (killed mid-request)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join()
+            self._server = None
+
+    def wait_for(self, count: int, timeout: float = 15) -> list[Received]:
+        wait_until(lambda: len(self.received) >= count, timeout, f"{count} requests")
+        return list(self.received)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver().start()
+    yield r
+    r.stop()
+
+
+# -- the webhook worker -------------------------------------------------------------------------
+class WebhookWorker:
+    """A real ``internvl-queue webhook-worker`` subprocess."""
+
+    def __init__(self, redis_url: str, log_path: Path, **env: str) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.env = {
+            **os.environ,
+            "REDIS_URL": redis_url,
+            "WEBHOOK_SECRETS": f"{NEW_SECRET},{OLD_SECRET}",
+            "WEBHOOK_ALLOWED_CIDRS": "127.0.0.0/8",
+            "WEBHOOK_RETRY_SCHEDULE": SCHEDULE,
+            "WEBHOOK_POLL_S": "0.05",
+            "WEBHOOK_TIMEOUT_S": "1",
+            "INTERNVL_JOB_RETENTION_S": "3600",
+            "LOG_LEVEL": "INFO",
+            **env,
+        }
+        self.env = {k: v for k, v in self.env.items() if v != ""}
+        self.process = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "internvl_queue", "webhook-worker"],
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def close(self) -> None:
+        self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def wait_ready(self, timeout: float = 20) -> WebhookWorker:
+        wait_until(lambda: "webhook worker ready" in self.log(), timeout, "worker ready", self)
+        return self
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def restart(self) -> WebhookWorker:
+        assert self.process.poll() is not None
+        self.process = self._spawn()
+        return self
+
+    def stop(self) -> int:
+        """A warm shutdown (SIGTERM), as an operator's; the exit code."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def wait_until(
+    check: Callable[[], bool], timeout: float, what: str, worker: WebhookWorker | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}\n{worker.log() if worker else ''}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def start_worker(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., WebhookWorker]]:
+    workers: list[WebhookWorker] = []
+
+    def start(**env: str) -> WebhookWorker:
+        worker = WebhookWorker(redis_url, tmp_path / f"webhooks-{len(workers)}.log", **env)
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        # Killed, not stopped: a warm shutdown takes a second, and every test starts a worker.
+        if worker.process.poll() is None:
+            worker.kill()
+        worker.close()
+
+
+# -- events, made the way the GPU worker makes them ---------------------------------------------
+@pytest.fixture
+def store(redis_client: redis.Redis) -> JobStore:
+    return JobStore(redis_client, retention_s=3600)
+
+
+@pytest.fixture
+def outbox(redis_client: redis.Redis) -> Outbox:
+    return Outbox(redis_client, lease_s=LEASE_S, retention_s=3600)
+
+
+def finished_job(
+    store: JobStore,
+    url: str,
+    events: tuple[str, ...] = DEFAULT_EVENTS,
+    status: JobStatus = JobStatus.SUCCEEDED,
+) -> Job:
+    job = Job.new("what?", PARAMS, image_count=1, webhook_url=url, webhook_events=events)
+    store.create(job, [b"img"])
+    claim = store.claim(job.id, max_attempts=3)
+    assert claim.job is not None
+    result = {"answer": "a cat"} if status is JobStatus.SUCCEEDED else None
+    error = None if result else {"code": "model_error", "message": "boom"}
+    done = store.finish(claim.job, status, result=result, error=error)
+    assert done is not None
+    return done
+
+
+def final_log(outbox: Outbox, job_id: str, timeout: float = 15) -> list[dict[str, Any]]:
+    """The job's delivery log once its last entry is final (not retrying)."""
+    wait_until(
+        lambda: bool(log := outbox.deliveries(job_id)) and log[-1]["outcome"] != "retrying",
+        timeout,
+        "a final delivery outcome",
+    )
+    return outbox.deliveries(job_id)
+
+
+def verified(request: Received, secret: str) -> dict[str, Any]:
+    return verify_webhook(request.headers, request.body, secret)
+
+
+# -- the tests ----------------------------------------------------------------------------------
+def test_a_finished_job_is_delivered_signed(
+    store: JobStore, outbox: Outbox, receiver: Receiver, start_worker: Callable[..., WebhookWorker]
+) -> None:
+    worker = start_worker().wait_ready()
+    job = finished_job(store, receiver.url)
+    stored = store.get(job.id)
+    (request,) = receiver.wait_for(1)
+    # Both active secrets sign: a receiver holding either the old or the new one verifies.
+    payload = verified(request, OLD_SECRET)
+    assert payload == verified(request, NEW_SECRET)
+    assert len(request.headers["webhook-signature"].split()) == 2
+    assert payload["type"] == "job.succeeded"
+    assert payload["data"]["id"] == job.id and payload["data"]["status"] == "succeeded"
+    assert request.path == "/hooks?source=test"
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["user-agent"].startswith("internvl-queue/")
+    assert request.headers["webhook-id"].startswith("msg_")
+    assert abs(int(request.headers["webhook-timestamp"]) - time.time()) < 10
+    (entry,) = final_log(outbox, job.id)
+    assert entry["outcome"] == "delivered" and entry["status_code"] == 204
+    assert entry["event_id"] == request.headers["webhook-id"] and entry["url"] == receiver.url
+    # A delivery leaves the job alone.
+    assert store.get(job.id) == stored
+    # A warm shutdown (the pump stopped by the shutdown hook) exits cleanly.
+    assert worker.stop() == 0, worker.log()
+
+
+def test_failing_receiver_gets_the_event_later_with_the_same_id(
+    store: JobStore, outbox: Outbox, start_worker: Callable[..., WebhookWorker]
+) -> None:
+    receiver = Receiver(script=[Reply(500), Reply(500), Reply(503)]).start()
+    try:
+        start_worker().wait_ready()
+        job = finished_job(store, receiver.url)
+        log = final_log(outbox, job.id)
+        requests = receiver.wait_for(4)
+    finally:
+        receiver.stop()
+    assert len(requests) == 4
+    assert len({r.headers["webhook-id"] for r in requests}) == 1
+    for request in requests:
+        verified(request, NEW_SECRET)
+    assert [(e["attempt"], e["status_code"], e["outcome"]) for e in log] == [
+        (1, 500, "retrying"),
+        (2, 500, "retrying"),
+        (3, 503, "retrying"),
+        (4, 204, "delivered"),
+    ]
+    assert {e["event_id"] for e in log} == {requests[0].headers["webhook-id"]}
+
+
+def test_a_receiver_that_is_down_gets_the_event_when_it_comes_back(
+    store: JobStore, outbox: Outbox, start_worker: Callable[..., WebhookWorker]
+) -> None:
+    receiver = Receiver()  # not listening yet: connections are refused
+    start_worker().wait_ready()
+    job = finished_job(store, receiver.url)
+    wait_until(lambda: len(outbox.deliveries(job.id)) >= 2, 10, "two refused connections")
+    receiver.start()
+    try:
+        log = final_log(outbox, job.id)
+        (request,) = receiver.wait_for(1)
+    finally:
+        receiver.stop()
+    assert (
+        log[-1]["outcome"] == "delivered" and log[-1]["event_id"] == request.headers["webhook-id"]
+    )
+    failures = log[:-1]
+    assert len(failures) >= 2
+    assert all(e["status_code"] is None and "refused" in e["error"] for e in failures)
+
+
+def test_a_receiver_down_for_good_is_given_up(
+    store: JobStore, outbox: Outbox, start_worker: Callable[..., WebhookWorker]
+) -> None:
+    start_worker().wait_ready()
+    job = finished_job(store, Receiver().url)
+    log = final_log(outbox, job.id)
+    assert [e["outcome"] for e in log] == ["retrying"] * 5 + ["gave_up"]
+    assert log[-1]["next_attempt_at"] is None
+
+
+def test_410_stops_retrying(
+    store: JobStore, outbox: Outbox, start_worker: Callable[..., WebhookWorker]
+) -> None:
+    receiver = Receiver(script=[Reply(410)] + [Reply(500)] * 5).start()
+    try:
+        start_worker().wait_ready()
+        job = finished_job(store, receiver.url)
+        log = final_log(outbox, job.id)
+        time.sleep(1.0)  # longer than the whole retry schedule
+        assert len(receiver.received) == 1
+    finally:
+        receiver.stop()
+    assert [(e["status_code"], e["outcome"]) for e in log] == [(410, "gone")]
+    assert outbox.deliveries(job.id) == log
+
+
+def test_a_loopback_url_is_refused_at_delivery_time_unless_allowlisted(
+    store: JobStore, outbox: Outbox, receiver: Receiver, start_worker: Callable[..., WebhookWorker]
+) -> None:
+    start_worker(WEBHOOK_ALLOWED_CIDRS="").wait_ready()
+    job = finished_job(store, receiver.url)
+    (entry,) = final_log(outbox, job.id)
+    assert entry["outcome"] == "refused" and entry["status_code"] is None
+    assert "127.0.0.1" in entry["error"] and "loopback" in entry["error"]
+    time.sleep(0.5)
+    assert receiver.received == []
+
+
+def test_a_redirect_is_not_followed_and_counts_as_a_failure(
+    store: JobStore, outbox: Outbox, receiver: Receiver, start_worker: Callable[..., WebhookWorker]
+) -> None:
+    target = Receiver().start()
+    receiver.script = [Reply(302, {"Location": target.url})]
+    try:
+        start_worker().wait_ready()
+        job = finished_job(store, receiver.url)
+        log = final_log(outbox, job.id)
+        assert target.received == []
+    finally:
+        target.stop()
+    assert [(e["status_code"], e["outcome"]) for e in log] == [
+        (302, "retrying"),
+        (204, "delivered"),
+    ]
+    assert "redirect" in log[0]["error"]
+    assert len(receiver.received) == 2
+
+
+def test_retry_after_is_honoured(
+    store: JobStore, outbox: Outbox, receiver: Receiver, start_worker: Callable[..., WebhookWorker]
+) -> None:
+    receiver.script = [Reply(503, {"Retry-After": "2"})]
+    start_worker().wait_ready()
+    job = finished_job(store, receiver.url)
+    log = final_log(outbox, job.id)
+    first, second = receiver.wait_for(2)
+    # The schedule alone would have retried after 0.2 s.
+    assert second.at - first.at >= 2.0
+    assert [e["outcome"] for e in log] == ["retrying", "delivered"]
+    assert first.headers["webhook-id"] == second.headers["webhook-id"]
+    # Each attempt carries its own, fresh timestamp (and so its own signature).
+    assert int(second.headers["webhook-timestamp"]) >= int(first.headers["webhook-timestamp"]) + 1
+
+
+def test_only_terminal_events_by_default_and_started_when_subscribed(
+    store: JobStore, outbox: Outbox, receiver: Receiver, start_worker: Callable[..., WebhookWorker]
+) -> None:
+    start_worker().wait_ready()
+    default = finished_job(store, receiver.url, status=JobStatus.FAILED)
+    subscribed = finished_job(store, receiver.url, events=("job.started", "job.succeeded"))
+    final_log(outbox, default.id)
+    wait_until(lambda: len(outbox.deliveries(subscribed.id)) == 2, 10, "two deliveries")
+    requests = receiver.wait_for(3)
+    time.sleep(0.3)
+    assert len(receiver.received) == 3
+    seen = sorted((p["data"]["id"], p["type"]) for p in (verified(r, OLD_SECRET) for r in requests))
+    assert seen == sorted(
+        [
+            (default.id, "job.failed"),
+            (subscribed.id, "job.started"),
+            (subscribed.id, "job.succeeded"),
+        ]
+    )
+    started = next(
+        p for p in (verified(r, OLD_SECRET) for r in requests) if p["type"] == "job.started"
+    )
+    assert started["data"]["status"] == "running"
+
+
+def test_sigkill_before_delivery_loses_nothing(
+    store: JobStore, outbox: Outbox, receiver: Receiver, start_worker: Callable[..., WebhookWorker]
+) -> None:
+    # Staged while no webhook worker runs at all.
+    job = finished_job(store, receiver.url)
+    time.sleep(0.3)
+    assert receiver.received == []
+    # A worker killed while it starts, before it could deliver anything.
+    worker = start_worker()
+    time.sleep(0.2)
+    worker.kill()
+    assert receiver.received == []
+    worker.restart().wait_ready()
+    log = final_log(outbox, job.id, timeout=LEASE_S + 10)
+    requests = receiver.wait_for(1)
+    assert log[-1]["outcome"] == "delivered"
+    assert {r.headers["webhook-id"] for r in requests} == {log[-1]["event_id"]}
+
+
+def test_sigkill_during_delivery_loses_nothing(
+    store: JobStore, outbox: Outbox, receiver: Receiver, start_worker: Callable[..., WebhookWorker]
+) -> None:
+    release = threading.Event()
+    receiver.script = [Reply(204, hold=release)]
+    worker = start_worker().wait_ready()
+    job = finished_job(store, receiver.url)
+    receiver.wait_for(1)  # the worker is now waiting for the reply
+    worker.kill()
+    release.set()
+    assert outbox.deliveries(job.id) == []  # the attempt died before it was recorded
+    killed_at = time.monotonic()
+    worker.restart().wait_ready()
+    log = final_log(outbox, job.id, timeout=LEASE_S + 10)
+    first, second = receiver.wait_for(2)
+    # Taken over only once the dead worker's lease ran out, under the same webhook-id.
+    assert second.at - killed_at >= LEASE_S - 1.5
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == log[-1]["event_id"]
+    assert [(e["attempt"], e["outcome"]) for e in log] == [(1, "delivered")]
+    verified(second, NEW_SECRET)
+
+
+def test_no_secret_means_nothing_is_sent_unsigned(
+    store: JobStore, outbox: Outbox, receiver: Receiver, start_worker: Callable[..., WebhookWorker]
+) -> None:
+    start_worker(WEBHOOK_SECRETS="").wait_ready()
+    job = finished_job(store, receiver.url)
+    log = final_log(outbox, job.id)
+    assert [e["outcome"] for e in log] == ["retrying"] * 5 + ["gave_up"]
+    assert all("WEBHOOK_SECRETS" in e["error"] for e in log)
+    assert receiver.received == []
+
+
+def test_the_webhook_worker_does_not_import_torch() -> None:
+    code = (
+        "import sys, internvl_queue.worker.webhook_main\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -6,6 +6,7 @@ from flask import Flask
 
 from ..core.apikeys import ApiKeyStore
 from ..core.idempotency import IdempotencyStore
+from ..core.outbox import Outbox
 from ..core.ratelimit import RateLimiter
 from ..core.redis_client import connect
 from ..core.settings import Settings
@@ -39,6 +40,9 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
         workers=WorkerRegistry(client),
         dispatcher=dispatcher or CeleryDispatcher(settings),
         idempotency=IdempotencyStore(client, ttl_s=settings.idempotency_ttl_s),
+        outbox=Outbox(
+            client, lease_s=settings.webhook_lease_s, retention_s=settings.job_retention_s
+        ),
         api_keys=ApiKeyStore(client),
         rate_limiter=RateLimiter(client, settings.rate_limit_jobs, settings.rate_limit_window_s),
     )

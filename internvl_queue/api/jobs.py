@@ -1,4 +1,4 @@
-"""``/v1/jobs``: submit, read (optionally waiting), cancel.
+"""``/v1/jobs``: submit, read (optionally waiting), cancel, and the job's webhook deliveries.
 
 Every view acts for the calling API key: another key's job answers 404, exactly like an unknown
 one, so ids cannot be probed.
@@ -138,6 +138,20 @@ def cancel(job_id: str) -> tuple[Response, int]:
             code="job_already_finished",
         )
     return jsonify(job.to_public()), 200 if outcome is CancelOutcome.CANCELED else 202
+
+
+@jobs.get("/<job_id>/deliveries")
+def deliveries(job_id: str) -> Response:
+    """Every webhook attempt made for the job, oldest first."""
+    svc = services()
+    job = _own_job(svc, job_id)
+    return jsonify(
+        {
+            "job_id": job.id,
+            "webhook": job.to_public()["webhook"],
+            "deliveries": svc.outbox.deliveries(job.id),
+        }
+    )
 
 
 def _own_job(svc: Services, job_id: str) -> Job:

@@ -8,6 +8,7 @@ from flask import current_app
 
 from ..core.apikeys import ApiKeyStore
 from ..core.idempotency import IdempotencyStore
+from ..core.outbox import Outbox
 from ..core.ratelimit import RateLimiter
 from ..core.settings import Settings
 from ..core.store import JobStore
@@ -26,6 +27,7 @@ class Services:
     workers: WorkerRegistry
     dispatcher: Dispatcher
     idempotency: IdempotencyStore
+    outbox: Outbox
     api_keys: ApiKeyStore
     rate_limiter: RateLimiter
 

@@ -14,22 +14,29 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+import requests as http
+from werkzeug.serving import make_server
 
 from internvl_queue import verify_webhook
+from internvl_queue.api import create_app
 from internvl_queue.cli.redis_server import free_port
+from internvl_queue.core.apikeys import ApiKeyStore
 from internvl_queue.core.job import Job, JobParams
 from internvl_queue.core.outbox import Outbox
+from internvl_queue.core.settings import Settings
 from internvl_queue.core.signing import generate_secret
 from internvl_queue.core.status import JobStatus
 from internvl_queue.core.store import JobStore
 from internvl_queue.core.webhook_events import DEFAULT_EVENTS
+from tests.conftest import WorkerProcess
+from tests.images import photo
 
 PARAMS = JobParams(max_new_tokens=8, max_tiles=2)
 SCHEDULE = "0.2,0.2,0.2,0.5,0.5"  # 6 attempts over about 1.6 s
@@ -484,3 +491,66 @@ def test_the_webhook_worker_does_not_import_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+# -- the whole path -----------------------------------------------------------------------------
+def test_the_whole_path_submit_answer_webhook_and_deliveries(
+    settings: Settings,
+    worker: WorkerProcess,
+    receiver: Receiver,
+    start_worker: Callable[..., WebhookWorker],
+) -> None:
+    """API (with a key) -> GPU worker -> outbox -> webhook worker -> receiver, verified by the
+    receiver's own check; the attempt is readable at /v1/jobs/<id>/deliveries."""
+    start_worker().wait_ready()
+    api_settings = replace(
+        settings, webhook_secrets=f"{NEW_SECRET},{OLD_SECRET}", webhook_allowed_cidrs="127.0.0.0/8"
+    )
+    app = create_app(api_settings)
+    keys = ApiKeyStore(redis.Redis.from_url(settings.redis_url))
+    alice = {"Authorization": f"Bearer {keys.create('alice')[1]}"}
+    bob = {"Authorization": f"Bearer {keys.create('bob')[1]}"}
+    server = make_server("127.0.0.1", free_port(), app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    api = f"http://127.0.0.1:{server.server_port}"
+    try:
+        reply = http.post(
+            f"{api}/v1/jobs",
+            data={
+                "question": "What is in the picture?",
+                "max_new_tokens": "6",
+                "webhook_url": receiver.url,
+                "webhook_events": "job.started,job.succeeded",
+            },
+            files=[("image", ("a.jpg", photo(64, 48, seed=11), "image/jpeg"))],
+            headers=alice,
+            timeout=30,
+        )
+        assert reply.status_code == 202, reply.text
+        job_id = reply.json()["id"]
+        done = http.get(f"{api}/v1/jobs/{job_id}?wait=60", headers=alice, timeout=90).json()
+        assert done["status"] == "succeeded", done
+        started, succeeded = receiver.wait_for(2)
+        first, last = verified(started, OLD_SECRET), verified(succeeded, NEW_SECRET)
+        assert (first["type"], last["type"]) == ("job.started", "job.succeeded")
+        assert last["data"]["id"] == job_id
+        assert last["data"]["result"]["answer"] == done["result"]["answer"]
+        wait_until(lambda: len(_deliveries(api, job_id, alice)) == 2, 10, "both attempts logged")
+        log = _deliveries(api, job_id, alice)
+        assert [(e["type"], e["outcome"], e["status_code"]) for e in log] == [
+            ("job.started", "delivered", 204),
+            ("job.succeeded", "delivered", 204),
+        ]
+        assert (
+            http.get(f"{api}/v1/jobs/{job_id}/deliveries", headers=bob, timeout=10).status_code
+            == 404
+        )
+    finally:
+        server.shutdown()
+
+
+def _deliveries(api: str, job_id: str, headers: dict[str, str]) -> list[dict[str, Any]]:
+    reply = http.get(f"{api}/v1/jobs/{job_id}/deliveries", headers=headers, timeout=10)
+    assert reply.status_code == 200, reply.text
+    log: list[dict[str, Any]] = reply.json()["deliveries"]
+    return log

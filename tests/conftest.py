@@ -12,15 +12,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+from flask import Flask
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from internvl_queue.api import create_app
+from internvl_queue.api.dispatch import CeleryDispatcher
+from internvl_queue.api.services import EXTENSION
 from internvl_queue.cli.redis_server import free_port, start_redis
 from internvl_queue.core.settings import Settings
 from internvl_queue.core.workers import WorkerInfo, WorkerRegistry
@@ -114,13 +118,36 @@ def settings(
     )
 
 
-@pytest.fixture
-def app(settings: Settings):  # type: ignore[no-untyped-def]
-    return create_app(settings)
+def close_app(app: Flask) -> None:
+    """Close what ``create_app`` opened (its Redis pool, the dispatcher's broker connections), so
+    that no socket is left for the garbage collector to find (a ResourceWarning, an error here)."""
+    found = app.extensions[EXTENSION]
+    found.store.redis.connection_pool.disconnect()
+    if isinstance(found.dispatcher, CeleryDispatcher):
+        found.dispatcher.celery.close()
 
 
 @pytest.fixture
-def client(app):  # type: ignore[no-untyped-def]
+def make_app() -> Iterator[Callable[..., Flask]]:
+    """``create_app``, with every app it built closed after the test."""
+    apps: list[Flask] = []
+
+    def make(*args: Any, **kwargs: Any) -> Flask:
+        apps.append(create_app(*args, **kwargs))
+        return apps[-1]
+
+    yield make
+    for built in apps:
+        close_app(built)
+
+
+@pytest.fixture
+def app(settings: Settings, make_app: Callable[..., Flask]) -> Flask:
+    return make_app(settings)
+
+
+@pytest.fixture
+def client(app: Flask):  # type: ignore[no-untyped-def]
     return app.test_client()
 
 
@@ -130,13 +157,14 @@ class _Quiet(WSGIRequestHandler):
 
 
 @pytest.fixture
-def live_api(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def live_api(app: Flask) -> Iterator[str]:
     """The app behind a real HTTP server on a free loopback port."""
     server = make_server("127.0.0.1", free_port(), app, threaded=True, request_handler=_Quiet)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
+    server.server_close()
     thread.join()
 
 
@@ -204,6 +232,7 @@ class WorkerProcess:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
+        self.registry.redis.close()
         return self.process.returncode
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import pytest
 import redis
 from flask import Flask, jsonify
 from flask.testing import FlaskClient
 
-from internvl_queue.api import create_app
 from internvl_queue.api.auth import current_owner
 from internvl_queue.cli.redis_server import free_port
 from internvl_queue.core.apikeys import ApiKeyStore
@@ -63,9 +63,11 @@ def test_revoking_the_last_key_reopens_the_api(client: FlaskClient, keys: ApiKey
     assert client.get("/readyz").json["auth"] == "open"
 
 
-def test_an_open_api_warns_at_start(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+def test_an_open_api_warns_at_start(
+    make_app: Callable[..., Flask], settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.WARNING, logger="internvl_queue.api.auth"):
-        create_app(settings)
+        make_app(settings)
     [record] = [r for r in caplog.records if r.name == "internvl_queue.api.auth"]
     assert record.levelno == logging.WARNING
     assert "OPEN TO ANYONE" in record.getMessage()
@@ -73,11 +75,14 @@ def test_an_open_api_warns_at_start(settings: Settings, caplog: pytest.LogCaptur
 
 
 def test_no_warning_once_a_key_exists(
-    settings: Settings, keys: ApiKeyStore, caplog: pytest.LogCaptureFixture
+    make_app: Callable[..., Flask],
+    settings: Settings,
+    keys: ApiKeyStore,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     keys.create("k")
     with caplog.at_level(logging.WARNING, logger="internvl_queue.api.auth"):
-        create_app(settings)
+        make_app(settings)
     assert [r for r in caplog.records if r.name == "internvl_queue.api.auth"] == []
 
 
@@ -165,9 +170,11 @@ def test_health_endpoints_stay_open(client: FlaskClient, keys: ApiKeyStore) -> N
     assert reply.json["auth"] == "api_keys"
 
 
-def test_without_redis_it_fails_closed(caplog: pytest.LogCaptureFixture) -> None:
+def test_without_redis_it_fails_closed(
+    make_app: Callable[..., Flask], caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.WARNING, logger="internvl_queue.api.auth"):
-        app = create_app(Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+        app = make_app(Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
     assert any("could not check for API keys" in r.getMessage() for r in caplog.records)
     with caplog.at_level(logging.CRITICAL, logger="internvl_queue.api.auth"):
         reply = app.test_client().get(UNKNOWN_JOB)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
-from internvl_queue.api import create_app
+from flask import Flask
+
 from internvl_queue.core.settings import Settings
 from tests.api.lifecycle_helpers import json_body
 
 
-def test_a_full_queue_refuses_with_503_and_retry_after(settings: Settings) -> None:
-    client = create_app(replace(settings, max_queued_jobs=2)).test_client()
+def test_a_full_queue_refuses_with_503_and_retry_after(
+    make_app: Callable[..., Flask], settings: Settings
+) -> None:
+    client = make_app(replace(settings, max_queued_jobs=2)).test_client()
     first = client.post("/v1/jobs", json=json_body()).json
     assert client.post("/v1/jobs", json=json_body()).status_code == 202
     refused = client.post("/v1/jobs", json=json_body())

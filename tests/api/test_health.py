@@ -1,4 +1,7 @@
+from collections.abc import Callable
+
 import redis
+from flask import Flask
 
 from internvl_queue.core.settings import Settings
 from internvl_queue.core.workers import WorkerInfo, WorkerRegistry
@@ -40,11 +43,10 @@ def test_readyz_lists_live_workers(client, redis_client: redis.Redis) -> None:
     )
 
 
-def test_readyz_without_redis() -> None:
-    from internvl_queue.api import create_app
+def test_readyz_without_redis(make_app: Callable[..., Flask]) -> None:
     from internvl_queue.cli.redis_server import free_port
 
-    app = create_app(Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    app = make_app(Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
     reply = app.test_client().get("/readyz")
     assert reply.status_code == 503
     assert reply.json["redis"] is False

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import redis
+from flask import Flask
 
-from internvl_queue.api import create_app
 from internvl_queue.core.apikeys import ApiKeyStore
 from internvl_queue.core.settings import Settings
 from tests.api.lifecycle_helpers import json_body
@@ -49,9 +50,9 @@ def test_idempotency_keys_are_scoped_per_api_key(  # type: ignore[no-untyped-def
 
 
 def test_the_submit_rate_limit_is_per_key_with_retry_after(
-    settings: Settings, redis_client: redis.Redis
+    make_app: Callable[..., Flask], settings: Settings, redis_client: redis.Redis
 ) -> None:
-    client = create_app(replace(settings, rate_limit_jobs=2, rate_limit_window_s=60)).test_client()
+    client = make_app(replace(settings, rate_limit_jobs=2, rate_limit_window_s=60)).test_client()
     alice, bob = _two_keys(redis_client)
     for _ in range(2):
         assert client.post("/v1/jobs", json=json_body(), headers=alice).status_code == 202

@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import io
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis
+from flask import Flask
 from urllib3 import encode_multipart_formdata
 
 from internvl_queue.core.keys import job_key
@@ -181,14 +183,15 @@ def test_bad_input_is_refused_and_nothing_is_queued(
     assert user_keys(redis_client) == []
 
 
-def test_broker_failure_leaves_no_job(settings: Settings, redis_client: redis.Redis) -> None:
-    from internvl_queue.api import create_app
+def test_broker_failure_leaves_no_job(
+    make_app: Callable[..., Flask], settings: Settings, redis_client: redis.Redis
+) -> None:
 
     class RefusingDispatcher:
         def dispatch(self, job_id: str) -> None:
             raise ConnectionError("broker down")
 
-    client = create_app(settings, dispatcher=RefusingDispatcher()).test_client()
+    client = make_app(settings, dispatcher=RefusingDispatcher()).test_client()
     reply = client.post("/v1/jobs", data=_form())
     assert reply.status_code == 503
     assert reply.json["error"]["code"] == "service_unavailable"

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import redis
+from flask import Flask
 
-from internvl_queue.api import create_app
 from internvl_queue.core.settings import Settings
 from internvl_queue.core.status import JobStatus
 from internvl_queue.core.store import JobStore
@@ -73,10 +74,10 @@ class FinishingDispatcher:
 
 
 def test_prefer_wait_returns_the_finished_job(
-    redis_client: redis.Redis, settings: Settings
+    make_app: Callable[..., Flask], redis_client: redis.Redis, settings: Settings
 ) -> None:
     dispatcher = FinishingDispatcher(redis_client)
-    client = create_app(settings, dispatcher=dispatcher).test_client()
+    client = make_app(settings, dispatcher=dispatcher).test_client()
     reply = client.post("/v1/jobs", json=json_body(), headers={"Prefer": "wait=10"})
     returned = time.monotonic()
     assert reply.status_code == 200, reply.json

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
+from flask import Flask
+from flask.testing import FlaskClient
 
-from internvl_queue.api import create_app
 from internvl_queue.core.settings import Settings
 from tests.api.lifecycle_helpers import json_body
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
-def _client(settings: Settings, **changes: str):  # type: ignore[no-untyped-def]
-    return create_app(replace(settings, webhook_secrets=SECRET, **changes)).test_client()
+@pytest.fixture
+def make_client(make_app: Callable[..., Flask], settings: Settings) -> Callable[..., FlaskClient]:
+    """A test client of an API with a signing secret and the given setting changes."""
+
+    def make(**changes: str) -> FlaskClient:
+        return make_app(replace(settings, webhook_secrets=SECRET, **changes)).test_client()
+
+    return make
 
 
 def test_without_a_signing_secret_webhooks_are_refused(client) -> None:  # type: ignore[no-untyped-def]
@@ -40,14 +48,18 @@ def test_without_a_signing_secret_webhooks_are_refused(client) -> None:  # type:
         "not a url",
     ],
 )
-def test_private_and_non_http_urls_are_refused(settings: Settings, url: str) -> None:
-    reply = _client(settings).post("/v1/jobs", json=json_body(webhook_url=url))
+def test_private_and_non_http_urls_are_refused(
+    make_client: Callable[..., FlaskClient], url: str
+) -> None:
+    reply = make_client().post("/v1/jobs", json=json_body(webhook_url=url))
     assert reply.status_code == 422, url
     assert reply.json["error"]["code"] == "webhook_url_not_allowed"
 
 
-def test_an_allowlisted_private_url_is_accepted_with_default_events(settings: Settings) -> None:
-    client = _client(settings, webhook_allowed_cidrs="127.0.0.0/8")
+def test_an_allowlisted_private_url_is_accepted_with_default_events(
+    make_client: Callable[..., FlaskClient],
+) -> None:
+    client = make_client(webhook_allowed_cidrs="127.0.0.0/8")
     reply = client.post("/v1/jobs", json=json_body(webhook_url="http://127.0.0.1:9/hook"))
     assert reply.status_code == 202, reply.json
     assert reply.json["webhook"] == {
@@ -56,12 +68,12 @@ def test_an_allowlisted_private_url_is_accepted_with_default_events(settings: Se
     }
 
 
-def test_events_can_be_chosen_in_json_and_in_forms(settings: Settings) -> None:
+def test_events_can_be_chosen_in_json_and_in_forms(make_client: Callable[..., FlaskClient]) -> None:
     import io
 
     from tests.api.lifecycle_helpers import JPEG
 
-    client = _client(settings, webhook_allowed_cidrs="127.0.0.0/8")
+    client = make_client(webhook_allowed_cidrs="127.0.0.0/8")
     url = "http://127.0.0.1:9/hook"
     body = json_body(webhook_url=url, webhook_events=["job.started", "job.failed"])
     assert client.post("/v1/jobs", json=body).json["webhook"]["events"] == [
@@ -81,14 +93,16 @@ def test_events_can_be_chosen_in_json_and_in_forms(settings: Settings) -> None:
 
 
 @pytest.mark.parametrize("events", [["job.done"], [], "job.succeeded,nope", [1]])
-def test_unknown_events_are_refused(settings: Settings, events: object) -> None:
-    client = _client(settings, webhook_allowed_cidrs="127.0.0.0/8")
+def test_unknown_events_are_refused(
+    make_client: Callable[..., FlaskClient], events: object
+) -> None:
+    client = make_client(webhook_allowed_cidrs="127.0.0.0/8")
     body = json_body(webhook_url="http://127.0.0.1:9/hook", webhook_events=events)
     reply = client.post("/v1/jobs", json=body)
     assert reply.status_code == 422
     assert reply.json["error"]["code"] == "invalid_parameter"
 
 
-def test_events_without_a_url_are_refused(settings: Settings) -> None:
-    reply = _client(settings).post("/v1/jobs", json=json_body(webhook_events=["job.failed"]))
+def test_events_without_a_url_are_refused(make_client: Callable[..., FlaskClient]) -> None:
+    reply = make_client().post("/v1/jobs", json=json_body(webhook_events=["job.failed"]))
     assert reply.status_code == 422

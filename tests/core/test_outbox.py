@@ -77,12 +77,14 @@ def test_concurrent_pollers_never_lease_the_same_event(
     barrier = threading.Barrier(4)
 
     def poll() -> None:
-        box = Outbox(redis.Redis.from_url(redis_url), lease_s=30, retention_s=3600)
+        client = redis.Redis.from_url(redis_url)
+        box = Outbox(client, lease_s=30, retention_s=3600)
         barrier.wait()
         mine: list[tuple[str, str]] = []
         for _ in range(10):
             mine += box.lease_due(time.time(), limit=3)
         results.append(mine)
+        client.close()
 
     threads = [threading.Thread(target=poll) for _ in range(4)]
     for t in threads:

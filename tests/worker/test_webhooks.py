@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 import redis
 import requests as http
+from flask import Flask
 from werkzeug.serving import make_server
 
 from internvl_queue import verify_webhook
-from internvl_queue.api import create_app
 from internvl_queue.cli.redis_server import free_port
 from internvl_queue.core.apikeys import ApiKeyStore
 from internvl_queue.core.job import Job, JobParams
@@ -495,6 +495,8 @@ def test_the_webhook_worker_does_not_import_torch() -> None:
 
 # -- the whole path -----------------------------------------------------------------------------
 def test_the_whole_path_submit_answer_webhook_and_deliveries(
+    redis_client: redis.Redis,
+    make_app: Callable[..., Flask],
     settings: Settings,
     worker: WorkerProcess,
     receiver: Receiver,
@@ -506,8 +508,8 @@ def test_the_whole_path_submit_answer_webhook_and_deliveries(
     api_settings = replace(
         settings, webhook_secrets=f"{NEW_SECRET},{OLD_SECRET}", webhook_allowed_cidrs="127.0.0.0/8"
     )
-    app = create_app(api_settings)
-    keys = ApiKeyStore(redis.Redis.from_url(settings.redis_url))
+    app = make_app(api_settings)
+    keys = ApiKeyStore(redis_client)
     alice = {"Authorization": f"Bearer {keys.create('alice')[1]}"}
     bob = {"Authorization": f"Bearer {keys.create('bob')[1]}"}
     server = make_server("127.0.0.1", free_port(), app, threaded=True)
@@ -547,6 +549,7 @@ def test_the_whole_path_submit_answer_webhook_and_deliveries(
         )
     finally:
         server.shutdown()
+        server.server_close()
 
 
 def _deliveries(api: str, job_id: str, headers: dict[str, str]) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ __all__ = [
     "outbox_key",
     "queued_key",
     "rate_key",
+    "webhook_gone_key",
     "worker_key",
     "workers_key",
 ]
@@ -35,6 +36,11 @@ def images_key(job_id: str) -> str:
 def deliveries_key(job_id: str) -> str:
     """A list of every webhook attempt made for the job (JSON entries, oldest first)."""
     return f"{PREFIX}:job:{job_id}:deliveries"
+
+
+def webhook_gone_key(job_id: str) -> str:
+    """Set when the job's webhook endpoint answered 410 Gone: its later events are not sent."""
+    return f"{PREFIX}:job:{job_id}:webhook_gone"
 
 
 def queued_key() -> str:

@@ -27,7 +27,7 @@ from typing import Any
 import redis
 
 from .job import iso8601
-from .keys import deliveries_key, event_key, outbox_key
+from .keys import deliveries_key, event_key, outbox_key, webhook_gone_key
 from .redis_client import HashFields
 from .webhook_events import WebhookEvent
 
@@ -144,10 +144,16 @@ class Outbox:
                 pipe.hset(key, mapping={**fields, "outcome": attempt.outcome.value})
                 pipe.zrem(outbox_key(), event_id)
                 pipe.expire(key, self.retention_s)
+                if attempt.outcome is DeliveryOutcome.GONE:
+                    pipe.set(webhook_gone_key(event.job_id), event.url, ex=self.retention_s)
             recorded[0] = True
 
         self.redis.transaction(transaction, key)
         return recorded[0]
+
+    def endpoint_gone(self, job_id: str) -> bool:
+        """Whether the job's endpoint answered 410 Gone to one of its events (send no more)."""
+        return bool(self.redis.exists(webhook_gone_key(job_id)))
 
     def deliveries(self, job_id: str) -> list[dict[str, Any]]:
         """Every webhook attempt made for the job, oldest first ([] for none or an unknown job)."""

@@ -1,7 +1,8 @@
 """One webhook attempt: sign, POST, classify the reply, record it in the outbox.
 
     2xx                      delivered
-    410 Gone                 gone: the receiver asked us to stop; no more attempts for the event
+    410 Gone                 gone: the receiver asked us to stop; no more attempts for this
+                             event, and the job's later events are not sent either
     refused by the SSRF guard refused: the host now resolves to a forbidden address
     anything else            retried per the schedule (Retry-After honoured), then gave_up:
                              3xx (redirects are not followed), 4xx, 5xx, timeouts, connection
@@ -70,6 +71,18 @@ class WebhookDelivery:
         reply: HttpReply | None = None
         error: str | None = None
         refused = False
+        if self.outbox.endpoint_gone(event.job_id):
+            # "410 stops that endpoint for that job": recorded, not sent.
+            gone = Attempt(
+                at=started,
+                outcome=DeliveryOutcome.GONE,
+                error="not sent: the endpoint answered 410 Gone to an earlier event of this job",
+            )
+            self.outbox.record_attempt(event_id, lease_token, gone)
+            log.info(
+                "webhook %s (%s): endpoint gone for job %s", event_id, event.type, event.job_id
+            )
+            return gone.outcome
         if not self.settings.webhook_secret_list:
             # Never send an unsigned webhook. The API refuses webhook_url without a secret, so
             # this is a worker started without WEBHOOK_SECRETS: retry, in case it is fixed.

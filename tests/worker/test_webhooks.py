@@ -34,7 +34,7 @@ from internvl_queue.core.settings import Settings
 from internvl_queue.core.signing import generate_secret
 from internvl_queue.core.status import JobStatus
 from internvl_queue.core.store import JobStore
-from internvl_queue.core.webhook_events import DEFAULT_EVENTS
+from internvl_queue.core.webhook_events import DEFAULT_EVENTS, EVENT_TYPES
 from tests.conftest import WorkerProcess
 from tests.images import photo
 
@@ -357,6 +357,33 @@ def test_410_stops_retrying(
         receiver.stop()
     assert [(e["status_code"], e["outcome"]) for e in log] == [(410, "gone")]
     assert outbox.deliveries(job.id) == log
+
+
+def test_after_410_the_jobs_later_events_are_not_sent(
+    store: JobStore, outbox: Outbox, start_worker: Callable[..., WebhookWorker]
+) -> None:
+    receiver = Receiver(script=[Reply(410)] + [Reply(204)] * 5).start()
+    try:
+        start_worker().wait_ready()
+        job = Job.new(
+            "what?", PARAMS, image_count=1, webhook_url=receiver.url, webhook_events=EVENT_TYPES
+        )
+        store.create(job, [b"img"])
+        claim = store.claim(job.id, max_attempts=3)  # job.started: answered 410
+        assert claim.job is not None
+        wait_until(lambda: bool(outbox.deliveries(job.id)), 10, "the started event's attempt")
+        store.finish(claim.job, JobStatus.SUCCEEDED, result={"answer": "a cat"})
+        wait_until(lambda: len(outbox.deliveries(job.id)) == 2, 10, "the succeeded event")
+        time.sleep(0.5)
+        assert len(receiver.received) == 1  # only the started event reached the endpoint
+    finally:
+        receiver.stop()
+    log = outbox.deliveries(job.id)
+    assert [(e["type"], e["status_code"], e["outcome"]) for e in log] == [
+        ("job.started", 410, "gone"),
+        ("job.succeeded", None, "gone"),
+    ]
+    assert "410" in log[1]["error"]
 
 
 def test_a_loopback_url_is_refused_at_delivery_time_unless_allowlisted(

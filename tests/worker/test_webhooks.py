@@ -14,8 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,8 @@ from internvl_queue.core.store import JobStore
 from internvl_queue.core.webhook_events import DEFAULT_EVENTS, EVENT_TYPES
 from tests.conftest import WorkerProcess
 from tests.images import photo
+from tests.receiver import Received, Receiver, Reply
+from tests.receiver import wait_until as _wait_until
 
 PARAMS = JobParams(max_new_tokens=8, max_tiles=2)
 SCHEDULE = "0.2,0.2,0.2,0.5,0.5"  # 6 attempts over about 1.6 s
@@ -45,84 +46,6 @@ OLD_SECRET, NEW_SECRET = generate_secret(), generate_secret()
 
 
 # -- the receiver -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Reply:
-    status: int = 204
-    headers: dict[str, str] = field(default_factory=dict)
-    hold: threading.Event | None = None  # reply only once this is set (a slow receiver)
-
-
-@dataclass(frozen=True)
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    at: float  # monotonic
-
-
-class Receiver:
-    """A real HTTP server on a loopback port: scripted replies in order, every request recorded."""
-
-    def __init__(self, port: int | None = None, script: list[Reply] | None = None) -> None:
-        self.port = port or free_port()
-        self.script = list(script or [])
-        self.received: list[Received] = []
-        self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks?source=test"
-
-    def start(self) -> Receiver:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", "0")))
-                with receiver._lock:
-                    receiver.received.append(
-                        Received(
-                            self.path,
-                            {k.lower(): v for k, v in self.headers.items()},
-                            body,
-                            time.monotonic(),
-                        )
-                    )
-                    reply = receiver.script.pop(0) if receiver.script else Reply()
-                if reply.hold is not None:
-                    reply.hold.wait(10)
-                try:
-                    self.send_response(reply.status)
-                    for name, value in reply.headers.items():
-                        self.send_header(name, value)
-                    self.send_header("content-length", "0")
-                    self.end_headers()
-                except OSError:
-                    pass  # the worker is gone (killed mid-request)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join()
-            self._server = None
-
-    def wait_for(self, count: int, timeout: float = 15) -> list[Received]:
-        wait_until(lambda: len(self.received) >= count, timeout, f"{count} requests")
-        return list(self.received)
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     r = Receiver().start()
@@ -194,11 +117,8 @@ class WebhookWorker:
 def wait_until(
     check: Callable[[], bool], timeout: float, what: str, worker: WebhookWorker | None = None
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{worker.log() if worker else ''}")
-        time.sleep(0.02)
+    """Wait for ``check``; on a timeout the failure shows the worker's log."""
+    _wait_until(check, timeout, what, worker.log() if worker else "")
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
@@ -32,23 +33,29 @@ def _cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_worker(args: argparse.Namespace) -> int:
-    _configure_logging()
-    # Importing the entry module reads the settings and registers the task and start-up hooks.
-    from ..worker.main import app, settings
-
+def _run_worker(app: Any, queue: str, name: str, loglevel: str) -> int:
+    """Run a Celery worker consuming ``queue`` only (no gossip or mingle: workers share nothing
+    but Redis)."""
     argv = [
         "worker",
-        f"--loglevel={args.loglevel}",
+        f"--loglevel={loglevel}",
         "-Q",
-        settings.queue_name,
+        queue,
         "--hostname",
-        f"internvl-{os.getpid()}@%h",
+        f"{name}-{os.getpid()}@%h",
         "--without-gossip",
         "--without-mingle",
     ]
     app.worker_main(argv)
     return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    _configure_logging()
+    # Importing the entry module reads the settings and registers the task and start-up hooks.
+    from ..worker.main import app, settings
+
+    return _run_worker(app, settings.queue_name, "internvl", args.loglevel)
 
 
 def _cmd_webhook_worker(args: argparse.Namespace) -> int:
@@ -56,18 +63,7 @@ def _cmd_webhook_worker(args: argparse.Namespace) -> int:
     # Importing the entry module reads the settings and registers the task and the pump hooks.
     from ..worker.webhook_main import app, settings
 
-    argv = [
-        "worker",
-        f"--loglevel={args.loglevel}",
-        "-Q",
-        settings.webhook_queue,
-        "--hostname",
-        f"internvl-webhooks-{os.getpid()}@%h",
-        "--without-gossip",
-        "--without-mingle",
-    ]
-    app.worker_main(argv)
-    return 0
+    return _run_worker(app, settings.webhook_queue, "internvl-webhooks", args.loglevel)
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:

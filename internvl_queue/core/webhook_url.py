@@ -13,12 +13,22 @@ from urllib.parse import SplitResult, urlsplit
 
 from .errors import WebhookUrlNotAllowed
 
-__all__ = ["Network", "check_webhook_url", "parse_webhook_url", "permitted_addresses"]
+__all__ = [
+    "HostDoesNotResolve",
+    "Network",
+    "check_webhook_url",
+    "parse_webhook_url",
+    "permitted_addresses",
+]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MAX_URL_CHARS = 2048
+
+
+class HostDoesNotResolve(WebhookUrlNotAllowed):
+    """Raised when a webhook host has no address now (refused at submit, retried at delivery)."""
 
 
 def parse_webhook_url(url: str) -> SplitResult:
@@ -61,7 +71,7 @@ def permitted_addresses(host: str, port: int, allowed: Sequence[Network]) -> lis
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
-        raise WebhookUrlNotAllowed(f"the webhook host {host!r} does not resolve: {exc}") from None
+        raise HostDoesNotResolve(f"the webhook host {host!r} does not resolve: {exc}") from None
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     for text in addresses:
         address = ipaddress.ip_address(text.split("%", 1)[0])

@@ -17,7 +17,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..core.errors import WebhookUrlNotAllowed
-from ..core.webhook_url import Network, parse_webhook_url, permitted_addresses
+from ..core.webhook_url import (
+    HostDoesNotResolve,
+    Network,
+    parse_webhook_url,
+    permitted_addresses,
+)
 
 __all__ = ["AddressRefused", "DeliveryFailed", "HttpReply", "post"]
 
@@ -105,11 +110,11 @@ def post(
         response = connection.getresponse()
         response.read(_DRAIN_BYTES)
         return HttpReply(response.status, response.getheader("Retry-After"))
+    except HostDoesNotResolve as exc:
+        # A name that does not resolve now is worth trying again later.
+        raise DeliveryFailed(exc.message) from None
     except WebhookUrlNotAllowed as exc:
-        # A name that does not resolve now is worth trying again later; a name that resolves to
-        # a refused address is not (the guard's message is the only difference between them).
-        if "does not resolve" in exc.message:
-            raise DeliveryFailed(exc.message) from None
+        # A name that resolves to a refused address is not.
         raise AddressRefused(exc.message) from None
     except TimeoutError:
         raise DeliveryFailed(f"timed out after {timeout_s:g} s") from None

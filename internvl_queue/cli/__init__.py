@@ -51,6 +51,15 @@ def _run_worker(app: Any, queue: str, name: str, loglevel: str) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    if args.gpus is not None:
+        from .gpu_workers import parse_gpus, run_gpu_workers
+
+        try:
+            gpus = parse_gpus(args.gpus)
+        except ValueError as exc:
+            print(f"internvl-queue worker: {exc}", file=sys.stderr)
+            return 2
+        return run_gpu_workers(gpus, args.loglevel)
     _configure_logging()
     # Importing the entry module reads the settings and registers the task and start-up hooks.
     from ..worker.main import app, settings
@@ -124,6 +133,11 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run a GPU worker (Celery) with the model warm")
     worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument(
+        "--gpus",
+        metavar="all|0,1,...",
+        help="one worker process per GPU, each pinned to it (CUDA_VISIBLE_DEVICES)",
+    )
     worker.set_defaults(func=_cmd_worker)
 
     webhooks = commands.add_parser(

@@ -130,6 +130,13 @@ class Settings:
     cuda_graphs: bool = field(
         default=True, metadata=_env("INTERNVL_CUDA_GRAPHS", "replay decode steps as CUDA graphs")
     )
+    gpu_index: int = field(
+        default=-1,
+        metadata=_env(
+            "INTERNVL_GPU_INDEX",
+            "the host GPU this worker reports (set by `worker --gpus` for each child; -1: none)",
+        ),
+    )
     # -- access and backpressure --------------------------------------------------------------
     max_queued_jobs: int = field(
         default=10_000,

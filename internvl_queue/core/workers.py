@@ -31,6 +31,8 @@ class WorkerInfo:
     jobs_failed: int = 0
     redeliveries_ignored: int = 0
     engine: dict[str, Any] | None = None  # batching counters: batch sizes, jobs/s, GPU memory
+    # The host's GPU this worker is pinned to (``worker --gpus``); None for a single worker.
+    gpu_index: int | None = None
 
     @property
     def jobs_done(self) -> int:
@@ -57,6 +59,8 @@ def _decode(raw: dict[bytes, bytes]) -> WorkerInfo:
         text = h.get(f.name, "")
         if f.name in _INT_FIELDS:
             values[f.name] = int(text or 0)
+        elif f.name == "gpu_index":
+            values[f.name] = int(text) if text else None
         elif f.name in _FLOAT_FIELDS:
             values[f.name] = float(text or 0)
         elif f.name == "engine":

@@ -125,6 +125,7 @@ class WorkerRuntime:
             loaded_at=self.loaded_at,
             last_seen=time.time(),
             engine=self.engine.stats.snapshot() if self.engine is not None else None,
+            gpu_index=self.settings.gpu_index if self.settings.gpu_index >= 0 else None,
             **counters,
         )
 

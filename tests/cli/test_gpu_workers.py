@@ -1,0 +1,143 @@
+"""``internvl-queue worker --gpus``: one worker process per GPU, supervised by one parent.
+
+On this CPU-only machine the children run the tiny model on the CPU (INTERNVL_DEVICE=cpu), but
+everything else is as on a GPU host: two real worker processes, each with its own
+CUDA_VISIBLE_DEVICES and heartbeat, sharing one Redis queue.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import redis
+from flask import Flask
+
+from internvl_queue.cli.gpu_workers import parse_gpus
+from internvl_queue.core.settings import Settings
+from internvl_queue.core.status import JobStatus
+from internvl_queue.core.store import JobStore
+from internvl_queue.core.workers import WorkerInfo, WorkerRegistry
+from tests.api.lifecycle_helpers import json_body
+from tests.conftest import worker_env
+
+
+def test_gpu_lists_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert parse_gpus("0,1") == [0, 1]
+    assert parse_gpus("3") == [3]
+    assert parse_gpus("all", count=lambda: 4) == [0, 1, 2, 3]
+    for bad in ("", "a", "0,0", "-1", "0,,1"):
+        with pytest.raises(ValueError):
+            parse_gpus(bad)
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        parse_gpus("all", count=lambda: 0)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert parse_gpus("1") == [1]
+    with pytest.raises(ValueError):
+        parse_gpus("2")
+
+
+def _gpu_workers(registry: WorkerRegistry, parent: int) -> dict[int, WorkerInfo]:
+    return {
+        info.gpu_index: info
+        for info in registry.live()
+        if info.gpu_index is not None and info.pid != parent
+    }
+
+
+def _wait(check: Callable[[], bool], timeout: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out: {what}\n{log.read_text()[-6000:]}"
+        time.sleep(0.1)
+
+
+def test_one_worker_per_gpu_share_a_burst_and_stop_together(
+    settings: Settings,
+    tiny_model_dir: Path,
+    redis_client: redis.Redis,
+    make_app: Callable[..., Flask],
+    tmp_path: Path,
+) -> None:
+    # A queue of their own, so that the session's shared worker takes none of these jobs; few
+    # threads each, so that neither child can take the whole burst at once.
+    mine = replace(settings, queue_name="internvl-gpus-test", worker_concurrency=4)
+    env = {
+        **worker_env(mine),
+        "INTERNVL_QUEUE": mine.queue_name,
+        "INTERNVL_WORKER_CONCURRENCY": "4",
+    }
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    log = tmp_path / "gpus.log"
+    with log.open("wb") as out:
+        parent = subprocess.Popen(
+            [sys.executable, "-m", "internvl_queue", "worker", "--gpus", "0,1"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    registry = WorkerRegistry(redis_client)
+    try:
+        _wait(lambda: len(_gpu_workers(registry, parent.pid)) == 2, 120, "two workers", log)
+        workers = _gpu_workers(registry, parent.pid)
+        assert set(workers) == {0, 1}
+        assert workers[0].pid != workers[1].pid
+
+        client = make_app(mine).test_client()
+        ready = client.get("/readyz").json
+        assert sorted(w["gpu_index"] for w in ready["workers"] if w["gpu_index"] is not None) == [
+            0,
+            1,
+        ]
+        ids = [
+            client.post("/v1/jobs", json=json_body(f"question {i}", max_new_tokens=4)).json["id"]
+            for i in range(40)
+        ]
+        store = JobStore(redis_client, retention_s=3600)
+        finished = [store.wait_finished(job_id, 60) for job_id in ids]
+        assert all(j is not None and j.status is JobStatus.SUCCEEDED for j in finished), finished
+        assert all(j is not None and j.attempts == 1 for j in finished)  # each ran exactly once
+
+        moment = time.time()
+        _wait(
+            lambda: all(w.last_seen > moment for w in _gpu_workers(registry, parent.pid).values()),
+            10,
+            "fresh heartbeats",
+            log,
+        )
+        served = {g: w.jobs_succeeded for g, w in _gpu_workers(registry, parent.pid).items()}
+        assert sum(served.values()) == 40, served
+        assert all(count > 0 for count in served.values()), served  # both GPUs took a share
+
+        # A worker that dies is started again by the parent; the other keeps serving.
+        os.kill(workers[1].pid, signal.SIGKILL)
+        _wait(
+            lambda: (
+                (w := _gpu_workers(registry, parent.pid).get(1)) is not None
+                and w.pid != workers[1].pid
+            ),
+            120,
+            "GPU 1's worker restarted",
+            log,
+        )
+        now_running = _gpu_workers(registry, parent.pid)
+        assert now_running[0].pid == workers[0].pid
+        workers[2] = now_running[1]  # the restarted one: it must stop too
+    finally:
+        parent.send_signal(signal.SIGTERM)
+        code = parent.wait(90)
+    output = log.read_text()
+    assert code == 0, output
+    assert "stopping the workers" in output and "stopped" in output
+    children = [w.pid for w in workers.values()]
+    for pid in children:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

@@ -50,7 +50,10 @@ def say(message: str) -> None:
     print(f"[whole_path {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def whole_path(model: str, jobs: int, threads: int, log_path: Path) -> dict[str, float]:
+def whole_path(
+    model: str, jobs: int, threads: int, log_path: Path, gpus: int = 0
+) -> dict[str, float]:
+    """W1 burst through Redis + Celery + a worker; ``gpus`` > 0 runs ``worker --gpus 0..n-1``."""
     server = start_redis(Path(tempfile.mkdtemp()) / "redis", persistent=False)
     settings = Settings(redis_url=server.url, model=model, heartbeat_interval_s=1.0)
     env = {
@@ -61,8 +64,11 @@ def whole_path(model: str, jobs: int, threads: int, log_path: Path) -> dict[str,
         "LOG_LEVEL": "INFO",
     }
     log = log_path.open("wb")
+    command = [sys.executable, "-m", "internvl_queue", "worker"]
+    if gpus:
+        command += ["--gpus", ",".join(str(g) for g in range(gpus))]
     worker = subprocess.Popen(
-        [sys.executable, "-m", "internvl_queue", "worker"],
+        command,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -71,11 +77,11 @@ def whole_path(model: str, jobs: int, threads: int, log_path: Path) -> dict[str,
     try:
         registry = WorkerRegistry(client)
         deadline = time.monotonic() + 240
-        while not registry.live():
+        while len(registry.live()) < max(gpus, 1):
             if worker.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the worker did not start")
             time.sleep(0.5)
-        say("worker ready")
+        say(f"{len(registry.live())} worker(s) ready")
         store = JobStore(client, retention_s=3600)
         celery = create_celery(settings)
         images = images_for(W1)
@@ -154,18 +160,53 @@ def engine_alone(model: str, jobs: int) -> float:
     return float(figures["jobs_s"])
 
 
+def scaling(model: str, jobs: int, threads: int, log: Path, counts: str) -> None:
+    """The whole path with 1, 2, ... GPU workers in one run; jobs/s and the ratio to the first."""
+    import torch
+
+    figures = {
+        n: whole_path(model, jobs, threads, log, gpus=n) for n in map(int, counts.split(","))
+    }
+    first = next(iter(figures))
+    cuda = torch.cuda.is_available()
+    device = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()}" if cuda else "cpu"
+    row = (
+        f"\n## Whole path over several GPUs, {device}, "
+        f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}\n\n"
+        f"`python -m benchmarks.whole_path --gpu-counts {counts}`: Redis + `internvl-queue worker "
+        "--gpus 0..n-1` + validated submissions through Celery, W1 burst of "
+        f"{jobs} jobs.\n\n| GPU workers | jobs/s | vs {first} | succeeded |\n|---|---|---|---|\n"
+    )
+    for n, f in figures.items():
+        row += (
+            f"| {n} | {f['jobs_s']:.1f} | {f['jobs_s'] / figures[first]['jobs_s']:.2f}x "
+            f"| {f['succeeded']:.0f} of {jobs} |\n"
+        )
+    print(row, flush=True)
+    with RESULTS.open("a") as results:
+        results.write(row)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
     parser.add_argument("--jobs", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--log", type=Path, default=Path(tempfile.mkdtemp()) / "worker.log")
+    parser.add_argument(
+        "--gpu-counts",
+        help="e.g. 1,2: the whole path with `worker --gpus` over that many GPUs each, and the "
+        "scaling against the first (instead of the engine-alone comparison)",
+    )
     args = parser.parse_args()
     if not Path(args.model).exists():
         from benchmarks.shapes import write_internvl3_1b_shaped
 
         say("building the InternVL3-1B-shaped checkpoint")
         write_internvl3_1b_shaped(Path(args.model))
+    if args.gpu_counts:
+        scaling(args.model, args.jobs, args.threads, args.log, args.gpu_counts)
+        return
     whole = whole_path(args.model, args.jobs, args.threads, args.log)
     engine = engine_alone(args.model, args.jobs)
     import torch

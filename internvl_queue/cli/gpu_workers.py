@@ -20,7 +20,8 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import FrameType
+
+from .stop_request import StopRequest
 
 __all__ = ["parse_gpus", "run_gpu_workers"]
 
@@ -112,22 +113,15 @@ def run_gpu_workers(gpus: list[int], loglevel: str, *, stop_timeout_s: float = 1
     children = [
         _Child(gpu, device) for gpu, device in zip(gpus, _visible_devices(gpus), strict=True)
     ]
-    stopping = False
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    stop = StopRequest()
     for child in children:
         _start(child, loglevel)
-    while not stopping:
+    while not stop.requested:
         now = time.monotonic()
         for child in children:
             if child.process is not None and child.process.poll() is not None:
                 _reap(child, now)
-            if child.process is None and now >= child.restart_at and not stopping:
+            if child.process is None and now >= child.restart_at and not stop.requested:
                 _start(child, loglevel)
         time.sleep(0.2)
 

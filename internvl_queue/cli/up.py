@@ -16,9 +16,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import FrameType
 
 from .redis_server import RedisServer, start_redis
+from .stop_request import StopRequest
 
 __all__ = ["run_up"]
 
@@ -55,14 +55,7 @@ def run_up(host: str, port: int, data_dir: Path) -> int:
         env["REDIS_URL"] = redis_server.url
         _say(f"started redis-server on port {redis_server.port} (AOF in {redis_server.data_dir})")
 
-    stopping = False
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    stop = StopRequest()
 
     worker = _spawn(["worker"], env)
     webhooks = _spawn(["webhook-worker"], env)
@@ -71,12 +64,12 @@ def run_up(host: str, port: int, data_dir: Path) -> int:
     _say(f"API on http://{host}:{port}; the worker is loading {model}. Ctrl-C stops everything")
     children = {"api": api, "worker": worker, "webhook worker": webhooks}
     exit_code = 0
-    while not stopping:
+    while not stop.requested:
         for name, process in children.items():
             if process.poll() is not None:
                 _say(f"{name} exited with code {process.returncode}; stopping the rest")
                 exit_code = process.returncode or 1
-                stopping = True
+                stop.requested = True
         time.sleep(0.2)
 
     _stop("api", api, timeout=15)

@@ -21,9 +21,9 @@ DEFAULT_MODEL = "OpenGVLab/InternVL3-1B-hf"
 
 Device = Literal["auto", "cpu", "cuda"]
 
-# Seconds between webhook attempts: 11 attempts over about 20 hours (before jitter, which only
+# Seconds between webhook attempts: 11 attempts over about 24 hours (before jitter, which only
 # shortens a wait), so the default job retention of 24 h outlives every retry.
-DEFAULT_WEBHOOK_SCHEDULE = "5,30,120,600,1800,3600,7200,14400,21600,21600"
+DEFAULT_WEBHOOK_SCHEDULE = "5,30,120,600,1800,3600,7200,14400,28800,28800"
 
 
 def _env(name: str, help: str) -> dict[str, str]:

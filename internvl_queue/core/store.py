@@ -154,11 +154,9 @@ class JobStore:
             ):
                 return None, None
             if current.cancel_requested_at is not None:
-                done = current.moved_to(
-                    JobStatus.CANCELED, finished_at=time.time(), error=_CANCELED_WHILE_RUNNING
-                )
+                done = self._ended(current, JobStatus.CANCELED, error=_CANCELED_WHILE_RUNNING)
             else:
-                done = current.moved_to(status, finished_at=time.time(), result=result, error=error)
+                done = self._ended(current, status, result=result, error=error)
             return done, done
 
         return self._update(job.id, decide)

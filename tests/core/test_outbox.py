@@ -55,7 +55,7 @@ def test_a_finished_job_stages_one_leasable_event(store: JobStore, outbox: Outbo
     )
     # Leased: not due again until the lease runs out.
     assert outbox.lease_due(now + 1, limit=10) == []
-    assert outbox.due_at(event_id) == pytest.approx(now + 30)
+    assert outbox.due_at(event_id) == pytest.approx(now + 30, abs=0.05)
     again = outbox.lease_due(now + 31, limit=10)
     assert [e for e, _ in again] == [event_id] and again[0][1] != token
 
@@ -120,7 +120,7 @@ def test_retry_then_deliver_logs_every_attempt(
         next_attempt_at=now + 5,
     )
     assert outbox.record_attempt(event_id, token, failed)
-    assert outbox.due_at(event_id) == pytest.approx(now + 5)
+    assert outbox.due_at(event_id) == pytest.approx(now + 5, abs=0.05)
     event = outbox.load(event_id)
     assert event is not None and event.attempts == 1 and event.lease_token == ""
     assert outbox.lease_due(now + 4, limit=1) == []

@@ -32,17 +32,11 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
     client = connect(settings.redis_url)
     app.extensions[EXTENSION] = Services(
         settings=settings,
-        store=JobStore(
-            client,
-            retention_s=settings.job_retention_s,
-            event_ttl_s=settings.webhook_window_s,
-        ),
+        store=JobStore.from_settings(client, settings),
         workers=WorkerRegistry(client),
         dispatcher=dispatcher or CeleryDispatcher(settings),
         idempotency=IdempotencyStore(client, ttl_s=settings.idempotency_ttl_s),
-        outbox=Outbox(
-            client, lease_s=settings.webhook_lease_s, retention_s=settings.job_retention_s
-        ),
+        outbox=Outbox.from_settings(client, settings),
         api_keys=ApiKeyStore(client),
         rate_limiter=RateLimiter(client, settings.rate_limit_jobs, settings.rate_limit_window_s),
     )

@@ -14,6 +14,7 @@ from flask import Blueprint, Response, jsonify, request
 from ..core.errors import Conflict, JobNotFound, ServiceUnavailable, ValidationFailed
 from ..core.idempotency import ReservationOutcome, check_key
 from ..core.job import Job
+from ..core.status import JobStatus
 from ..core.store import CancelOutcome
 from ..core.submission import Submission, prepare_job
 from .auth import current_owner
@@ -51,11 +52,6 @@ def submit() -> Reply:
             "this Idempotency-Key was already used for a different request",
             code="idempotency_key_reused",
         )
-    if reservation.outcome is ReservationOutcome.IN_FLIGHT:
-        raise Conflict(
-            "a request with this Idempotency-Key is still being processed; retry shortly",
-            code="idempotency_key_in_flight",
-        )
     if reservation.outcome is ReservationOutcome.REPLAY:
         assert reservation.job_id is not None
         original = svc.store.get(reservation.job_id)
@@ -63,11 +59,12 @@ def submit() -> Reply:
             return _submitted(svc, original, {"Idempotency-Replayed": "true"})
         # The job expired before its key did: the key is free again.
         svc.idempotency.release(owner, key)
-        if svc.idempotency.reserve(owner, key, fingerprint).outcome is not ReservationOutcome.NEW:
-            raise Conflict(
-                "a request with this Idempotency-Key is still being processed; retry shortly",
-                code="idempotency_key_in_flight",
-            )
+        reservation = svc.idempotency.reserve(owner, key, fingerprint)
+    if reservation.outcome is not ReservationOutcome.NEW:
+        raise Conflict(
+            "a request with this Idempotency-Key is still being processed; retry shortly",
+            code="idempotency_key_in_flight",
+        )
     try:
         job = _accept(svc, submission, owner)
     except Exception:
@@ -109,9 +106,7 @@ def _submitted(svc: Services, job: Job, headers: dict[str, str]) -> Reply:
     if wait > 0:
         job = svc.store.wait_finished(job.id, wait) or job
         headers["Preference-Applied"] = f"wait={wait:g}"
-        if job.status.is_terminal:
-            return jsonify(job.to_public()), 200, headers
-    return _view(svc, job), 202, headers
+    return _view(svc, job), 200 if job.status.is_terminal else 202, headers
 
 
 @jobs.get("/<job_id>")
@@ -162,5 +157,6 @@ def _own_job(svc: Services, job_id: str) -> Job:
 
 
 def _view(svc: Services, job: Job) -> Response:
-    position = svc.store.queue_position(job.id) if job.status.value == "queued" else None
+    # One more round trip, only for a job that has a position.
+    position = svc.store.queue_position(job.id) if job.status is JobStatus.QUEUED else None
     return jsonify(job.to_public(queue_position=position))

@@ -5,7 +5,6 @@ from __future__ import annotations
 __all__ = [
     "PREFIX",
     "active_api_keys_key",
-    "api_key_key",
     "api_keys_key",
     "cancel_channel",
     "deliveries_key",
@@ -75,10 +74,6 @@ def api_keys_key() -> str:
 def active_api_keys_key() -> str:
     """A set of the ids of keys not revoked: ``SCARD`` answers "is auth on?" in one cheap call."""
     return f"{PREFIX}:apikeys:active"
-
-
-def api_key_key(key_id: str) -> str:
-    return f"{PREFIX}:apikey:{key_id}"
 
 
 def idempotency_key(owner: str, key_digest: str) -> str:

@@ -29,6 +29,7 @@ import redis
 from .job import iso8601
 from .keys import deliveries_key, event_key, outbox_key, webhook_gone_key
 from .redis_client import HashFields
+from .settings import Settings
 from .webhook_events import WebhookEvent
 
 __all__ = ["Attempt", "DeliveryOutcome", "Outbox"]
@@ -91,6 +92,10 @@ class Outbox:
         # How long the delivery log of a job, and a finished event, are kept after an attempt.
         self.retention_s = retention_s
         self._lease_due = client.register_script(_LEASE_DUE)
+
+    @classmethod
+    def from_settings(cls, client: redis.Redis, settings: Settings) -> Outbox:
+        return cls(client, lease_s=settings.webhook_lease_s, retention_s=settings.job_retention_s)
 
     def lease_due(self, now: float, limit: int) -> list[tuple[str, str]]:
         """Lease up to ``limit`` events due by ``now``: [(event_id, lease_token)], oldest first."""

@@ -21,6 +21,7 @@ import redis
 from . import webhook_events
 from .job import Job
 from .keys import cancel_channel, done_channel, images_key, job_key, queued_key
+from .settings import Settings
 from .status import JobStatus
 
 __all__ = ["CancelOutcome", "Claim", "ClaimOutcome", "JobStore"]
@@ -57,6 +58,12 @@ class JobStore:
         self.retention_s = retention_s
         # Webhook events outlive their last retry; by default they live as long as a job record.
         self.event_ttl_s = retention_s if event_ttl_s is None else event_ttl_s
+
+    @classmethod
+    def from_settings(cls, client: redis.Redis, settings: Settings) -> JobStore:
+        return cls(
+            client, retention_s=settings.job_retention_s, event_ttl_s=settings.webhook_window_s
+        )
 
     def create(self, job: Job, images: list[bytes]) -> Job:
         """Store a new job and its images atomically, both expiring after the retention time."""
@@ -192,12 +199,11 @@ class JobStore:
     def wait_finished(self, job_id: str, timeout_s: float) -> Job | None:
         """The job once it is terminal, or as it is after ``timeout_s``; None if unknown.
 
-        Waits on the job's pub/sub channel, subscribed before the record is read again, so a
-        job finishing at any moment wakes the waiter (no polling).
+        Waits on the job's pub/sub channel, subscribed before the record is read, so a job
+        finishing at any moment wakes the waiter (no polling).
         """
-        job = self.get(job_id)
-        if job is None or job.status.is_terminal or timeout_s <= 0:
-            return job
+        if timeout_s <= 0:
+            return self.get(job_id)
         deadline = time.monotonic() + timeout_s
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -76,9 +76,6 @@ class WebhookEvent:
             body=json.dumps(payload, separators=(",", ":")),
             created_at=now,
         )
-
-    def with_changes(self, **changes: Any) -> WebhookEvent:
-        return replace(self, **changes)
 
     def to_hash(self) -> HashFields:
         return {

@@ -53,9 +53,7 @@ class WorkerRuntime:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         # Every task thread may talk to Redis at once.
         client = connect(settings.redis_url, max_connections=settings.worker_concurrency + 16)
-        self.store = JobStore(
-            client, retention_s=settings.job_retention_s, event_ttl_s=settings.webhook_window_s
-        )
+        self.store = JobStore.from_settings(client, settings)
         self.registry = WorkerRegistry(client)
         self.cancels = CancelWatcher(client)
         self.loaded: Any = None  # model.LoadedModel once load() has run

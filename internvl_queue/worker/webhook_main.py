@@ -27,7 +27,7 @@ log = logging.getLogger("internvl_queue.webhooks")
 settings = Settings.from_env()
 app = create_webhook_celery(settings)
 _redis = connect(settings.redis_url, max_connections=settings.webhook_concurrency + 8)
-outbox = Outbox(_redis, lease_s=settings.webhook_lease_s, retention_s=settings.job_retention_s)
+outbox = Outbox.from_settings(_redis, settings)
 delivery = WebhookDelivery(settings, outbox)
 
 

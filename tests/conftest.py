@@ -8,8 +8,6 @@ reason, and fail under CI (CI=true).
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +26,7 @@ from internvl_queue.api.services import EXTENSION
 from internvl_queue.cli.redis_server import free_port, start_redis
 from internvl_queue.core.settings import Settings
 from internvl_queue.core.workers import WorkerInfo, WorkerRegistry
+from tests.processes import CommandProcess
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -180,19 +179,12 @@ def worker_env(settings: Settings) -> dict[str, str]:
     }
 
 
-class WorkerProcess:
+class WorkerProcess(CommandProcess):
     """A real ``internvl-queue worker`` subprocess."""
 
     def __init__(self, settings: Settings, log_path: Path) -> None:
         self.settings = settings
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "internvl_queue", "worker"],
-            env=worker_env(settings),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        super().__init__(["worker"], worker_env(settings), log_path)
         self.registry = WorkerRegistry(redis.Redis.from_url(settings.redis_url))
 
     def info(self) -> WorkerInfo:
@@ -220,20 +212,11 @@ class WorkerProcess:
                 time.sleep(0.2)
         raise TimeoutError(f"worker not ready after {timeout} s\n{self.log()}")
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
-
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
+        code = self.terminate(60)
+        self.close()
         self.registry.redis.close()
-        return self.process.returncode
+        return code
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ every worker polls the one outbox, so two tests' workers must never overlap.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -36,6 +35,7 @@ from internvl_queue.core.store import JobStore
 from internvl_queue.core.webhook_events import DEFAULT_EVENTS, EVENT_TYPES
 from tests.conftest import WorkerProcess
 from tests.images import photo
+from tests.processes import CommandProcess
 from tests.receiver import Received, Receiver, Reply
 from tests.receiver import wait_until as _wait_until
 
@@ -54,13 +54,11 @@ def receiver() -> Iterator[Receiver]:
 
 
 # -- the webhook worker -------------------------------------------------------------------------
-class WebhookWorker:
+class WebhookWorker(CommandProcess):
     """A real ``internvl-queue webhook-worker`` subprocess."""
 
     def __init__(self, redis_url: str, log_path: Path, **env: str) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("ab")
-        self.env = {
+        full = {
             **os.environ,
             "REDIS_URL": redis_url,
             "WEBHOOK_SECRETS": f"{NEW_SECRET},{OLD_SECRET}",
@@ -72,46 +70,14 @@ class WebhookWorker:
             "LOG_LEVEL": "INFO",
             **env,
         }
-        self.env = {k: v for k, v in self.env.items() if v != ""}
-        self.process = self._spawn()
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "internvl_queue", "webhook-worker"],
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def close(self) -> None:
-        self._log.close()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
+        super().__init__(["webhook-worker"], {k: v for k, v in full.items() if v != ""}, log_path)
 
     def wait_ready(self, timeout: float = 20) -> WebhookWorker:
         wait_until(lambda: "webhook worker ready" in self.log(), timeout, "worker ready", self)
         return self
 
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def restart(self) -> WebhookWorker:
-        assert self.process.poll() is not None
-        self.process = self._spawn()
-        return self
-
     def stop(self) -> int:
-        """A warm shutdown (SIGTERM), as an operator's; the exit code."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return self.terminate(20)
 
 
 def wait_until(

@@ -23,7 +23,7 @@ from transformers import (
     Qwen2Config,
 )
 
-from internvl_queue.worker.tiny_model import make_tiny_model
+from internvl_queue.testing.tiny_model import make_tiny_model
 
 __all__ = ["write_internvl3_1b_shaped"]
 

@@ -41,7 +41,7 @@ from internvl_queue.core.settings import Settings
 from internvl_queue.core.store import JobStore
 from internvl_queue.core.submission import Submission, prepare_job
 from internvl_queue.core.workers import WorkerRegistry
-from internvl_queue.worker.celery_app import RUN_JOB_TASK, create_celery
+from internvl_queue.queue import RUN_JOB_TASK, create_celery
 
 _TERMINAL = (b"succeeded", b"failed", b"canceled")
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh machine: a virtualenv in .venv with this project installed, and redis-server
 # (installed from the OS packages if the machine has none). Safe to run again.
-#   scripts/setup.sh          the service
+#   scripts/setup.sh          the service (API, webhook worker, GPU worker: the `worker` extra)
 #   scripts/setup.sh test     the service plus the test tools
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,14 +16,14 @@ if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv"
     "$python" -m venv .venv
 fi
-extras=""
-[ "${1:-}" = "test" ] && extras="[test]"
+extras="[worker]"
+[ "${1:-}" = "test" ] && extras="[worker,test]"
 # Skip pip when nothing changed since the last install (pip's resolver alone takes seconds).
 stamp=".venv/.installed${extras}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "setup: installing internvl-queue${extras} into .venv"
-    .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e ".${extras}"
+    .venv/bin/python -m pip install -qq --upgrade pip
+    .venv/bin/python -m pip install -qq -e ".${extras}"
     touch "$stamp"
 fi
 

@@ -1,8 +1,9 @@
 """Shared fixtures: a real Redis (never a mock), the tiny checkpoint, the app, a real worker.
 
-Redis: $INTERNVL_TEST_REDIS_URL if set; else DB 13 of the Redis on 127.0.0.1:6379 if it answers;
-else a private redis-server started here. If none can be had, Redis tests skip locally with the
-reason, and fail under CI (CI=true).
+Redis: a private redis-server started here, on a free port, for the session; or
+$INTERNVL_TEST_REDIS_URL if set (that database is emptied around every test). A Redis the tests did
+not start or were not pointed at is never touched, whatever answers on 6379. If no redis-server
+can be started, Redis tests skip locally with the reason, and fail under CI (CI=true).
 """
 
 from __future__ import annotations
@@ -31,31 +32,18 @@ from tests.processes import CommandProcess
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def _answers(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_connect_timeout=1)
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
-
-
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = os.environ.get("INTERNVL_TEST_REDIS_URL")
     if url:
         yield url
         return
-    if _answers("redis://127.0.0.1:6379/13"):
-        yield "redis://127.0.0.1:6379/13"
-        return
     try:
         server = start_redis(tmp_path_factory.mktemp("redis"), persistent=False)
     except RuntimeError as exc:
         if IN_CI:
             pytest.fail(f"no Redis for the tests under CI: {exc}")
-        pytest.skip(f"needs Redis: none on 127.0.0.1:6379 and redis-server unavailable ({exc})")
+        pytest.skip(f"needs Redis: redis-server could not be started ({exc})")
     yield server.url
     server.stop()
 
@@ -99,7 +87,7 @@ def _tiny_model_path(factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from internvl_queue.worker.tiny_model import make_tiny_model
+    from internvl_queue.testing.tiny_model import make_tiny_model
 
     return make_tiny_model(_tiny_model_path(tmp_path_factory), seed=0)
 

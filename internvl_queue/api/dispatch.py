@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from ..core.settings import Settings
-from ..worker.celery_app import RUN_JOB_TASK, create_celery
+from ..queue import RUN_JOB_TASK, create_celery
 
 __all__ = ["CeleryDispatcher", "Dispatcher"]
 

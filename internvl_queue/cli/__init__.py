@@ -70,7 +70,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 def _cmd_webhook_worker(args: argparse.Namespace) -> int:
     _configure_logging()
     # Importing the entry module reads the settings and registers the task and the pump hooks.
-    from ..worker.webhook_main import app, settings
+    from ..webhooks.main import app, settings
 
     return _run_worker(app, settings.webhook_queue, "internvl-webhooks", args.loglevel)
 
@@ -102,7 +102,7 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
-    from ..worker.tiny_model import make_tiny_model
+    from ..testing.tiny_model import make_tiny_model
 
     path = make_tiny_model(Path(args.directory), seed=args.seed)
     print(path)

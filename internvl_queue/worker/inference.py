@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable
 
 from ..core.errors import GpuOutOfMemory, InferenceError, JobCanceled, JobFailure, JobTimedOut
+from .answer import Answer
 from .engine import Engine, Preprocessor, StopReason, make_request
 from .model import LoadedModel
-from .runtime import Answer
 
 __all__ = ["EngineAnswerer"]
 

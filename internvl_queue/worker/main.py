@@ -17,7 +17,7 @@ from celery import signals
 from celery.exceptions import Reject
 
 from ..core.settings import Settings
-from .celery_app import RUN_JOB_TASK, create_celery
+from ..queue import RUN_JOB_TASK, create_celery
 from .heartbeat import Heartbeat
 from .runtime import WorkerRuntime
 

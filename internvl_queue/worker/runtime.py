@@ -12,8 +12,6 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from ..core.errors import ImageDecodeError, JobCanceled, JobFailure, JobTimedOut
@@ -23,28 +21,12 @@ from ..core.settings import Settings
 from ..core.status import JobStatus
 from ..core.store import ClaimOutcome, JobStore
 from ..core.workers import WorkerInfo, WorkerRegistry
+from .answer import AnswerFn
 from .cancellation import CancelWatcher
 
-__all__ = ["Answer", "AnswerFn", "WorkerRuntime"]
+__all__ = ["WorkerRuntime"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Answer:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    image_tiles: int
-    preprocess_ms: float
-    inference_ms: float
-    batch_size: int = 1
-
-
-# (image bytes, question, *, max_new_tokens, max_tiles, deadline, is_canceled) -> Answer, raising
-# a JobFailure for a job that cannot be answered. The batching engine in production; a named fake
-# in tests.
-AnswerFn = Callable[..., Answer]
 
 
 class WorkerRuntime:

@@ -14,7 +14,7 @@ import requests
 from internvl_queue.core.job import Job, JobParams
 from internvl_queue.core.settings import Settings
 from internvl_queue.core.store import JobStore
-from internvl_queue.worker.celery_app import RUN_JOB_TASK, create_celery
+from internvl_queue.queue import RUN_JOB_TASK, create_celery
 from tests.conftest import WorkerProcess
 from tests.images import photo
 from tests.worker.reference import reference_answer

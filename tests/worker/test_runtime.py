@@ -17,7 +17,8 @@ from internvl_queue.core.errors import GpuOutOfMemory, InferenceError, JobCancel
 from internvl_queue.core.job import Job, JobParams
 from internvl_queue.core.settings import Settings
 from internvl_queue.core.status import JobStatus
-from internvl_queue.worker.runtime import Answer, WorkerRuntime
+from internvl_queue.worker.answer import Answer
+from internvl_queue.worker.runtime import WorkerRuntime
 from tests.images import photo
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from internvl_queue.worker.webhook_http import AddressRefused, DeliveryFailed, post
+from internvl_queue.webhooks.http import AddressRefused, DeliveryFailed, post
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 

@@ -1,4 +1,4 @@
-"""Entry module of the webhook worker: ``celery -A internvl_queue.worker.webhook_main worker``.
+"""Entry module of the webhook worker: ``celery -A internvl_queue.webhooks.main worker``.
 
 Delivers webhook events from the outbox; it has no model and never imports torch, so it is
 cheap to run beside (or apart from) the GPU workers, as many as wanted. The outbox pump starts
@@ -16,9 +16,9 @@ from celery import signals
 from ..core.outbox import Outbox
 from ..core.redis_client import connect
 from ..core.settings import Settings
-from .celery_app import DELIVER_WEBHOOK_TASK, create_webhook_celery
+from ..queue import DELIVER_WEBHOOK_TASK, create_webhook_celery
+from .delivery import WebhookDelivery
 from .outbox_pump import OutboxPump
-from .webhook_delivery import WebhookDelivery
 
 __all__ = ["app", "delivery", "pump"]
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from ..core.settings import Settings
+from .core.settings import Settings
 
 __all__ = ["DELIVER_WEBHOOK_TASK", "RUN_JOB_TASK", "create_celery", "create_webhook_celery"]
 

@@ -25,7 +25,7 @@ from ..core.outbox import Attempt, DeliveryOutcome, Outbox
 from ..core.settings import Settings
 from ..core.signing import signature_header
 from ..core.webhook_events import WebhookEvent
-from .webhook_http import AddressRefused, DeliveryFailed, HttpReply, post
+from .http import AddressRefused, DeliveryFailed, HttpReply, post
 
 __all__ = ["USER_AGENT", "WebhookDelivery"]
 

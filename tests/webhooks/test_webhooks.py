@@ -399,7 +399,7 @@ def test_no_secret_means_nothing_is_sent_unsigned(
 
 def test_the_webhook_worker_does_not_import_torch() -> None:
     code = (
-        "import sys, internvl_queue.worker.webhook_main\n"
+        "import sys, internvl_queue.webhooks.main\n"
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -10,7 +10,7 @@ from internvl_queue.core.job import Job, JobParams
 from internvl_queue.core.outbox import Outbox
 from internvl_queue.core.status import JobStatus
 from internvl_queue.core.store import JobStore
-from internvl_queue.worker.outbox_pump import OutboxPump
+from internvl_queue.webhooks.outbox_pump import OutboxPump
 
 
 def _stage_events(client: redis.Redis, count: int) -> None:

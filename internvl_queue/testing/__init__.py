@@ -1,0 +1,1 @@
+"""Development tools: the tiny random InternVL checkpoint for the offline demo and the tests."""

@@ -176,7 +176,7 @@ class WorkerProcess(CommandProcess):
         self.registry = WorkerRegistry(redis.Redis.from_url(settings.redis_url))
 
     def info(self) -> WorkerInfo:
-        for info in self.registry.live():
+        for info in self.registry.ready():
             if info.pid == self.process.pid:
                 return info
         raise LookupError(f"worker {self.process.pid} has no heartbeat\n{self.log()}")

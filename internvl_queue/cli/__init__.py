@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,11 @@ def _configure_logging() -> None:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
+    from .local_service import default_data_dir
     from .up import run_up
 
-    return run_up(args.host, args.port, Path(args.data_dir))
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    return run_up(args.host, args.port, data_dir, demo=args.demo)
 
 
 def _cmd_api(args: argparse.Namespace) -> int:
@@ -35,8 +38,17 @@ def _cmd_api(args: argparse.Namespace) -> int:
 
 def _run_worker(app: Any, queue: str, name: str, loglevel: str) -> int:
     """Run a Celery worker consuming ``queue`` only (no gossip or mingle: workers share nothing
-    but Redis)."""
+    but Redis), without Celery's banner: our own start-up lines say what runs."""
+    # Celery warns a root user because a root worker that accepts pickle runs whatever a message
+    # carries; ours accept JSON only, so in containers and CI, where root is the norm, the
+    # warning would only be noise at every start.
+    from celery.exceptions import SecurityWarning
+
+    warnings.filterwarnings(
+        "ignore", message="You're running the worker with superuser", category=SecurityWarning
+    )
     argv = [
+        "--quiet",
         "worker",
         f"--loglevel={loglevel}",
         "-Q",
@@ -121,7 +133,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
-    up.add_argument("--data-dir", default="var", help="where the private Redis keeps its AOF")
+    up.add_argument(
+        "--data-dir",
+        help="Redis's AOF, the service file, the development webhook secret, the demo model "
+        "(default: $INTERNVL_DATA_DIR, else ~/.local/state/internvl-queue)",
+    )
+    up.add_argument(
+        "--demo",
+        action="store_true",
+        help="serve the tiny random demo model (offline; built into the data dir on first use)",
+    )
     up.set_defaults(func=_cmd_up)
 
     api = commands.add_parser("api", help="serve the HTTP API (gunicorn)")

@@ -1,4 +1,5 @@
-"""``internvl-queue keys create|list|revoke``: manage API keys straight in Redis (REDIS_URL).
+"""``internvl-queue keys create|list|revoke``: manage API keys straight in the service's Redis
+(``REDIS_URL``, else the Redis of the running ``internvl-queue up``).
 
 There is no HTTP endpoint for this on purpose: whoever can run this command can reach Redis, and
 so already holds every key's power; an endpoint would be one more thing to protect.
@@ -12,13 +13,13 @@ from typing import TextIO
 
 from ..core.apikeys import ApiKey, ApiKeyStore
 from ..core.redis_client import connect
-from ..core.settings import Settings
+from . import local_service
 
 __all__ = ["create_key", "format_table", "list_keys", "open_store", "revoke_key"]
 
 
 def open_store() -> ApiKeyStore:
-    return ApiKeyStore(connect(Settings.from_env().redis_url, max_connections=2))
+    return ApiKeyStore(connect(local_service.redis_url(), max_connections=2))
 
 
 def create_key(store: ApiKeyStore, name: str, out: TextIO = sys.stdout) -> int:

@@ -183,9 +183,12 @@ class JobStore:
                 return (CancelOutcome.ALREADY_FINISHED, job), None
             now = time.time()
             if job.status is JobStatus.QUEUED:
+                # The request is recorded even though it took effect at once, so that every
+                # canceled job (and its job.canceled event) says when the cancel was asked.
                 canceled = self._ended(
                     job,
                     JobStatus.CANCELED,
+                    cancel_requested_at=now,
                     error={"code": "canceled", "message": "the job was canceled before it ran"},
                 )
                 return (CancelOutcome.CANCELED, canceled), canceled

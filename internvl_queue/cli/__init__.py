@@ -91,14 +91,24 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:
-    from .keys import create_key, list_keys, open_store, revoke_key
+    import redis
+
+    from .keys import create_key, list_keys, open_store, revoke_key, where
 
     store = open_store()
-    if args.keys_command == "create":
-        return create_key(store, args.name)
-    if args.keys_command == "list":
-        return list_keys(store)
-    return revoke_key(store, args.key_id)
+    try:
+        if args.keys_command == "create":
+            return create_key(store, args.name)
+        if args.keys_command == "list":
+            return list_keys(store)
+        return revoke_key(store, args.key_id)
+    except redis.ConnectionError as exc:
+        print(
+            f"internvl-queue keys: cannot reach Redis at {where(store)} ({exc}); start the "
+            "service (internvl-queue up) or set REDIS_URL to its Redis",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
@@ -162,7 +172,8 @@ def _parser() -> argparse.ArgumentParser:
     submit.set_defaults(func=_cmd_submit)
 
     keys = commands.add_parser(
-        "keys", help="create, list and revoke API keys (in the Redis of REDIS_URL)"
+        "keys",
+        help="create, list and revoke API keys (in REDIS_URL, else the running up's Redis)",
     )
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_commands.add_parser(

@@ -131,6 +131,12 @@ def _cmd_keys(args: argparse.Namespace) -> int:
         return 1
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import run_doctor
+
+    return run_doctor()
+
+
 def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
     from ..testing.tiny_model import make_tiny_model
 
@@ -241,6 +247,13 @@ def _parser() -> argparse.ArgumentParser:
     revoke = keys_commands.add_parser("revoke", help="revoke a key, effective at once")
     revoke.add_argument("key_id", metavar="KEY_ID")
     keys.set_defaults(func=_cmd_keys)
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="check whether a worker could start here: torch, GPUs, Redis, the model, disk "
+        "(exit 0 if so, 1 if not)",
+    )
+    doctor.set_defaults(func=_cmd_doctor)
 
     tiny = commands.add_parser(
         "make-tiny-model", help="write a tiny random InternVL checkpoint (offline demo, tests)"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-__all__ = ["DEMO_MODEL", "ModelUnavailable", "resolve_model"]
+__all__ = ["DEMO_MODEL", "ModelUnavailable", "demo_dir", "resolve_model"]
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,15 @@ def resolve_model(model: str, data_dir: Path) -> str:
     return _hub_model(model)
 
 
+def demo_dir(data_dir: Path) -> Path:
+    """Where the demo checkpoint is built (INTERNVL_MODEL=demo)."""
+    return data_dir / "models" / DEMO_MODEL
+
+
 def _demo_model(data_dir: Path) -> Path:
     from ..testing.tiny_model import make_tiny_model
 
-    directory = data_dir / "models" / DEMO_MODEL
+    directory = demo_dir(data_dir)
     if not (directory / "config.json").is_file():
         log.info("building the demo model (tiny, random weights) in %s", directory)
         make_tiny_model(directory, seed=0)

@@ -55,6 +55,13 @@ class Settings:
     max_question_chars: int = field(
         default=8000, metadata=_env("INTERNVL_MAX_QUESTION_CHARS", "longest question")
     )
+    max_question_tokens: int = field(
+        default=4096,
+        metadata=_env(
+            "INTERNVL_MAX_QUESTION_TOKENS",
+            "most tokens in a question (the API refuses over 4 UTF-8 bytes per token at once)",
+        ),
+    )
     max_tiles: int = field(
         default=12,
         metadata=_env("INTERNVL_MAX_TILES", "cap on tiles per image (1..12); also the default"),

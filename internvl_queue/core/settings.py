@@ -51,6 +51,10 @@ class Settings:
         default=40_000_000,
         metadata=_env("INTERNVL_MAX_IMAGE_PIXELS", "largest image (width x height) accepted"),
     )
+    max_request_pixels: int = field(
+        default=100_000_000,
+        metadata=_env("INTERNVL_MAX_REQUEST_PIXELS", "most pixels of all a request's images"),
+    )
     max_images: int = field(default=8, metadata=_env("INTERNVL_MAX_IMAGES", "most images per job"))
     max_question_chars: int = field(
         default=8000, metadata=_env("INTERNVL_MAX_QUESTION_CHARS", "longest question")

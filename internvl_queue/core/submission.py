@@ -14,7 +14,7 @@ from typing import Any
 
 from . import strict_json
 from .errors import BadRequest, ValidationFailed
-from .images import inspect_image
+from .images import check_total_pixels, inspect_image
 from .job import Job, JobParams
 from .settings import Settings
 from .webhook_events import DEFAULT_EVENTS, EVENT_TYPES
@@ -86,8 +86,11 @@ def prepare_job(submission: Submission, settings: Settings, *, owner: str = "") 
             f"{len(images)} images sent; at most {settings.max_images} per job",
             code="too_many_images",
         )
-    for index, data in enumerate(images):
+    infos = [
         inspect_image(data, max_pixels=settings.max_image_pixels, label=f"image {index + 1}")
+        for index, data in enumerate(images)
+    ]
+    check_total_pixels(infos, settings.max_request_pixels)
     return Job.new(
         question,
         params,

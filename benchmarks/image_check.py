@@ -4,7 +4,8 @@ integrity checks it does now (full decoding is the worker's preprocessing).
     python -m benchmarks.image_check            # prints a table; nothing is written
 
 Images: a 6300 x 6300 single-colour PNG (39.7 MP, about 120 KB in RGB, 5 KB in 1 bit: the
-cheapest files that fill the per-image pixel limit; a request may carry 8), a 4000 x 3000 noisy photo as JPEG (a phone picture) and as PNG.
+cheapest files that fill the per-image pixel limit; a request may carry 8), a 4000 x 3000
+noisy photo as JPEG (a phone picture) and as PNG.
 """
 
 from __future__ import annotations

@@ -51,6 +51,13 @@ class Settings:
         default=40_000_000,
         metadata=_env("INTERNVL_MAX_IMAGE_PIXELS", "largest image (width x height) accepted"),
     )
+    request_read_timeout_s: float = field(
+        default=30.0,
+        metadata=_env(
+            "INTERNVL_REQUEST_READ_TIMEOUT_S",
+            "seconds a request body may pause before the API answers 408 and closes",
+        ),
+    )
     max_request_pixels: int = field(
         default=100_000_000,
         metadata=_env("INTERNVL_MAX_REQUEST_PIXELS", "most pixels of all a request's images"),

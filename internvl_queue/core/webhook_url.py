@@ -89,6 +89,22 @@ def refused_address(address: Address, allowed: Sequence[Network]) -> bool:
     return any(refused_address(i, allowed) for i in inner)
 
 
+def _kind(address: Address) -> str:
+    """A word for why an address is refused, for the message."""
+    inner = _wrapped(address)
+    if inner and address.is_global:
+        return f"{_kind(inner[0])} (wrapped in IPv6)"
+    for kind in ("loopback", "link_local", "multicast", "unspecified", "private", "reserved"):
+        if getattr(address, f"is_{kind}"):
+            return kind.replace("_", "-")
+    if address in _SHARED:
+        return "carrier-grade NAT"
+    return "special-purpose"
+
+
+_SHARED = ipaddress.IPv4Network("100.64.0.0/10")
+
+
 def permitted_addresses(host: str, port: int, allowed: Sequence[Network]) -> list[str]:
     """Every address ``host`` resolves to, if all are permitted; else ``WebhookUrlNotAllowed``.
 
@@ -104,9 +120,9 @@ def permitted_addresses(host: str, port: int, allowed: Sequence[Network]) -> lis
         address = ipaddress.ip_address(text.split("%", 1)[0])
         if refused_address(address, allowed):
             raise WebhookUrlNotAllowed(
-                f"the webhook host {host!r} resolves to {address}, which is not a public "
-                "(globally routable) address; use a public receiver (an operator can allow "
-                "internal networks with WEBHOOK_ALLOWED_CIDRS)"
+                f"the webhook host {host!r} resolves to {address}, a {_kind(address)} "
+                "address, not a public (globally routable) one; use a public receiver (an "
+                "operator can allow internal networks with WEBHOOK_ALLOWED_CIDRS)"
             )
     return addresses
 

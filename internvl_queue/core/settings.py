@@ -51,9 +51,27 @@ class Settings:
         default=40_000_000,
         metadata=_env("INTERNVL_MAX_IMAGE_PIXELS", "largest image (width x height) accepted"),
     )
+    request_read_timeout_s: float = field(
+        default=30.0,
+        metadata=_env(
+            "INTERNVL_REQUEST_READ_TIMEOUT_S",
+            "seconds a request body may pause before the API answers 408 and closes",
+        ),
+    )
+    max_request_pixels: int = field(
+        default=100_000_000,
+        metadata=_env("INTERNVL_MAX_REQUEST_PIXELS", "most pixels of all a request's images"),
+    )
     max_images: int = field(default=8, metadata=_env("INTERNVL_MAX_IMAGES", "most images per job"))
     max_question_chars: int = field(
         default=8000, metadata=_env("INTERNVL_MAX_QUESTION_CHARS", "longest question")
+    )
+    max_question_tokens: int = field(
+        default=4096,
+        metadata=_env(
+            "INTERNVL_MAX_QUESTION_TOKENS",
+            "most tokens in a question (the API refuses over 4 UTF-8 bytes per token at once)",
+        ),
     )
     max_tiles: int = field(
         default=12,

@@ -55,6 +55,10 @@ class Settings:
     max_question_chars: int = field(
         default=8000, metadata=_env("INTERNVL_MAX_QUESTION_CHARS", "longest question")
     )
+    max_question_tokens: int = field(
+        default=2048,
+        metadata=_env("INTERNVL_MAX_QUESTION_TOKENS", "longest question, in the model's tokens"),
+    )
     max_tiles: int = field(
         default=12,
         metadata=_env("INTERNVL_MAX_TILES", "cap on tiles per image (1..12); also the default"),
@@ -125,6 +129,13 @@ class Settings:
         metadata=_env(
             "INTERNVL_PREPROCESS_PROCESSES",
             "processes decoding and tiling images (-1: auto, most cores on GPU, 0 on CPU)",
+        ),
+    )
+    engine_stall_s: float = field(
+        default=120.0,
+        metadata=_env(
+            "INTERNVL_ENGINE_STALL_S",
+            "seconds without engine progress, while jobs wait, before the worker steps aside",
         ),
     )
     cuda_graphs: bool = field(
@@ -256,6 +267,7 @@ class Settings:
             "max_image_pixels",
             "max_images",
             "max_question_chars",
+            "max_question_tokens",
             "job_retention_s",
             "visibility_timeout_s",
             "max_attempts",

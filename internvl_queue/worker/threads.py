@@ -1,0 +1,73 @@
+"""Bounded threads and no orphans: limits for the worker's helper processes, and counting threads.
+
+Torch-free on purpose: a preprocessing child runs ``init_preprocess_child`` before it imports
+torch, so that the limits below hold whatever the environment says (OpenMP, MKL and OpenBLAS
+read their thread counts once, when loaded). Each child then runs one job at a time on one
+thread; parallelism comes from the number of children.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+__all__ = ["SINGLE_THREAD_ENV", "die_with_parent", "init_preprocess_child", "thread_count"]
+
+log = logging.getLogger(__name__)
+
+# Each library's own pool to one thread; tokenizers' Rust pool off.
+SINGLE_THREAD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "RAYON_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent_pid: int, *, check_every_s: float = 0.5) -> None:
+    """End this process when ``parent_pid`` dies, even by SIGKILL.
+
+    Linux sends the parent-death signal when the thread that spawned us exits, which for a pool
+    process can be before the parent itself; a watcher thread comparing ``getppid()`` covers
+    other systems, and a parent that died before this ran.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError) as exc:  # no prctl: the watcher alone
+            log.debug("prctl unavailable: %s", exc)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(check_every_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def init_preprocess_child(parent_pid: int, model_id: str) -> None:
+    """Pool initializer of a preprocessing child: die with the worker, one thread, a processor."""
+    die_with_parent(parent_pid)
+    os.environ.update(SINGLE_THREAD_ENV)
+    from .engine.preprocess import load_processor  # imports torch: after the limits
+
+    load_processor(model_id)
+
+
+def thread_count(pid: int | None = None) -> int:
+    """Threads of a process (this one by default), from /proc; Python's own count elsewhere."""
+    try:
+        return len(os.listdir(f"/proc/{pid or os.getpid()}/task"))
+    except OSError:
+        return threading.active_count()

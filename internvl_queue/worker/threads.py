@@ -8,11 +8,8 @@ thread; parallelism comes from the number of children.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import signal
-import sys
 import threading
 import time
 
@@ -29,23 +26,15 @@ SINGLE_THREAD_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
+def die_with_parent(parent_pid: int, *, check_every_s: float = 0.25) -> None:
+    """End this process within ``check_every_s`` of ``parent_pid``'s death, even by SIGKILL.
 
-def die_with_parent(parent_pid: int, *, check_every_s: float = 0.5) -> None:
-    """End this process when ``parent_pid`` dies, even by SIGKILL.
-
-    Linux sends the parent-death signal when the thread that spawned us exits, which for a pool
-    process can be before the parent itself; a watcher thread comparing ``getppid()`` covers
-    other systems, and a parent that died before this ran.
+    A watcher thread compares ``getppid()``. Linux's parent-death signal (prctl) is not used:
+    it fires when the *thread* that spawned the process exits, and a pool spawns its processes
+    from whichever thread submits a job, so a healthy child would die with a finished thread.
     """
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError) as exc:  # no prctl: the watcher alone
-            log.debug("prctl unavailable: %s", exc)
-    if os.getppid() != parent_pid:
+    if os.getppid() != parent_pid:  # the parent died before we got here
         os._exit(1)
 
     def watch() -> None:

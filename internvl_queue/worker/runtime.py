@@ -99,6 +99,8 @@ class WorkerRuntime:
             self.engine.stop()
         if self.preprocessor is not None:
             self.preprocessor.close()
+        if self.state is WorkerState.DEFUNCT:
+            self._publish_lasting()  # with the final counters
         self.close()
 
     def close(self) -> None:
@@ -119,12 +121,16 @@ class WorkerRuntime:
         """This worker can answer no job any more: say so where ``/readyz`` shows it, then let
         the entry point stop consuming and exit (its held jobs go back to the queue)."""
         self.state, self.state_since, self.error = WorkerState.DEFUNCT, time.time(), reason
+        self._publish_lasting()
+        if self.on_defunct is not None:
+            self.on_defunct(reason)
+
+    def _publish_lasting(self) -> None:
+        """A heartbeat that outlives the process a while, for ``/readyz`` to say why it left."""
         try:
             self.registry.publish(self.info(), ttl_s=_FAILED_VISIBLE_S)
         except redis.RedisError as exc:
-            log.warning("could not record the defunct state in Redis: %s", exc)
-        if self.on_defunct is not None:
-            self.on_defunct(reason)
+            log.warning("could not record the %s state in Redis: %s", self.state.value, exc)
 
     def info(self) -> WorkerInfo:
         with self._lock:

@@ -70,7 +70,8 @@ class Settings:
         default=4096,
         metadata=_env(
             "INTERNVL_MAX_QUESTION_TOKENS",
-            "most tokens in a question (the API refuses over 4 UTF-8 bytes per token at once)",
+            "most tokens in a question: the worker counts them exactly (prompt_too_long); the API "
+            "refuses over 4 UTF-8 bytes per token at once (question_too_long)",
         ),
     )
     max_tiles: int = field(
@@ -143,6 +144,13 @@ class Settings:
         metadata=_env(
             "INTERNVL_PREPROCESS_PROCESSES",
             "processes decoding and tiling images (-1: auto, most cores on GPU, 0 on CPU)",
+        ),
+    )
+    engine_stall_s: float = field(
+        default=120.0,
+        metadata=_env(
+            "INTERNVL_ENGINE_STALL_S",
+            "seconds without engine progress, while jobs wait, before the worker steps aside",
         ),
     )
     cuda_graphs: bool = field(
@@ -274,6 +282,7 @@ class Settings:
             "max_image_pixels",
             "max_images",
             "max_question_chars",
+            "max_question_tokens",
             "job_retention_s",
             "visibility_timeout_s",
             "max_attempts",

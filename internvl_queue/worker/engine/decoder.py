@@ -15,6 +15,7 @@ next key/value at the same slot and one mask per row (``slot >= pad``) hides the
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -109,6 +110,7 @@ class BatchDecoder:
     def __init__(self, loaded: Any, *, cuda_graphs: bool = True, max_workspaces: int = 4) -> None:
         model = loaded.model
         self.model = model
+        self.capture_lock = threading.Lock()  # held while a decode graph is captured
         self.device: torch.device = loaded.device
         self.dtype: torch.dtype = loaded.dtype
         self.text = model.model.language_model
@@ -398,9 +400,9 @@ class BatchDecoder:
                 self._decode_step(ws)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        # thread_local: task threads keep uploading pixels (pinning, copying) while this thread
-        # captures; the default "global" mode would make their CUDA calls fail mid-capture.
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        # The engine's uploader holds capture_lock for its CUDA calls, so none runs mid-capture;
+        # thread_local keeps any other thread's (a benchmark's, a test's) from failing it.
+        with self.capture_lock, torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self._decode_step(ws)
         ws.graph = graph
         log.info(

@@ -160,11 +160,14 @@ class Engine:
         if self._upload_stream is None:  # the model runs on the host: nothing to copy
             request.device_pixels = request.pixel_values
             return
-        pinned = request.pixel_values.pin_memory()
-        with torch.cuda.stream(self._upload_stream):
-            request.device_pixels = pinned.to(self.loaded.device, non_blocking=True)
-            request.uploaded = torch.cuda.Event()
-            request.uploaded.record(self._upload_stream)
+        # Not while the engine thread captures a decode graph: a CUDA call from another thread
+        # can invalidate the capture (cudaErrorStreamCaptureInvalidated), which is sticky.
+        with self.decoder.capture_lock:
+            pinned = request.pixel_values.pin_memory()
+            with torch.cuda.stream(self._upload_stream):
+                request.device_pixels = pinned.to(self.loaded.device, non_blocking=True)
+                request.uploaded = torch.cuda.Event()
+                request.uploaded.record(self._upload_stream)
 
     # -- the engine thread -----------------------------------------------------------------------
     def _loop(self) -> None:
@@ -241,7 +244,7 @@ class Engine:
             outputs = self.decoder.run(batch, should_stop, self.config.check_every)
         except Exception as exc:
             if is_sticky_device_error(exc):
-                log.critical("sticky device error with %d jobs: %s", len(batch), exc)
+                log.critical("sticky device error with %d jobs: %s", len(batch), exc, exc_info=exc)
                 raise _DeviceFault(f"the GPU failed and cannot recover: {_text(exc)}") from exc
             self._split(batch, exc)
             return

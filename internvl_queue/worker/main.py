@@ -12,6 +12,7 @@ drains first, then the engine stops.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import redis
@@ -21,6 +22,7 @@ from celery.exceptions import Reject
 from ..core.data_dir import default_data_dir
 from ..core.settings import Settings
 from ..queue import RUN_JOB_TASK, create_celery
+from ..reaper import Reaper, ReaperThread
 from .heartbeat import Heartbeat
 from .model_source import ModelUnavailable, resolve_model
 from .runtime import WorkerRuntime
@@ -32,7 +34,19 @@ log = logging.getLogger("internvl_queue.worker")
 settings = Settings.from_env()
 app = create_celery(settings)
 runtime = WorkerRuntime(settings)
+# Test only: fault hooks (see TEST_KILL_MARKER); never set in production.
+runtime.test_faults = os.environ.get("INTERNVL_TEST_FAULTS") == "1"
 _heartbeat = Heartbeat(runtime)
+
+
+def _dispatch(job_id: str) -> None:
+    app.send_task(RUN_JOB_TASK, args=[job_id], task_id=job_id, queue=settings.queue_name)
+
+
+# Every worker reaps (see reaper.py): the jobs of a dead worker come back within a lease.
+_reaper = ReaperThread(
+    Reaper(runtime.store, _dispatch, lease_s=settings.lease_s), settings.heartbeat_interval_s
+)
 
 
 @app.task(name=RUN_JOB_TASK, ignore_result=True)
@@ -54,6 +68,7 @@ def _load_model(**_: Any) -> None:
     try:
         runtime.load(resolve_model(settings.model, default_data_dir()))
         runtime.publish_heartbeat()  # ready at once, not one heartbeat later
+        _reaper.start()
     except ModelUnavailable as exc:
         _give_up(str(exc))
     except Exception as exc:
@@ -79,5 +94,6 @@ def _announce_ready(**_: Any) -> None:
 
 @signals.worker_shutdown.connect
 def _stop(**_: Any) -> None:
+    _reaper.stop()
     _heartbeat.stop()
     runtime.shutdown()

@@ -1,0 +1,154 @@
+"""Bring back the work of dead workers within seconds, not after the broker's visibility timeout.
+
+Every GPU worker runs a ``Reaper`` (a daemon thread, ``ReaperThread``); each pass, safe to run
+in any number of processes at once:
+
+1. **Lapsed leases.** A running job carries its worker's lease, renewed by that worker's
+   heartbeat. A job whose lease ended goes back to the queue (``JobStore.requeue_lapsed``: one
+   transaction on the job record, so exactly one reaper wins) with its attempt counted.
+2. **Orphaned messages.** A message a worker took from the broker but never started (its job is
+   still ``queued``) sits in kombu's ``unacked`` set of the Redis transport until the visibility
+   timeout. An entry older than the lease whose job is still queued and was not dispatched since
+   is removed (one ``ZREM`` wins) and the job marked as needing a message.
+3. **Due dispatches.** Jobs marked as needing a message (by 1, 2, or a new job whose sender died
+   before it sent one) get a new Celery message; each entry is taken by one reaper at a time.
+
+A duplicate message is harmless: the claim in the store finds the job terminal, or running under
+a live lease, and changes nothing. A stale delivery cannot store an outcome (attempt tokens).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+
+from .core.status import JobStatus
+from .core.store import JobStore
+from .queue import RUN_JOB_TASK
+
+__all__ = ["ReapReport", "Reaper", "ReaperThread"]
+
+log = logging.getLogger(__name__)
+
+# kombu's Redis transport: the hash of messages delivered and not yet acked (tag -> JSON
+# [message, exchange, routing key]) and its index (tag -> when delivered).
+_UNACKED, _UNACKED_INDEX = "unacked", "unacked_index"
+
+
+@dataclass(frozen=True)
+class ReapReport:
+    requeued: int = 0  # running jobs whose lease lapsed, back in the queue
+    orphans: int = 0  # messages taken by a worker that never started them
+    dispatched: int = 0  # new messages sent
+
+    def __bool__(self) -> bool:
+        return bool(self.requeued or self.orphans or self.dispatched)
+
+
+class Reaper:
+    def __init__(self, store: JobStore, dispatch: Callable[[str], None], *, lease_s: float) -> None:
+        self.store = store
+        self.redis: redis.Redis = store.redis
+        self.dispatch = dispatch  # job id -> a new broker message for it
+        self.lease_s = lease_s
+
+    def reap_once(self) -> ReapReport:
+        now = time.time()
+        requeued = sum(
+            1 for job_id in self.store.lapsed_leases(now) if self._requeue(job_id) is not None
+        )
+        orphans = self._orphaned_messages(now - self.lease_s)
+        dispatched = 0
+        for job_id in self.store.take_due_dispatches(now, retry_after_s=self.lease_s):
+            job = self.store.get(job_id)
+            if job is None or job.status is not JobStatus.QUEUED:
+                self.store.dispatched(job_id)  # nothing to send any more
+                continue
+            self.dispatch(job_id)
+            self.store.dispatched(job_id)
+            dispatched += 1
+        report = ReapReport(requeued, orphans, dispatched)
+        if report:
+            log.warning(
+                "reaper: %d job(s) of dead workers back in the queue, %d orphaned message(s), "
+                "%d message(s) sent",
+                *(requeued, orphans, dispatched),
+            )
+        return report
+
+    def _requeue(self, job_id: str) -> object:
+        job = self.store.requeue_lapsed(job_id)
+        if job is not None:
+            log.warning("job %s: its worker's lease lapsed; back in the queue", job_id)
+        return job
+
+    def _orphaned_messages(self, delivered_before: float) -> int:
+        tags: list[tuple[bytes, float]] = self.redis.zrangebyscore(  # type: ignore[assignment]
+            _UNACKED_INDEX, "-inf", delivered_before, start=0, num=1000, withscores=True
+        )
+        found = 0
+        for tag, delivered_at in tags:
+            raw = self.redis.hget(_UNACKED, tag)
+            job_id = _job_id(raw)  # type: ignore[arg-type]
+            if job_id is None:
+                continue  # not one of ours (a webhook task) or already gone
+            job = self.store.get(job_id)
+            if job is not None and job.status is JobStatus.RUNNING:
+                continue  # its delivery (or a later one) holds a lease: leases decide
+            # Removed by one reaper only; kombu's ack or restore of a removed tag does nothing.
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.zrem(_UNACKED_INDEX, tag)
+            pipe.hdel(_UNACKED, tag)
+            removed, _ = pipe.execute()
+            if not removed or job is None or job.status is not JobStatus.QUEUED:
+                continue  # someone else's, or a stale copy for a finished or unknown job
+            if job.dispatched_at > delivered_at:
+                continue  # a newer message exists (the job was put back since)
+            self.store.needs_dispatch(job_id, due=0)
+            found += 1
+        return found
+
+
+def _job_id(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    try:
+        message = json.loads(raw)[0]
+        headers = message["headers"]
+        if headers.get("task") != RUN_JOB_TASK:
+            return None
+        return str(headers["id"])
+    except (ValueError, LookupError, TypeError):
+        return None
+
+
+class ReaperThread:
+    """Runs ``reaper.reap_once`` every ``period_s`` in a daemon thread; Redis errors are logged
+    and the next pass tries again."""
+
+    def __init__(self, reaper: Reaper, period_s: float) -> None:
+        self.reaper = reaper
+        self.period_s = period_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="reaper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.period_s):
+            try:
+                self.reaper.reap_once()
+            except Exception as exc:  # a Redis restart, a broker blip: try again next pass
+                log.warning("reaper pass failed: %s", exc)

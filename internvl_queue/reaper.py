@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import redis
 
+from .core.keys import queued_key
 from .core.status import JobStatus
 from .core.store import JobStore
 from .queue import RUN_JOB_TASK
@@ -52,18 +53,28 @@ class ReapReport:
 
 
 class Reaper:
-    def __init__(self, store: JobStore, dispatch: Callable[[str], None], *, lease_s: float) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        dispatch: Callable[[str], None],
+        *,
+        lease_s: float,
+        queue: str,
+        audit_limit: int = 2000,
+    ) -> None:
         self.store = store
         self.redis: redis.Redis = store.redis
         self.dispatch = dispatch  # job id -> a new broker message for it
         self.lease_s = lease_s
+        self.queue = queue  # the broker queue (kombu keeps its waiting messages in this list)
+        self.audit_limit = audit_limit
 
     def reap_once(self) -> ReapReport:
         now = time.time()
         requeued = sum(
             1 for job_id in self.store.lapsed_leases(now) if self._requeue(job_id) is not None
         )
-        orphans = self._orphaned_messages(now - self.lease_s)
+        orphans = self._orphaned_messages(now - self.lease_s) + self._lost_messages(now)
         dispatched = 0
         for job_id in self.store.take_due_dispatches(now, retry_after_s=self.lease_s):
             job = self.store.get(job_id)
@@ -114,13 +125,50 @@ class Reaper:
             found += 1
         return found
 
+    def _lost_messages(self, now: float) -> int:
+        """Queued jobs that waited a lease since their message was sent, whose message is
+        neither waiting in the broker's list nor held by a worker: a worker killed between
+        popping it and recording it (kombu's Redis transport is not atomic there) lost it.
+
+        Looked for only while the broker's list is short (it is read whole); a job waiting
+        behind a long backlog is almost surely in it, and is audited once the backlog drains.
+        """
+        cutoff = now - self.lease_s
+        candidates: list[bytes] = self.redis.zrangebyscore(  # type: ignore[assignment]
+            queued_key(), "-inf", cutoff, start=0, num=1000
+        )
+        if not candidates or int(self.redis.llen(self.queue)) > self.audit_limit:
+            return 0
+        jobs = [self.store.get(c.decode()) for c in candidates]
+        waiting = [
+            j for j in jobs if j and j.status is JobStatus.QUEUED and j.dispatched_at < cutoff
+        ]
+        if not waiting:
+            return 0
+        listed: list[bytes] = self.redis.lrange(self.queue, 0, -1)  # type: ignore[assignment]
+        held: list[bytes] = self.redis.hvals(_UNACKED)  # type: ignore[assignment]
+        present = {_job_id_of(json.loads(m)) for m in listed} | {_job_id(raw) for raw in held}
+        lost = [j.id for j in waiting if j.id not in present]
+        for job_id in lost:
+            log.warning("job %s: its message was lost with a killed worker; sent again", job_id)
+            self.store.needs_dispatch(job_id, due=0)
+        return len(lost)
+
 
 def _job_id(raw: bytes | None) -> str | None:
+    """The job id of an ``unacked`` entry ([message, exchange, routing key]); None if not ours."""
     if raw is None:
         return None
     try:
-        message = json.loads(raw)[0]
-        headers = message["headers"]
+        return _job_id_of(json.loads(raw)[0])
+    except (ValueError, LookupError, TypeError):
+        return None
+
+
+def _job_id_of(message: object) -> str | None:
+    """The job id a Celery message (protocol 2) carries; None if it is not a run-job task."""
+    try:
+        headers = message["headers"]  # type: ignore[index]
         if headers.get("task") != RUN_JOB_TASK:
             return None
         return str(headers["id"])

@@ -45,7 +45,8 @@ def _dispatch(job_id: str) -> None:
 
 # Every worker reaps (see reaper.py): the jobs of a dead worker come back within a lease.
 _reaper = ReaperThread(
-    Reaper(runtime.store, _dispatch, lease_s=settings.lease_s), settings.heartbeat_interval_s
+    Reaper(runtime.store, _dispatch, lease_s=settings.lease_s, queue=settings.queue_name),
+    settings.heartbeat_interval_s,
 )
 
 

@@ -232,6 +232,10 @@ class WorkerRuntime:
             status, error = JobStatus.CANCELED, exc.to_dict()
         except JobFailure as exc:
             status, error = JobStatus.FAILED, exc.to_dict()
+        except redis.RedisError:
+            # Redis went away mid-job (its images could not be read...): not the job's fault.
+            # Nothing is stored; the job's lease, no longer renewed, brings it back.
+            raise
         except Exception as exc:  # a bug must fail the job, not the worker
             log.exception("job %s: unexpected error", job.id)
             status = JobStatus.FAILED

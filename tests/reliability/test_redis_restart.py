@@ -44,13 +44,17 @@ def test_ten_redis_crashes_under_load_stop_no_process_and_lose_no_job(
                 assert down.json()["error"]["code"] == "service_unavailable"
                 time.sleep(outage)
                 stack.redis.restart()
-                recoveries.append(
-                    wait_for(
-                        lambda url=job_url: requests.get(url, timeout=30).status_code == 200,
-                        30,
-                        f"the API after restart {cycle + 1}",
-                    )
-                )
+                answers: list[str] = []
+
+                def answered(url: str = job_url, answers: list[str] = answers) -> bool:
+                    reply = requests.get(url, timeout=30)
+                    answers.append(f"{reply.status_code} {reply.text[:300]}")
+                    return reply.status_code == 200
+
+                try:
+                    recoveries.append(wait_for(answered, 30, f"the API after restart {cycle + 1}"))
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}: last answer {answers[-1:]}") from None
                 assert worker.process.poll() is None, f"worker exited\n{worker.log()}"
                 assert webhooks.process.poll() is None, f"webhook worker exited\n{webhooks.log()}"
         assert not burst.unexpected, burst.unexpected[:5]
@@ -66,7 +70,9 @@ def test_ten_redis_crashes_under_load_stop_no_process_and_lose_no_job(
         failed = [j["error"] for j in jobs.values() if j["status"] != "succeeded"]
         # One terminal webhook event per job reaches the receiver (deduplicated on webhook-id).
         try:
-            wait_for(lambda: len(_terminal_events(hooks)) == len(accepted), 60, "every webhook")
+            # A submit answered 503 because Redis died between storing the job and queueing it
+            # may still run (a reaper sends its message): its event may come too.
+            wait_for(lambda: set(accepted) <= set(_terminal_events(hooks)), 60, "every webhook")
         except AssertionError:
             missing = sorted(set(accepted) - set(_terminal_events(hooks)))
             deliveries = [stack.client.lrange(f"iq:job:{i}:deliveries", 0, -1) for i in missing]
@@ -75,13 +81,15 @@ def test_ten_redis_crashes_under_load_stop_no_process_and_lose_no_job(
                 f"{stack.client.zrange('iq:outbox', 0, 5, withscores=True)}\n{webhooks.log()}"
             ) from None
         per_job = _terminal_events(hooks)
-        assert sorted(per_job) == sorted(accepted)
+        assert set(accepted) <= set(per_job)
+        ran_anyway = len(set(per_job) - set(accepted))
         assert worker.process.poll() is None and webhooks.process.poll() is None
         print(
             f"\n{len(OUTAGES_S)} Redis kill -9 + restarts, outages {OUTAGES_S} s: "
             f"{len(accepted)} jobs accepted, {statuses.count('succeeded')} succeeded, "
             f"{len(failed)} failed {failed[:3]}, 0 lost; {burst.unavailable} submits answered "
-            f"503 while Redis was down; API back {max(recoveries):.2f} s after a restart at worst "
+            f"503 while Redis was down ({ran_anyway} of them ran anyway); "
+            f"API back {max(recoveries):.2f} s after a restart at worst "
             f"(median {sorted(recoveries)[len(recoveries) // 2]:.2f} s); no process exited"
         )
         assert statuses.count("succeeded") == len(accepted), failed[:5]

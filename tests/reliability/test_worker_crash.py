@@ -36,9 +36,9 @@ def _kill_mid_burst(stack: Stack, victim: WorkerProcess) -> tuple[list[str], lis
     burst = Burst(stack.api, max_new_tokens="48")
     ids = burst.volley(JOBS)
     wait_for(lambda: len(_running_on(stack, ids, name)) >= 3, 30, "jobs running on the victim")
-    running = _running_on(stack, ids, name)
     victim.kill()
     killed_at = time.monotonic()
+    running = _running_on(stack, ids, name)  # as it died (nothing changes them for a lease)
     queued = [i for i, j in stack.jobs(ids).items() if j["status"] == "queued"]
     print(f"\nkilled with {len(running)} jobs running on it and {len(queued)} queued")
     return ids, running, killed_at
@@ -65,7 +65,8 @@ def test_a_killed_workers_jobs_finish_on_the_other_worker(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     with running_stack(tmp_path, str(tiny_model_dir)) as stack:
-        victim, other = stack.start_worker(), stack.start_worker()
+        # The other worker takes a few jobs at a time, so that the victim holds some.
+        victim, other = stack.start_worker(), stack.start_worker(INTERNVL_WORKER_CONCURRENCY="4")
         victim.wait_ready()
         other.wait_ready()
         ids, running, killed_at = _kill_mid_burst(stack, victim)
@@ -171,7 +172,8 @@ def test_a_second_sigterm_stops_at_once_and_hands_the_jobs_back(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     with running_stack(tmp_path, str(tiny_model_dir), lease_s=30.0) as stack:
-        stopping, other = stack.start_worker(), stack.start_worker()
+        # The other worker takes a few jobs at a time, so that the stopping one holds some.
+        stopping, other = stack.start_worker(), stack.start_worker(INTERNVL_WORKER_CONCURRENCY="4")
         stopping.wait_ready()
         other.wait_ready()
         name = _name(stopping)

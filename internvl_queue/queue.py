@@ -31,6 +31,15 @@ def create_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         broker_connection_retry_on_startup=True,
+        # A lost broker is retried for ever (Celery's default gives up after 100 tries and the
+        # worker exits): a Redis restart, however long, must never stop a worker.
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
+        # No remote control (``celery inspect`` / ``celery control``): its pidbox consumer is the
+        # one that crashes kombu on reconnect after a Redis restart ("'NoneType' object has no
+        # attribute 'hostname'"), and Celery then exits with status 0. Workers report themselves
+        # through our own registry instead (``/readyz``, WorkerRegistry).
+        worker_enable_remote_control=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         # The model lives in the worker's own process: no forked pool (CUDA does not survive a
         # fork, and each child would hold a copy of the model). Threads: each job's task prepares

@@ -180,9 +180,9 @@ def worker_env(settings: Settings) -> dict[str, str]:
 class WorkerProcess(CommandProcess):
     """A real ``internvl-queue worker`` subprocess."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(self, settings: Settings, log_path: Path, **env: str) -> None:
         self.settings = settings
-        super().__init__(["worker"], worker_env(settings), log_path)
+        super().__init__(["worker"], {**worker_env(settings), **env}, log_path)
         self.registry = WorkerRegistry(redis.Redis.from_url(settings.redis_url))
 
     def info(self) -> WorkerInfo:

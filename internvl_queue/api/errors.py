@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
@@ -46,6 +47,16 @@ def register_error_handlers(app: Flask) -> None:
             limit = app.config["MAX_CONTENT_LENGTH"]
             message = f"the request body is larger than the limit of {limit} bytes"
         return error_response(status, _HTTP_CODES.get(status, "http_error"), message)
+
+    @app.errorhandler(redis.RedisError)
+    def _redis_down(exc: redis.RedisError) -> tuple[Response, int]:
+        # Redis restarting or unreachable: nothing the caller did; the same request later works.
+        log.warning("Redis error: %s", exc)
+        response, status = error_response(
+            503, "service_unavailable", "the job store is unavailable; try again shortly"
+        )
+        response.headers["Retry-After"] = "1"
+        return response, status
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> tuple[Response, int]:

@@ -99,6 +99,10 @@ def _accept(svc: Services, submission: Submission, owner: str) -> Job:
         log.error("could not dispatch job %s: %s", job.id, exc)
         svc.store.discard(job.id)
         raise ServiceUnavailable("the job queue is unavailable; try again") from None
+    try:
+        svc.store.dispatched(job.id)
+    except redis.RedisError as exc:  # a reaper sends a duplicate message later: harmless
+        log.warning("job %s: dispatched, but could not record it: %s", job.id, exc)
     return job
 
 

@@ -36,14 +36,23 @@ def _cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_worker(app: Any, queue: str, name: str, loglevel: str) -> int:
-    """Run a Celery worker consuming ``queue`` only (no gossip or mingle: workers share nothing
-    but Redis), without Celery's banner: our own start-up lines say what runs."""
+def _run_worker(app: Any, queue: str, name: str, loglevel: str, on_forced_stop: Any = None) -> int:
+    """Run a Celery worker consuming ``queue`` only, without Celery's banner (our own start-up
+    lines say what runs); its exit status.
+
+    No gossip, mingle, worker heartbeat events or remote control (``queue.py``): workers share
+    nothing but Redis, and those consumers are the ones that reconnect badly after a Redis
+    restart. The worker exits with status 0 only when asked to stop (SIGTERM/SIGINT); one that
+    stops for any other reason exits 1, so a supervisor restarts it. A second stop request stops
+    at once: ``on_forced_stop`` runs first (the GPU worker hands its jobs back there).
+    """
+    from celery.exceptions import SecurityWarning
+
+    from .worker_stop import StopRequests
+
     # Celery warns a root user because a root worker that accepts pickle runs whatever a message
     # carries; ours accept JSON only, so in containers and CI, where root is the norm, the
     # warning would only be noise at every start.
-    from celery.exceptions import SecurityWarning
-
     warnings.filterwarnings(
         "ignore", message="You're running the worker with superuser", category=SecurityWarning
     )
@@ -57,13 +66,12 @@ def _run_worker(app: Any, queue: str, name: str, loglevel: str) -> int:
         f"{name}-{os.getpid()}@%h",
         "--without-gossip",
         "--without-mingle",
+        "--without-heartbeat",
     ]
-    from celery.worker import state
-
-    app.worker_main(argv)
-    # The status a stop was asked with (worker_main drops it): 3 when the GPU worker stepped
-    # aside because its GPU failed (worker/main.py), 0 after SIGTERM.
-    return int(state.should_stop or 0)
+    stops = StopRequests(on_forced_stop).install()
+    # app.start, not app.worker_main: worker_main drops the worker's exit status.
+    code = app.start(argv) or 0
+    return stops.exit_status(code)
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
@@ -78,9 +86,11 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         return run_gpu_workers(gpus, args.loglevel)
     _configure_logging()
     # Importing the entry module reads the settings and registers the task and start-up hooks.
-    from ..worker.main import app, settings
+    from ..worker.main import app, runtime, settings
 
-    return _run_worker(app, settings.queue_name, "internvl", args.loglevel)
+    return _run_worker(
+        app, settings.queue_name, "internvl", args.loglevel, on_forced_stop=runtime.hand_back
+    )
 
 
 def _cmd_webhook_worker(args: argparse.Namespace) -> int:

@@ -26,10 +26,24 @@ class RedisServer:
     process: subprocess.Popen[bytes]
     port: int
     data_dir: Path
+    persistent: bool = True
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def kill(self) -> None:
+        """``kill -9``: Redis dies at once, as in a crash (what it had written to its AOF stays)."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+    def restart(self, timeout: float = 10) -> None:
+        """Start Redis again on the same port and directory (it replays its AOF)."""
+        assert self.process.poll() is not None, "restart() needs a stopped Redis"
+        self.process = start_redis(
+            self.data_dir, persistent=self.persistent, port=self.port, timeout=timeout
+        ).process
 
     def stop(self, timeout: float = 10) -> None:
         if self.process.poll() is None:
@@ -41,8 +55,11 @@ class RedisServer:
                 self.process.wait()
 
 
-def start_redis(data_dir: Path, *, persistent: bool = True, timeout: float = 10) -> RedisServer:
-    """Run redis-server on a free loopback port, files in ``data_dir``; wait until it answers."""
+def start_redis(
+    data_dir: Path, *, persistent: bool = True, port: int | None = None, timeout: float = 10
+) -> RedisServer:
+    """Run redis-server on a loopback port (a free one by default), files in ``data_dir``; wait
+    until it answers. ``persistent``: an append-only file, fsynced every second."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError(
@@ -50,7 +67,7 @@ def start_redis(data_dir: Path, *, persistent: bool = True, timeout: float = 10)
             "or set REDIS_URL to a Redis you run"
         )
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     args = [
         binary,
         "--port",
@@ -63,11 +80,13 @@ def start_redis(data_dir: Path, *, persistent: bool = True, timeout: float = 10)
         "",
         "--appendonly",
         "yes" if persistent else "no",
+        "--appendfsync",
+        "everysec",
         "--logfile",
         str(data_dir / "redis.log"),
     ]
     process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
-    server = RedisServer(process, port, data_dir)
+    server = RedisServer(process, port, data_dir, persistent)
     client = redis.Redis(port=port, socket_connect_timeout=1)
     deadline = time.monotonic() + timeout
     while True:

@@ -66,6 +66,12 @@ class Job:
     # may store the job's outcome, so a duplicate delivery can never write a second one.
     attempts: int = 0
     attempt_token: str = ""
+    # The worker running the current delivery, and until when its lease holds (renewed by that
+    # worker's heartbeat); a running job whose lease lapsed goes back to the queue.
+    worker: str = ""
+    lease_until: float = 0.0
+    # When the job's latest broker message was sent (or will be: see JobStore.needs_dispatch).
+    dispatched_at: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -126,6 +132,9 @@ class Job:
             "error": json.dumps(self.error),
             "attempts": str(self.attempts),
             "attempt_token": self.attempt_token,
+            "worker": self.worker,
+            "lease_until": repr(self.lease_until),
+            "dispatched_at": repr(self.dispatched_at),
         }
 
     @classmethod
@@ -150,6 +159,9 @@ class Job:
             error=json.loads(h["error"]),
             attempts=int(h["attempts"]),
             attempt_token=h["attempt_token"],
+            worker=h.get("worker", ""),
+            lease_until=float(h.get("lease_until", "0")),
+            dispatched_at=float(h.get("dispatched_at", "0")),
         )
 
     # -- public view ----------------------------------------------------------------------------

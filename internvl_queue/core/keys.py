@@ -8,11 +8,13 @@ __all__ = [
     "api_keys_key",
     "cancel_channel",
     "deliveries_key",
+    "dispatching_key",
     "done_channel",
     "event_key",
     "idempotency_key",
     "images_key",
     "job_key",
+    "leases_key",
     "outbox_key",
     "queued_key",
     "rate_key",
@@ -45,6 +47,20 @@ def webhook_gone_key(job_id: str) -> str:
 def queued_key() -> str:
     """A sorted set of queued job ids scored by submission time (positions, the queue cap)."""
     return f"{PREFIX}:queued"
+
+
+def leases_key() -> str:
+    """A sorted set of running job ids scored by when their worker's lease on them ends."""
+    return f"{PREFIX}:leases"
+
+
+def dispatching_key() -> str:
+    """A sorted set of queued job ids that need a broker message, scored by when it is due.
+
+    The API sends a new job's message at once and removes the entry; a job put back in the queue
+    gets its message from a reaper. An entry still here when due means the sender died in between.
+    """
+    return f"{PREFIX}:dispatching"
 
 
 def done_channel(job_id: str) -> str:

@@ -106,6 +106,13 @@ class Settings:
     heartbeat_interval_s: float = field(
         default=5.0, metadata=_env("INTERNVL_HEARTBEAT_S", "worker heartbeat period")
     )
+    lease_s: float = field(
+        default=15.0,
+        metadata=_env(
+            "INTERNVL_LEASE_S",
+            "a running job returns to the queue this long after its worker stopped renewing it",
+        ),
+    )
     default_timeout_s: int = field(
         default=600,
         metadata=_env(
@@ -272,6 +279,11 @@ class Settings:
         if not 1 <= self.default_max_new_tokens <= self.max_new_tokens_limit:
             raise ValueError(
                 "INTERNVL_DEFAULT_MAX_NEW_TOKENS must be in 1..INTERNVL_MAX_NEW_TOKENS"
+            )
+        if self.lease_s < 2 * self.heartbeat_interval_s:
+            raise ValueError(
+                "INTERNVL_LEASE_S must be at least twice INTERNVL_HEARTBEAT_S (the heartbeat "
+                "renews the leases; about three heartbeats is right)"
             )
         self._validate_webhooks()
         for name in (

@@ -1,12 +1,14 @@
 """The job state machine: pure functions, no I/O.
 
-    queued ──> running ──> succeeded
+    queued <─> running ──> succeeded
       │           │  └───> failed
       │           └──────> canceled
       ├──> canceled
       └──> failed          (a job that can never run, e.g. its message was retried too often)
 
 ``running -> running`` is legal: a message redelivered after a worker died restarts its job.
+``running -> queued``: the job's worker lost its lease (it died or stopped renewing); the job waits
+for its next delivery.
 """
 
 from __future__ import annotations
@@ -33,7 +35,13 @@ _TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED
 _ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELED, JobStatus.FAILED}),
     JobStatus.RUNNING: frozenset(
-        {JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED}
+        {
+            JobStatus.QUEUED,
+            JobStatus.RUNNING,
+            JobStatus.SUCCEEDED,
+            JobStatus.FAILED,
+            JobStatus.CANCELED,
+        }
     ),
     JobStatus.SUCCEEDED: frozenset(),
     JobStatus.FAILED: frozenset(),

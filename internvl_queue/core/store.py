@@ -20,7 +20,15 @@ import redis
 
 from . import webhook_events
 from .job import Job
-from .keys import cancel_channel, done_channel, images_key, job_key, queued_key
+from .keys import (
+    cancel_channel,
+    dispatching_key,
+    done_channel,
+    images_key,
+    job_key,
+    leases_key,
+    queued_key,
+)
 from .settings import Settings
 from .status import JobStatus
 
@@ -35,6 +43,7 @@ class ClaimOutcome(StrEnum):
     ALREADY_TERMINAL = "already_terminal"  # a redelivered message for a finished job
     GAVE_UP = "gave_up"  # delivered too often; the job has been failed
     CANCELED = "canceled"  # redelivered after its worker died, with a cancel pending: now canceled
+    OWNED = "owned"  # running under another delivery whose lease holds: this message is stale
 
 
 class CancelOutcome(StrEnum):
@@ -58,6 +67,8 @@ class JobStore:
         self.retention_s = retention_s
         # Webhook events outlive their last retry; by default they live as long as a job record.
         self.event_ttl_s = retention_s if event_ttl_s is None else event_ttl_s
+        self._renew = client.register_script(_RENEW_LEASES)
+        self._take_due = client.register_script(_TAKE_DUE)
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Settings) -> JobStore:
@@ -67,13 +78,18 @@ class JobStore:
 
     def create(self, job: Job, images: list[bytes]) -> Job:
         """Store a new job and its images atomically, both expiring after the retention time."""
-        job = replace(job, expires_at=job.created_at + self.retention_s)
+        job = replace(
+            job, expires_at=job.created_at + self.retention_s, dispatched_at=job.created_at
+        )
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(job_key(job.id), mapping=job.to_hash())
         pipe.rpush(images_key(job.id), *images)
         pipe.expire(job_key(job.id), self.retention_s)
         pipe.expire(images_key(job.id), self.retention_s)
         pipe.zadd(queued_key(), {job.id: job.created_at})
+        # The caller dispatches the job at once and says so (``dispatched``); if it dies first,
+        # a reaper sends the message once this entry is due.
+        pipe.zadd(dispatching_key(), {job.id: job.created_at + DISPATCH_GRACE_S})
         # Entries of jobs that expired while queued (their worker never came) go too.
         pipe.zremrangebyscore(queued_key(), "-inf", job.created_at - self.retention_s)
         pipe.execute()
@@ -84,7 +100,12 @@ class JobStore:
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(job_key(job_id), images_key(job_id))
         pipe.zrem(queued_key(), job_id)
+        pipe.zrem(dispatching_key(), job_id)
         pipe.execute()
+
+    def dispatched(self, job_id: str) -> None:
+        """The job's broker message was sent: no reaper needs to send one."""
+        self.redis.zrem(dispatching_key(), job_id)
 
     def queued_count(self) -> int:
         """Jobs accepted and not yet started, across all queues and workers."""
@@ -106,8 +127,11 @@ class JobStore:
     def images(self, job_id: str) -> list[bytes]:
         return self.redis.lrange(images_key(job_id), 0, -1)  # type: ignore[return-value]
 
-    def claim(self, job_id: str, *, max_attempts: int) -> Claim:
-        """Start a delivery of the job: queued (or running, after a crash) becomes running."""
+    def claim(
+        self, job_id: str, *, max_attempts: int, worker: str = "", lease_s: float = 15.0
+    ) -> Claim:
+        """Start a delivery of the job by ``worker``, leased for ``lease_s``: queued (or running
+        under a lapsed lease) becomes running. A running job whose lease holds is left alone."""
 
         def decide(job: Job | None) -> tuple[Claim, Job | None]:
             if job is None:
@@ -115,6 +139,8 @@ class JobStore:
             if job.status.is_terminal:
                 return Claim(ClaimOutcome.ALREADY_TERMINAL, job), None
             now = time.time()
+            if job.status is JobStatus.RUNNING and job.lease_until > now:
+                return Claim(ClaimOutcome.OWNED, job), None
             if job.cancel_requested_at is not None:
                 canceled = self._ended(job, JobStatus.CANCELED, error=_CANCELED_WHILE_RUNNING)
                 return Claim(ClaimOutcome.CANCELED, canceled), canceled
@@ -134,10 +160,63 @@ class JobStore:
                 started_at=now,
                 attempts=job.attempts + 1,
                 attempt_token=uuid.uuid4().hex,
+                worker=worker,
+                lease_until=now + lease_s,
             )
             return Claim(ClaimOutcome.CLAIMED, running), running
 
         return self._update(job_id, decide)
+
+    def requeue_lapsed(self, job_id: str) -> Job | None:
+        """Put a running job whose lease lapsed back in the queue; the job, or None if it was
+        not (finished, renewed, or already put back: one caller wins, whatever the race).
+
+        Its attempt stays counted. A job asked to cancel meanwhile ends ``canceled`` instead.
+        The job is marked as needing a broker message, due at once (``take_due_dispatches``).
+        """
+
+        def decide(job: Job | None) -> tuple[Job | None, Job | None]:
+            now = time.time()
+            if job is None or job.status is not JobStatus.RUNNING or job.lease_until > now:
+                return None, None
+            if job.cancel_requested_at is not None:
+                done = self._ended(job, JobStatus.CANCELED, error=_CANCELED_WHILE_RUNNING)
+                return done, done
+            queued = job.moved_to(
+                JobStatus.QUEUED,
+                started_at=None,
+                attempt_token="",
+                worker="",
+                lease_until=0.0,
+                dispatched_at=now,
+            )
+            return queued, queued
+
+        return self._update(job_id, decide)
+
+    def lapsed_leases(self, now: float, limit: int = 1000) -> list[str]:
+        """Running jobs whose lease ended by ``now`` (candidates for ``requeue_lapsed``)."""
+        ids = self.redis.zrangebyscore(leases_key(), "-inf", now, start=0, num=limit)
+        return [_text(i) for i in ids]  # type: ignore[arg-type]
+
+    def renew_leases(self, held: dict[str, str], lease_s: float) -> int:
+        """Extend the leases of the deliveries in ``held`` (job id -> attempt token) by
+        ``lease_s`` from now; those another delivery took over are left alone. How many held."""
+        if not held:
+            return 0
+        flat = [item for pair in held.items() for item in pair]
+        renewed = self._renew(keys=[leases_key()], args=[time.time() + lease_s, job_key(""), *flat])
+        return int(renewed)
+
+    def needs_dispatch(self, job_id: str, *, due: float) -> None:
+        """Ask a reaper to send the job a new broker message from ``due`` on."""
+        self.redis.zadd(dispatching_key(), {job_id: due})
+
+    def take_due_dispatches(self, now: float, retry_after_s: float, limit: int = 1000) -> list[str]:
+        """Queued jobs whose message is due by ``now``; each is taken by one caller only, and
+        comes due again after ``retry_after_s`` unless the taker calls ``dispatched``."""
+        taken = self._take_due(keys=[dispatching_key()], args=[now, now + retry_after_s, limit])
+        return [_text(i) for i in taken]
 
     def finish(
         self,
@@ -244,6 +323,14 @@ class JobStore:
             pipe.hset(key, mapping=new.to_hash())
             if new.status is not JobStatus.QUEUED:
                 pipe.zrem(queued_key(), job_id)
+                pipe.zrem(dispatching_key(), job_id)
+            elif current is not None and current.status is not JobStatus.QUEUED:
+                pipe.zadd(queued_key(), {job_id: new.created_at})
+                pipe.zadd(dispatching_key(), {job_id: new.dispatched_at})
+            if new.status is JobStatus.RUNNING:
+                pipe.zadd(leases_key(), {job_id: new.lease_until})
+            else:
+                pipe.zrem(leases_key(), job_id)
             for kind in webhook_events.events_for(current, new):
                 event = webhook_events.WebhookEvent.for_job(new, kind, now)
                 webhook_events.stage(pipe, event, ttl_s=self.event_ttl_s)
@@ -259,6 +346,36 @@ class JobStore:
         self.redis.transaction(transaction, key)
         return answer[0]
 
+
+# A new job's message is sent by the API right after it is stored; a reaper sends it only if the
+# API has not said it did within this many seconds (it died, or Redis went away, in between).
+DISPATCH_GRACE_S = 10.0
+
+# KEYS[1] leases; ARGV: new deadline, job key prefix, then job id, attempt token pairs. A lease
+# is extended only for the delivery that holds it (same token, still running), in the job record
+# too: a reaper's transaction watching the record then sees the renewal and backs off.
+_RENEW_LEASES = """
+local renewed = 0
+for i = 3, #ARGV, 2 do
+  local key = ARGV[2] .. ARGV[i]
+  local fields = redis.call('HMGET', key, 'status', 'attempt_token')
+  if fields[1] == 'running' and fields[2] == ARGV[i + 1] then
+    redis.call('HSET', key, 'lease_until', ARGV[1])
+    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i])
+    renewed = renewed + 1
+  end
+end
+return renewed
+"""
+
+# KEYS[1] dispatching; ARGV: now, when a taken entry comes due again, most entries to take.
+_TAKE_DUE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+for _, id in ipairs(ids) do
+  redis.call('ZADD', KEYS[1], ARGV[2], id)
+end
+return ids
+"""
 
 _CANCELED_WHILE_RUNNING = {"code": "canceled", "message": "the job was canceled while it ran"}
 

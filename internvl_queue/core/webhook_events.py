@@ -37,7 +37,11 @@ def events_for(old: Job | None, new: Job) -> list[str]:
     if not new.webhook_url or old is None or old.status is new.status:
         return []  # a redelivery (running -> running) starts nothing new
     if new.status is JobStatus.RUNNING:
+        if new.attempts > 1:
+            return []  # started again after its worker died: the caller heard it start once
         kind = "job.started"
+    elif new.status is JobStatus.QUEUED:
+        return []  # back in the queue after its worker died: it will start (again) later
     elif new.status.is_terminal:
         kind = f"job.{new.status.value}"
     else:

@@ -24,6 +24,7 @@ from ..core.data_dir import default_data_dir
 from ..core.settings import Settings
 from ..core.workers import WorkerState
 from ..queue import RUN_JOB_TASK, create_celery
+from ..reaper import Reaper, ReaperThread
 from .answer import WorkerDefunct
 from .heartbeat import Heartbeat
 from .model_source import ModelUnavailable, resolve_model
@@ -36,7 +37,20 @@ log = logging.getLogger("internvl_queue.worker")
 settings = Settings.from_env()
 app = create_celery(settings)
 runtime = WorkerRuntime(settings)
+# Test only: fault hooks (see TEST_KILL_MARKER); never set in production.
+runtime.test_faults = os.environ.get("INTERNVL_TEST_FAULTS") == "1"
 _heartbeat = Heartbeat(runtime)
+
+
+def _dispatch(job_id: str) -> None:
+    app.send_task(RUN_JOB_TASK, args=[job_id], task_id=job_id, queue=settings.queue_name)
+
+
+# Every worker reaps (see reaper.py): the jobs of a dead worker come back within a lease.
+_reaper = ReaperThread(
+    Reaper(runtime.store, _dispatch, lease_s=settings.lease_s, queue=settings.queue_name),
+    settings.heartbeat_interval_s,
+)
 
 
 @app.task(name=RUN_JOB_TASK, ignore_result=True)
@@ -63,6 +77,7 @@ def _load_model(**_: Any) -> None:
         runtime.on_defunct = _step_aside
         runtime.load(resolve_model(settings.model, default_data_dir()))
         runtime.publish_heartbeat()  # ready at once, not one heartbeat later
+        _reaper.start()
     except ModelUnavailable as exc:
         _give_up(str(exc))
     except Exception as exc:
@@ -106,5 +121,6 @@ def _announce_ready(**_: Any) -> None:
 
 @signals.worker_shutdown.connect
 def _stop(**_: Any) -> None:
+    _reaper.stop()
     _heartbeat.stop(remove=runtime.state is not WorkerState.DEFUNCT)  # a defunct one stays listed
     runtime.shutdown()

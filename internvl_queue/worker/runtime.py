@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
@@ -28,7 +29,12 @@ from .answer import AnswerFn, WorkerDefunct
 from .cancellation import CancelWatcher
 from .threads import thread_count
 
-__all__ = ["WorkerRuntime"]
+__all__ = ["TEST_KILL_MARKER", "WorkerRuntime"]
+
+T = TypeVar("T")
+
+# Test only (INTERNVL_TEST_FAULTS=1): a job whose question contains this kills its worker.
+TEST_KILL_MARKER = "[test-fault:kill-worker]"
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,15 @@ class WorkerRuntime:
         self.on_defunct: Callable[[str], None] | None = None  # how the entry point steps aside
         self._lock = threading.Lock()
         self.counters = {"jobs_succeeded": 0, "jobs_failed": 0, "redeliveries_ignored": 0}
+        # The deliveries this worker runs now (job id -> attempt token): the heartbeat renews
+        # their leases; a job it stops holding for any reason lapses and goes back to the queue.
+        self.held: dict[str, str] = {}
+        # A job on its last attempt runs only when no other last-attempt job runs here, so that
+        # a job that kills its worker (a poison job) cannot use up its neighbours' attempts.
+        self._last_attempt = threading.Lock()
+        # Test-only fault hooks (INTERNVL_TEST_FAULTS=1, set by worker/main.py): a question
+        # containing TEST_KILL_MARKER kills this process each time it is claimed.
+        self.test_faults = False
 
     # -- start-up -------------------------------------------------------------------------------
     def load(self, source: str | None = None) -> None:
@@ -122,6 +137,7 @@ class WorkerRuntime:
         the entry point stop consuming and exit (its held jobs go back to the queue)."""
         self.state, self.state_since, self.error = WorkerState.DEFUNCT, time.time(), reason
         self._publish_lasting()
+        self.hand_back()  # the other workers' reapers requeue its jobs at their next pass
         if self.on_defunct is not None:
             self.on_defunct(reason)
 
@@ -156,7 +172,23 @@ class WorkerRuntime:
         """Publish this worker's heartbeat; returns what was published."""
         info = self.info()
         self.registry.publish(info, ttl_s=self.settings.heartbeat_interval_s * 3)
+        self.renew_leases()
         return info
+
+    def renew_leases(self, lease_s: float | None = None) -> int:
+        """Extend the leases of every job this worker runs (``lease_s``, the setting's by
+        default; a negative one ends them now, handing the jobs back to the reapers)."""
+        with self._lock:
+            held = dict(self.held)
+        return self.store.renew_leases(held, self.settings.lease_s if lease_s is None else lease_s)
+
+    def hand_back(self) -> None:
+        """Stopping now: end the leases of the jobs in hand so that another worker's reaper
+        puts them back in the queue at its next pass, not a lease later."""
+        try:
+            self.renew_leases(lease_s=-1)
+        except Exception as exc:  # Redis down: the leases lapse on their own
+            log.warning("could not hand the jobs back: %s", exc)
 
     # -- one delivery ---------------------------------------------------------------------------
     def process(self, job_id: str) -> JobStatus | None:
@@ -171,9 +203,26 @@ class WorkerRuntime:
             self.cancels.unwatch(job_id)
 
     def _deliver(self, job_id: str, canceled: threading.Event) -> JobStatus | None:
-        claim = self.store.claim(job_id, max_attempts=self.settings.max_attempts)
+        queued = self.store.get(job_id)
+        last = self.settings.max_attempts - 1
+        if queued is not None and last >= 1 and queued.attempts == last:
+            with self._last_attempt:
+                return self._claim_and_run(job_id, canceled)
+        return self._claim_and_run(job_id, canceled)
+
+    def _claim_and_run(self, job_id: str, canceled: threading.Event) -> JobStatus | None:
+        claim = self.store.claim(
+            job_id,
+            max_attempts=self.settings.max_attempts,
+            worker=self.name,
+            lease_s=self.settings.lease_s,
+        )
         if claim.outcome is ClaimOutcome.MISSING:
             log.warning("job %s: no record (unknown or expired); message dropped", job_id)
+            return None
+        if claim.outcome is ClaimOutcome.OWNED:
+            log.info("job %s: another delivery runs it; duplicate message ignored", job_id)
+            self._count("redeliveries_ignored")
             return None
         if claim.outcome is ClaimOutcome.ALREADY_TERMINAL:
             log.info("job %s: already finished; redelivered message ignored", job_id)
@@ -187,7 +236,17 @@ class WorkerRuntime:
         if claim.outcome is ClaimOutcome.CANCELED:
             log.info("job %s: redelivered with a cancel pending; canceled", job_id)
             return JobStatus.CANCELED
-        return self._run(claim.job, canceled)
+        job = claim.job
+        with self._lock:
+            self.held[job.id] = job.attempt_token
+        try:
+            if self.test_faults and TEST_KILL_MARKER in job.question:
+                log.error("job %s: test fault: killing this worker", job.id)
+                os.kill(os.getpid(), signal.SIGKILL)
+            return self._run(job, canceled)
+        finally:
+            with self._lock:
+                self.held.pop(job.id, None)
 
     def _run(self, job: Job, canceled: threading.Event) -> JobStatus | None:
         result: dict[str, Any] | None = None
@@ -201,11 +260,17 @@ class WorkerRuntime:
             status, error = JobStatus.CANCELED, exc.to_dict()
         except JobFailure as exc:
             status, error = JobStatus.FAILED, exc.to_dict()
+        except redis.RedisError:
+            # Redis went away mid-job (its images could not be read...): not the job's fault.
+            # Nothing is stored; the job's lease, no longer renewed, brings it back.
+            raise
         except Exception as exc:  # a bug must fail the job, not the worker
             log.exception("job %s: unexpected error", job.id)
             status = JobStatus.FAILED
             error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
-        stored = self.store.finish(job, status, result=result, error=error)
+        stored = self._while_redis_recovers(
+            lambda: self.store.finish(job, status, result=result, error=error)
+        )
         if stored is None:
             log.warning("job %s: another delivery owns it now; outcome discarded", job.id)
             return None
@@ -259,6 +324,20 @@ class WorkerRuntime:
                 "total": round((time.time() - job.created_at) * 1000, 1),
             },
         }
+
+    def _while_redis_recovers(self, store: Callable[[], T]) -> T:
+        """``store()``, tried again while Redis is unreachable (a restart), for up to a lease:
+        the outcome in hand is worth keeping. Past that the error is raised, and the job's
+        lease, no longer renewed, brings it back."""
+        deadline = time.monotonic() + max(self.settings.lease_s, 5.0)
+        while True:
+            try:
+                return store()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("Redis unreachable (%s); storing the outcome again shortly", exc)
+                time.sleep(0.5)
 
     def _count(self, counter: str) -> None:
         with self._lock:

@@ -61,8 +61,9 @@ def test_redelivery_of_finished_job_changes_nothing(redis_client: redis.Redis) -
 def test_only_the_latest_delivery_may_store_an_outcome(redis_client: redis.Redis) -> None:
     store = JobStore(redis_client, retention_s=100)
     job = _new(store)
-    first = store.claim(job.id, max_attempts=3).job
-    second = store.claim(job.id, max_attempts=3).job  # redelivered while the first still runs
+    # The first delivery's worker stopped renewing its lease (lease_s=0: lapsed at once).
+    first = store.claim(job.id, max_attempts=3, lease_s=0).job
+    second = store.claim(job.id, max_attempts=3).job  # redelivered: takes the job over
     assert first is not None and second is not None
     assert second.attempts == 2
     assert store.finish(first, JobStatus.SUCCEEDED, result={"answer": "first"}) is None
@@ -76,14 +77,31 @@ def test_only_the_latest_delivery_may_store_an_outcome(redis_client: redis.Redis
 def test_gives_up_after_max_attempts(redis_client: redis.Redis) -> None:
     store = JobStore(redis_client, retention_s=100)
     job = _new(store)
-    for _ in range(2):
-        assert store.claim(job.id, max_attempts=2).outcome is ClaimOutcome.CLAIMED
+    for _ in range(2):  # each delivery's worker died (its lease lapsed at once)
+        assert store.claim(job.id, max_attempts=2, lease_s=0).outcome is ClaimOutcome.CLAIMED
     last = store.claim(job.id, max_attempts=2)
     assert last.outcome is ClaimOutcome.GAVE_UP
     stored = store.get(job.id)
     assert stored is not None
     assert stored.status is JobStatus.FAILED
     assert stored.error is not None and stored.error["code"] == "too_many_attempts"
+
+
+def test_a_duplicate_message_leaves_a_leased_job_to_its_delivery(
+    redis_client: redis.Redis,
+) -> None:
+    store = JobStore(redis_client, retention_s=100)
+    job = _new(store)
+    first = store.claim(job.id, max_attempts=3, worker="w1", lease_s=30)
+    duplicate = store.claim(job.id, max_attempts=3, worker="w2", lease_s=30)
+    assert duplicate.outcome is ClaimOutcome.OWNED
+    stored = store.get(job.id)
+    assert stored is not None and first.job is not None
+    assert (stored.worker, stored.attempts, stored.attempt_token) == (
+        "w1",
+        1,
+        first.job.attempt_token,
+    )
 
 
 def test_missing_job_claims_nothing(redis_client: redis.Redis) -> None:

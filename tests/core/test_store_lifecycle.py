@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
@@ -27,8 +28,8 @@ def _new(store: JobStore, **webhook: object) -> Job:
     return store.create(job, [b"img"])
 
 
-def _running(store: JobStore, job: Job) -> Job:
-    claim = store.claim(job.id, max_attempts=3)
+def _running(store: JobStore, job: Job, lease_s: float = 15.0) -> Job:
+    claim = store.claim(job.id, max_attempts=3, lease_s=lease_s)
     assert claim.outcome is ClaimOutcome.CLAIMED and claim.job is not None
     return claim.job
 
@@ -72,7 +73,7 @@ def test_a_redelivered_job_with_a_cancel_pending_is_canceled_not_rerun(
     redis_client: redis.Redis,
 ) -> None:
     store = _store(redis_client)
-    running = _running(store, _new(store))
+    running = _running(store, _new(store), lease_s=0)
     store.cancel(running.id)
     claim = store.claim(running.id, max_attempts=3)  # its worker died; the message came back
     assert claim.outcome is ClaimOutcome.CANCELED
@@ -176,3 +177,30 @@ def test_wait_finished_returns_the_current_job_after_the_timeout(
     assert seen is not None and seen.status is JobStatus.QUEUED
     assert 0.35 < time.monotonic() - started < 2
     assert store.wait_finished("nope", timeout_s=5) is None
+
+
+def test_a_lapsed_lease_puts_the_job_back_once_whatever_the_race(redis_client: redis.Redis) -> None:
+    store = _store(redis_client)
+    job = _running(store, _new(store), lease_s=0.2)
+    held = {job.id: job.attempt_token}
+    assert store.renew_leases(held, lease_s=0.2) == 1  # its worker is alive: renewed
+    assert store.lapsed_leases(time.time()) == []
+    time.sleep(0.3)  # ... then it stops renewing
+    assert store.lapsed_leases(time.time()) == [job.id]
+    # Eight reapers at once: exactly one puts it back.
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: store.requeue_lapsed(job.id), range(8)))
+    assert sum(r is not None for r in results) == 1
+    back = store.get(job.id)
+    assert back is not None and back.status is JobStatus.QUEUED
+    assert (back.attempts, back.attempt_token, back.worker) == (1, "", "")
+    assert store.queue_position(job.id) == 1
+    assert store.lapsed_leases(time.time()) == []
+    assert store.take_due_dispatches(time.time(), retry_after_s=5) == [job.id]
+    assert store.take_due_dispatches(time.time(), retry_after_s=5) == []  # taken once
+    # The old delivery can neither renew nor store; the next one runs as attempt 2.
+    assert store.renew_leases(held, lease_s=10) == 0
+    assert store.finish(job, JobStatus.SUCCEEDED, result={"answer": "late"}) is None
+    again = store.claim(job.id, max_attempts=3)
+    assert again.outcome is ClaimOutcome.CLAIMED and again.job is not None
+    assert again.job.attempts == 2

@@ -114,7 +114,7 @@ def test_a_job_whose_worker_keeps_dying_fails_after_max_attempts(
 ) -> None:
     job = _queued(runtime)
     for _ in range(settings.max_attempts):  # each delivery claimed, then its worker "died"
-        runtime.store.claim(job.id, max_attempts=settings.max_attempts)
+        runtime.store.claim(job.id, max_attempts=settings.max_attempts, lease_s=0)
     assert runtime.process(job.id) is JobStatus.FAILED
     stored = runtime.store.get(job.id)
     assert stored is not None and stored.error is not None

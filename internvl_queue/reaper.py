@@ -1,0 +1,202 @@
+"""Bring back the work of dead workers within seconds, not after the broker's visibility timeout.
+
+Every GPU worker runs a ``Reaper`` (a daemon thread, ``ReaperThread``); each pass, safe to run
+in any number of processes at once:
+
+1. **Lapsed leases.** A running job carries its worker's lease, renewed by that worker's
+   heartbeat. A job whose lease ended goes back to the queue (``JobStore.requeue_lapsed``: one
+   transaction on the job record, so exactly one reaper wins) with its attempt counted.
+2. **Orphaned messages.** A message a worker took from the broker but never started (its job is
+   still ``queued``) sits in kombu's ``unacked`` set of the Redis transport until the visibility
+   timeout. An entry older than the lease whose job is still queued and was not dispatched since
+   is removed (one ``ZREM`` wins) and the job marked as needing a message.
+3. **Due dispatches.** Jobs marked as needing a message (by 1, 2, or a new job whose sender died
+   before it sent one) get a new Celery message; each entry is taken by one reaper at a time.
+
+A duplicate message is harmless: the claim in the store finds the job terminal, or running under
+a live lease, and changes nothing. A stale delivery cannot store an outcome (attempt tokens).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+
+from .core.keys import queued_key
+from .core.status import JobStatus
+from .core.store import JobStore
+from .queue import RUN_JOB_TASK
+
+__all__ = ["ReapReport", "Reaper", "ReaperThread"]
+
+log = logging.getLogger(__name__)
+
+# kombu's Redis transport: the hash of messages delivered and not yet acked (tag -> JSON
+# [message, exchange, routing key]) and its index (tag -> when delivered).
+_UNACKED, _UNACKED_INDEX = "unacked", "unacked_index"
+
+
+@dataclass(frozen=True)
+class ReapReport:
+    requeued: int = 0  # running jobs whose lease lapsed, back in the queue
+    orphans: int = 0  # messages taken by a worker that never started them
+    dispatched: int = 0  # new messages sent
+
+    def __bool__(self) -> bool:
+        return bool(self.requeued or self.orphans or self.dispatched)
+
+
+class Reaper:
+    def __init__(
+        self,
+        store: JobStore,
+        dispatch: Callable[[str], None],
+        *,
+        lease_s: float,
+        queue: str,
+        audit_limit: int = 2000,
+    ) -> None:
+        self.store = store
+        self.redis: redis.Redis = store.redis
+        self.dispatch = dispatch  # job id -> a new broker message for it
+        self.lease_s = lease_s
+        self.queue = queue  # the broker queue (kombu keeps its waiting messages in this list)
+        self.audit_limit = audit_limit
+
+    def reap_once(self) -> ReapReport:
+        now = time.time()
+        requeued = sum(
+            1 for job_id in self.store.lapsed_leases(now) if self._requeue(job_id) is not None
+        )
+        orphans = self._orphaned_messages(now - self.lease_s) + self._lost_messages(now)
+        dispatched = 0
+        for job_id in self.store.take_due_dispatches(now, retry_after_s=self.lease_s):
+            job = self.store.get(job_id)
+            if job is None or job.status is not JobStatus.QUEUED:
+                self.store.dispatched(job_id)  # nothing to send any more
+                continue
+            self.dispatch(job_id)
+            self.store.dispatched(job_id)
+            dispatched += 1
+        report = ReapReport(requeued, orphans, dispatched)
+        if report:
+            log.warning(
+                "reaper: %d job(s) of dead workers back in the queue, %d orphaned message(s), "
+                "%d message(s) sent",
+                *(requeued, orphans, dispatched),
+            )
+        return report
+
+    def _requeue(self, job_id: str) -> object:
+        job = self.store.requeue_lapsed(job_id)
+        if job is not None:
+            log.warning("job %s: its worker's lease lapsed; back in the queue", job_id)
+        return job
+
+    def _orphaned_messages(self, delivered_before: float) -> int:
+        tags: list[tuple[bytes, float]] = self.redis.zrangebyscore(  # type: ignore[assignment]
+            _UNACKED_INDEX, "-inf", delivered_before, start=0, num=1000, withscores=True
+        )
+        found = 0
+        for tag, delivered_at in tags:
+            raw = self.redis.hget(_UNACKED, tag)
+            job_id = _job_id(raw)  # type: ignore[arg-type]
+            if job_id is None:
+                continue  # not one of ours (a webhook task) or already gone
+            job = self.store.get(job_id)
+            if job is not None and job.status is JobStatus.RUNNING:
+                continue  # its delivery (or a later one) holds a lease: leases decide
+            # Removed by one reaper only; kombu's ack or restore of a removed tag does nothing.
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.zrem(_UNACKED_INDEX, tag)
+            pipe.hdel(_UNACKED, tag)
+            removed, _ = pipe.execute()
+            if not removed or job is None or job.status is not JobStatus.QUEUED:
+                continue  # someone else's, or a stale copy for a finished or unknown job
+            if job.dispatched_at > delivered_at:
+                continue  # a newer message exists (the job was put back since)
+            self.store.needs_dispatch(job_id, due=0)
+            found += 1
+        return found
+
+    def _lost_messages(self, now: float) -> int:
+        """Queued jobs that waited a lease since their message was sent, whose message is
+        neither waiting in the broker's list nor held by a worker: a worker killed between
+        popping it and recording it (kombu's Redis transport is not atomic there) lost it.
+
+        Looked for only while the broker's list is short (it is read whole); a job waiting
+        behind a long backlog is almost surely in it, and is audited once the backlog drains.
+        """
+        cutoff = now - self.lease_s
+        candidates: list[bytes] = self.redis.zrangebyscore(  # type: ignore[assignment]
+            queued_key(), "-inf", cutoff, start=0, num=1000
+        )
+        if not candidates or int(self.redis.llen(self.queue)) > self.audit_limit:
+            return 0
+        jobs = [self.store.get(c.decode()) for c in candidates]
+        waiting = [
+            j for j in jobs if j and j.status is JobStatus.QUEUED and j.dispatched_at < cutoff
+        ]
+        if not waiting:
+            return 0
+        listed: list[bytes] = self.redis.lrange(self.queue, 0, -1)  # type: ignore[assignment]
+        held: list[bytes] = self.redis.hvals(_UNACKED)  # type: ignore[assignment]
+        present = {_job_id_of(json.loads(m)) for m in listed} | {_job_id(raw) for raw in held}
+        lost = [j.id for j in waiting if j.id not in present]
+        for job_id in lost:
+            log.warning("job %s: its message was lost with a killed worker; sent again", job_id)
+            self.store.needs_dispatch(job_id, due=0)
+        return len(lost)
+
+
+def _job_id(raw: bytes | None) -> str | None:
+    """The job id of an ``unacked`` entry ([message, exchange, routing key]); None if not ours."""
+    if raw is None:
+        return None
+    try:
+        return _job_id_of(json.loads(raw)[0])
+    except (ValueError, LookupError, TypeError):
+        return None
+
+
+def _job_id_of(message: object) -> str | None:
+    """The job id a Celery message (protocol 2) carries; None if it is not a run-job task."""
+    try:
+        headers = message["headers"]  # type: ignore[index]
+        if headers.get("task") != RUN_JOB_TASK:
+            return None
+        return str(headers["id"])
+    except (ValueError, LookupError, TypeError):
+        return None
+
+
+class ReaperThread:
+    """Runs ``reaper.reap_once`` every ``period_s`` in a daemon thread; Redis errors are logged
+    and the next pass tries again."""
+
+    def __init__(self, reaper: Reaper, period_s: float) -> None:
+        self.reaper = reaper
+        self.period_s = period_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="reaper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.period_s):
+            try:
+                self.reaper.reap_once()
+            except Exception as exc:  # a Redis restart, a broker blip: try again next pass
+                log.warning("reaper pass failed: %s", exc)

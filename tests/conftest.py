@@ -103,6 +103,8 @@ def settings(
         device="cpu",
         heartbeat_interval_s=0.5,
         default_max_new_tokens=16,
+        # These tests run without API keys unless they make one (tests/api/test_auth.py).
+        auth="open",
     )
 
 
@@ -173,6 +175,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "INTERNVL_DEVICE": settings.device,
         "INTERNVL_HEARTBEAT_S": str(settings.heartbeat_interval_s),
         "INTERNVL_DEFAULT_MAX_NEW_TOKENS": str(settings.default_max_new_tokens),
+        "INTERNVL_AUTH": settings.auth,
         "LOG_LEVEL": "INFO",
     }
 
@@ -225,6 +228,8 @@ def _session_worker_settings(redis_url: str, tiny_model_dir: Path) -> Settings:
         device="cpu",
         heartbeat_interval_s=0.5,
         default_max_new_tokens=16,
+        # These tests run without API keys unless they make one (tests/api/test_auth.py).
+        auth="open",
     )
 
 

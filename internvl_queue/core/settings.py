@@ -20,6 +20,7 @@ __all__ = ["DEFAULT_MODEL", "Settings"]
 DEFAULT_MODEL = "OpenGVLab/InternVL3-1B-hf"
 
 Device = Literal["auto", "cpu", "cuda"]
+AuthMode = Literal["required", "open"]
 
 # Seconds between webhook attempts: 11 attempts over about 24 hours (before jitter, which only
 # shortens a wait), so the default job retention of 24 h outlives every retry.
@@ -138,6 +139,28 @@ class Settings:
         ),
     )
     # -- access and backpressure --------------------------------------------------------------
+    auth: AuthMode = field(
+        default="required",
+        metadata=_env(
+            "INTERNVL_AUTH",
+            "required: every /v1/ request needs an API key, even while none exists; open: no "
+            "key needed while none exists (`up` sets open unless you set it)",
+        ),
+    )
+    max_queued_bytes: int = field(
+        default=2 * 1024**3,
+        metadata=_env(
+            "INTERNVL_MAX_QUEUED_BYTES",
+            "image bytes of queued jobs held in Redis before submits get 503 (0: no cap)",
+        ),
+    )
+    max_waiters: int = field(
+        default=200,
+        metadata=_env(
+            "INTERNVL_MAX_WAITERS",
+            "long polls (?wait=, Prefer: wait) one API process holds at once; more answer at once",
+        ),
+    )
     max_queued_jobs: int = field(
         default=10_000,
         metadata=_env(
@@ -182,7 +205,10 @@ class Settings:
     )
     webhook_timeout_s: float = field(
         default=10.0,
-        metadata=_env("WEBHOOK_TIMEOUT_S", "connect timeout, and read timeout, of one attempt"),
+        metadata=_env(
+            "WEBHOOK_TIMEOUT_S",
+            "the whole of one attempt (DNS, connect, TLS, send, reply), after which it is cut off",
+        ),
     )
     webhook_queue: str = field(
         default="internvl-webhooks",
@@ -213,8 +239,11 @@ class Settings:
 
     @property
     def webhook_lease_s(self) -> float:
-        """How long one attempt may hold an event before another worker may take it over."""
-        return 2 * self.webhook_timeout_s + 5
+        """How long one attempt may hold an event before another worker may take it over.
+
+        An attempt is cut off after ``webhook_timeout_s`` in all (``webhooks.http``); the margin
+        covers recording it, so a lease never runs out under an attempt still in progress."""
+        return self.webhook_timeout_s + 5
 
     @cached_property
     def webhook_allowed_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -234,11 +263,17 @@ class Settings:
             if raw is None or raw == "":
                 continue
             values[f.name] = _parse(f.name, f.metadata["env"], raw, type(f.default))
-        settings = cls(**values)  # type: ignore[arg-type]
-        settings.validate()
-        return settings
+        return cls(**values)  # type: ignore[arg-type]  # validated by __post_init__
+
+    def __post_init__(self) -> None:
+        # Settings built in code (tests, embedders) are held to the same rules as the env's.
+        self.validate()
 
     def validate(self) -> None:
+        """``ValueError`` with one sentence naming the variables, for any bad or contradictory
+        value."""
+        if self.auth not in ("required", "open"):
+            raise ValueError(f"INTERNVL_AUTH must be required or open, not {self.auth!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"INTERNVL_DEVICE must be auto, cpu or cuda, not {self.device!r}")
         if not 1 <= self.max_tiles <= 12:
@@ -248,6 +283,7 @@ class Settings:
                 "INTERNVL_DEFAULT_MAX_NEW_TOKENS must be in 1..INTERNVL_MAX_NEW_TOKENS"
             )
         self._validate_webhooks()
+        self._validate_timeouts()
         for name in (
             "rate_limit_window_s",
             "idempotency_ttl_s",
@@ -259,9 +295,35 @@ class Settings:
             "job_retention_s",
             "visibility_timeout_s",
             "max_attempts",
+            "max_waiters",
         ):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive")
+                env = next(f.metadata["env"] for f in fields(self) if f.name == name)
+                raise ValueError(f"{env} must be positive")
+        if self.max_queued_bytes < 0:
+            raise ValueError("INTERNVL_MAX_QUEUED_BYTES must be 0 (no cap) or positive")
+
+    def _validate_timeouts(self) -> None:
+        """The longest job (``max_timeout_s``) must fit in everything that has to outlive it."""
+        if self.default_timeout_s < 1 or self.max_timeout_s < 1:
+            raise ValueError("INTERNVL_DEFAULT_TIMEOUT_S and INTERNVL_MAX_TIMEOUT_S must be positive")
+        if self.default_timeout_s > self.max_timeout_s:
+            raise ValueError(
+                f"INTERNVL_DEFAULT_TIMEOUT_S ({self.default_timeout_s}) must not exceed "
+                f"INTERNVL_MAX_TIMEOUT_S ({self.max_timeout_s}): lower the default or raise the max"
+            )
+        if self.visibility_timeout_s < self.max_timeout_s:
+            raise ValueError(
+                f"INTERNVL_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must be at least "
+                f"INTERNVL_MAX_TIMEOUT_S ({self.max_timeout_s}), or a job still running would be "
+                "handed to a second worker"
+            )
+        if self.job_retention_s <= self.max_timeout_s:
+            raise ValueError(
+                f"INTERNVL_JOB_RETENTION_S ({self.job_retention_s}) must be longer than "
+                f"INTERNVL_MAX_TIMEOUT_S ({self.max_timeout_s}), or a job could expire before it "
+                "ends"
+            )
 
     def _validate_webhooks(self) -> None:
         for secret in self.webhook_secret_list:

@@ -25,6 +25,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 from internvl_queue.api import create_app
 from internvl_queue.api.dispatch import CeleryDispatcher
 from internvl_queue.api.services import EXTENSION
+from internvl_queue.api.waiting import WAITERS_EXTENSION
 from internvl_queue.cli.redis_server import free_port, start_redis
 from internvl_queue.core.settings import Settings
 from internvl_queue.core.workers import WorkerInfo, WorkerRegistry
@@ -112,6 +113,8 @@ def close_app(app: Flask) -> None:
     """Close what ``create_app`` opened (its Redis pool, the dispatcher's broker connections), so
     that no socket is left for the garbage collector to find (a ResourceWarning, an error here)."""
     found = app.extensions[EXTENSION]
+    if (waiters := app.extensions.get(WAITERS_EXTENSION)) is not None:
+        waiters.close()
     found.store.redis.connection_pool.disconnect()
     if isinstance(found.dispatcher, CeleryDispatcher):
         found.dispatcher.celery.close()

@@ -20,7 +20,7 @@ from ..core.submission import Submission, prepare_job
 from .auth import current_owner
 from .parsing import parse_submission
 from .services import Services, services
-from .waiting import prefer_wait, prefers_respond_async, query_wait
+from .waiting import job_waiters, prefer_wait, prefers_respond_async, query_wait
 
 __all__ = ["jobs"]
 
@@ -30,6 +30,8 @@ jobs = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 # Seconds a caller refused for a full queue is asked to wait before trying again.
 QUEUE_FULL_RETRY_AFTER_S = 10
+# Seconds a long poll answered at once (this process holds as many as it may) should wait.
+WAITERS_FULL_RETRY_AFTER = "1"
 
 Reply = tuple[Response, int, dict[str, str]]
 
@@ -112,8 +114,12 @@ def _submitted(svc: Services, job: Job, headers: dict[str, str]) -> Reply:
         return _view(svc, job), 202, headers
     wait = prefer_wait(prefer)
     if wait > 0:
-        job = svc.store.wait_finished(job.id, wait) or job
-        headers["Preference-Applied"] = f"wait={wait:g}"
+        found, waited = job_waiters().wait_finished(job.id, wait, lambda: svc.store.get(job.id))
+        job = found or job
+        if waited:
+            headers["Preference-Applied"] = f"wait={wait:g}"
+        else:
+            headers["Retry-After"] = WAITERS_FULL_RETRY_AFTER
     return _view(svc, job), 200 if job.status.is_terminal else 202, headers
 
 
@@ -123,7 +129,11 @@ def read(job_id: str) -> Response:
     wait = query_wait(request.args.get("wait"))
     job = _own_job(svc, job_id)
     if wait > 0 and not job.status.is_terminal:
-        job = svc.store.wait_finished(job_id, wait) or job
+        found, waited = job_waiters().wait_finished(job_id, wait, lambda: svc.store.get(job_id))
+        reply = _view(svc, found or job)
+        if not waited:  # this process holds as many long polls as it may: poll again soon
+            reply.headers["Retry-After"] = WAITERS_FULL_RETRY_AFTER
+        return reply
     return _view(svc, job)
 
 

@@ -123,3 +123,56 @@ def test_a_preference_merely_containing_respond_async_is_not_it(client) -> None:
     prefer = {"Prefer": "x-respond-async, wait=0.2"}
     reply = client.post("/v1/jobs", json=json_body(), headers=prefer)
     assert reply.headers["Preference-Applied"] == "wait=0.2"
+
+
+def test_long_polls_past_the_cap_are_answered_at_once_and_share_one_listener(
+    settings: Settings, make_app: Callable[..., Flask], redis_client: redis.Redis
+) -> None:
+    """A process holds at most INTERNVL_MAX_WAITERS long polls; one more gets the job as it is
+    at once (with Retry-After), so waiting callers never take every thread. The held ones share
+    one pub/sub subscription and still return as soon as the job finishes."""
+    from dataclasses import replace
+
+    from internvl_queue.api.waiting import WAITERS_EXTENSION
+
+    app = make_app(replace(settings, max_waiters=2))
+    client = app.test_client()
+    job_id = client.post("/v1/jobs", json=json_body()).json["id"]
+    held: list[tuple[float, object]] = []
+
+    def long_poll() -> None:
+        reply = client.get(f"/v1/jobs/{job_id}?wait=30")
+        held.append((time.monotonic(), reply))
+
+    pollers = [threading.Thread(target=long_poll) for _ in range(2)]
+    for poller in pollers:
+        poller.start()
+    deadline = time.monotonic() + 10
+    while not (
+        app.extensions.get(WAITERS_EXTENSION) and app.extensions[WAITERS_EXTENSION].waiting == 2
+    ):
+        assert time.monotonic() < deadline, "the two long polls never started waiting"
+        time.sleep(0.02)
+    assert redis_client.pubsub_numpat() == 1  # one listener for the process, not one each
+
+    for refused in (
+        client.get(f"/v1/jobs/{job_id}?wait=30"),
+        client.post("/v1/jobs", json=json_body(), headers={"Prefer": "wait=30"}),
+    ):
+        assert refused.headers["Retry-After"] == "1"
+        assert "Preference-Applied" not in refused.headers
+        assert refused.json["status"] == "queued"
+    started = time.monotonic()
+    assert client.get(f"/v1/jobs/{job_id}?wait=0.2").json["status"] == "queued"
+    assert time.monotonic() - started < 0.15  # still full: answered at once, not waited
+
+    finished = _finish_after(redis_client, job_id, 0.3)
+    for poller in pollers:
+        poller.join(10)
+    assert len(held) == 2
+    for returned, reply in held:
+        assert reply.status_code == 200 and reply.json["status"] == "succeeded"  # type: ignore[attr-defined]
+        assert "Retry-After" not in reply.headers  # type: ignore[attr-defined]
+        assert returned - finished[0] < 0.25
+    # Free again: a long poll waits (and returns at once, the job being finished).
+    assert "Retry-After" not in client.get(f"/v1/jobs/{job_id}?wait=5").headers

@@ -13,6 +13,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from ..core.errors import Conflict, JobNotFound, ServiceUnavailable, ValidationFailed
 from ..core.idempotency import ReservationOutcome, check_key
+from ..core.image_budget import ImageBudget
 from ..core.job import Job
 from ..core.status import JobStatus
 from ..core.store import CancelOutcome
@@ -88,7 +89,17 @@ def _accept(svc: Services, submission: Submission, owner: str) -> Job:
                 code="queue_full",
                 retry_after=QUEUE_FULL_RETRY_AFTER_S,
             )
+        size = sum(len(image) for image in submission.images)
+        budget = ImageBudget(svc.store.redis, svc.settings.max_queued_bytes)
+        if not budget.has_room(size):
+            raise ServiceUnavailable(
+                "the queued jobs' images already fill INTERNVL_MAX_QUEUED_BYTES "
+                f"({svc.settings.max_queued_bytes} bytes); try again later",
+                code="queue_full",
+                retry_after=QUEUE_FULL_RETRY_AFTER_S,
+            )
         job = svc.store.create(job, submission.images)
+        budget.add(job.id, size)
     except redis.RedisError as exc:
         log.error("could not store job: %s", exc)
         raise ServiceUnavailable("the job store is unavailable; try again") from None

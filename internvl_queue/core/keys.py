@@ -14,6 +14,7 @@ __all__ = [
     "images_key",
     "job_key",
     "outbox_key",
+    "queued_bytes_key",
     "queued_key",
     "rate_key",
     "webhook_gone_key",
@@ -45,6 +46,11 @@ def webhook_gone_key(job_id: str) -> str:
 def queued_key() -> str:
     """A sorted set of queued job ids scored by submission time (positions, the queue cap)."""
     return f"{PREFIX}:queued"
+
+
+def queued_bytes_key() -> str:
+    """A sorted set of job id -> image bytes, for the byte budget of queued images."""
+    return f"{PREFIX}:queued:image_bytes"
 
 
 def done_channel(job_id: str) -> str:

@@ -159,7 +159,8 @@ class Settings:
         ),
     )
     max_waiters: int = field(
-        default=200,
+        # Half of `internvl-queue api`'s 8 threads per process: the rest serve submits, /readyz.
+        default=4,
         metadata=_env(
             "INTERNVL_MAX_WAITERS",
             "long polls (?wait=, Prefer: wait) one API process holds at once; more answer at once",

@@ -219,9 +219,9 @@ def test_up_owns_its_data_dir_and_sigkill_leaves_no_process(
         assert requests.get(f"{api}/readyz", timeout=5).json()["auth"] == "open"
         data_dir = tmp_path / "state" / "internvl-queue"
         redis_url = json.loads((data_dir / "service.json").read_text())["redis_url"]
-        limits = redis.Redis.from_url(redis_url).config_get("maxmemory*")
-        assert limits[b"maxmemory-policy"] == b"noeviction"
-        assert int(limits[b"maxmemory"]) == Settings().max_queued_bytes + 1024**3
+        limits = redis.Redis.from_url(redis_url, decode_responses=True).config_get("maxmemory*")
+        assert limits["maxmemory-policy"] == "noeviction"
+        assert int(limits["maxmemory"]) == Settings().max_queued_bytes + 1024**3
 
         second = subprocess.run(
             ["internvl-queue", "up", "--port", str(free_port())],

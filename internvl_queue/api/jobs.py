@@ -125,7 +125,7 @@ def _submitted(svc: Services, job: Job, headers: dict[str, str]) -> Reply:
         return _view(svc, job), 202, headers
     wait = prefer_wait(prefer)
     if wait > 0:
-        found, waited = job_waiters().wait_finished(job.id, wait, lambda: svc.store.get(job.id))
+        found, waited = job_waiters().wait_finished(job, wait, lambda: svc.store.get(job.id))
         job = found or job
         if waited:
             headers["Preference-Applied"] = f"wait={wait:g}"
@@ -140,7 +140,7 @@ def read(job_id: str) -> Response:
     wait = query_wait(request.args.get("wait"))
     job = _own_job(svc, job_id)
     if wait > 0 and not job.status.is_terminal:
-        found, waited = job_waiters().wait_finished(job_id, wait, lambda: svc.store.get(job_id))
+        found, waited = job_waiters().wait_finished(job, wait, lambda: svc.store.get(job_id))
         reply = _view(svc, found or job)
         if not waited:  # this process holds as many long polls as it may: poll again soon
             reply.headers["Retry-After"] = WAITERS_FULL_RETRY_AFTER

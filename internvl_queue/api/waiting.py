@@ -94,12 +94,12 @@ class JobWaiters:
         self._thread: threading.Thread | None = None
 
     def wait_finished(
-        self, job_id: str, timeout_s: float, read: Callable[[], Job | None]
+        self, job: Job, timeout_s: float, read: Callable[[], Job | None]
     ) -> tuple[Job | None, bool]:
-        """(the job once terminal, or as it is after ``timeout_s``; whether it was waited for).
+        """(``job`` once terminal, or as it is after ``timeout_s``; whether it was waited for).
 
         Not waited for when this process already holds ``max_waiters`` long polls, or the
-        listener cannot subscribe: then the job is read once, at once.
+        listener cannot subscribe: then ``job`` comes back as it was given, at once.
         """
         with self._lock:
             full = self._waiting >= self.max_waiters
@@ -109,20 +109,21 @@ class JobWaiters:
             if not full:
                 with self._lock:
                     self._waiting -= 1
-            return read(), False
+            return job, False
+        job_id = job.id
         woken = threading.Event()
         with self._lock:
             self._events[job_id].add(woken)
         try:
             deadline = time.monotonic() + timeout_s
-            job = read()  # after subscribing: a finish from now on sets ``woken``
-            while job is not None and not job.status.is_terminal:
+            current = read()  # after subscribing: a finish from now on sets ``woken``
+            while current is not None and not current.status.is_terminal:
                 left = deadline - time.monotonic()
                 if left <= 0 or not woken.wait(left):
                     break
                 woken.clear()
-                job = read()
-            return job, True
+                current = read()
+            return current, True
         finally:
             with self._lock:
                 self._events[job_id].discard(woken)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -15,9 +15,20 @@ from internvl_queue.core.status import JobStatus
 from internvl_queue.core.store import JobStore
 from tests.api.lifecycle_helpers import json_body
 
+_finishers: list[threading.Thread] = []
+
+
+@pytest.fixture(autouse=True)
+def _finishers_done(redis_client: redis.Redis) -> Iterator[None]:
+    """Each test's finishing threads end before its Redis client closes."""
+    yield
+    while _finishers:
+        _finishers.pop().join(10)
+
 
 def _finish_after(redis_client: redis.Redis, job_id: str, delay: float) -> list[float]:
-    """Finish the job from another thread after ``delay`` s, as a worker would; when it did."""
+    """Finish the job from another thread after ``delay`` s, as a worker would; when it did
+    (taken just before the transaction that stores and announces it)."""
     store = JobStore(redis_client, retention_s=3600)
     finished: list[float] = []
 
@@ -25,10 +36,11 @@ def _finish_after(redis_client: redis.Redis, job_id: str, delay: float) -> list[
         claim = store.claim(job_id, max_attempts=3)
         assert claim.job is not None
         time.sleep(delay)
-        store.finish(claim.job, JobStatus.SUCCEEDED, result={"answer": "done"})
         finished.append(time.monotonic())
+        store.finish(claim.job, JobStatus.SUCCEEDED, result={"answer": "done"})
 
-    threading.Thread(target=run, daemon=True).start()
+    _finishers.append(threading.Thread(target=run, daemon=True))
+    _finishers[-1].start()
     return finished
 
 

@@ -100,13 +100,21 @@ def main() -> None:
     parser.add_argument("--callers", type=int, default=500)
     parser.add_argument("--seconds", type=float, default=30.0, help="finish jobs over this long")
     parser.add_argument("--record", action="store_true")
+    parser.add_argument(
+        "--api-nice",
+        type=int,
+        default=0,
+        help="run the API at this niceness (negative, as root: ahead of this load generator and "
+        "of anything else on a shared machine, as if it had cores of its own)",
+    )
     args = parser.parse_args()
 
     server = start_redis(Path(tempfile.mkdtemp()) / "redis", persistent=False)
     port = free_port()
     env = {**os.environ, "REDIS_URL": server.url, "INTERNVL_AUTH": "open", "LOG_LEVEL": "WARNING"}
+    serve = [sys.executable, "-m", "internvl_queue", "api", "--port", str(port)]
     api = subprocess.Popen(
-        [sys.executable, "-m", "internvl_queue", "api", "--port", str(port)],
+        ["nice", "-n", str(args.api_nice), *serve],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -165,7 +173,8 @@ def main() -> None:
         f"({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPUs)",
         "",
         "API: `internvl-queue api` (gunicorn, 2 processes x 8 threads, INTERNVL_MAX_WAITERS "
-        f"default); jobs finished over {args.seconds:.0f} s; no GPU worker (/readyz answers 503).",
+        f"default, niceness {args.api_nice}); jobs finished over {args.seconds:.0f} s; no GPU "
+        "worker (/readyz answers 503); the load generator runs on the same machine.",
         "",
         "| request | count | p50 ms | p95 ms | p99 ms | max ms | failures |",
         "|---|---|---|---|---|---|---|",

@@ -5,15 +5,21 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis
+import requests
 from flask import Flask
 
+from internvl_queue.cli.redis_server import free_port
 from internvl_queue.core.settings import Settings
 from internvl_queue.core.status import JobStatus
 from internvl_queue.core.store import JobStore
 from tests.api.lifecycle_helpers import json_body
+from tests.conftest import worker_env
+from tests.processes import CommandProcess
+from tests.receiver import wait_until
 
 _finishers: list[threading.Thread] = []
 
@@ -188,3 +194,65 @@ def test_long_polls_past_the_cap_are_answered_at_once_and_share_one_listener(
         assert returned - finished[0] < 0.25
     # Free again: a long poll waits (and returns at once, the job being finished).
     assert "Retry-After" not in client.get(f"/v1/jobs/{job_id}?wait=5").headers
+
+
+def test_many_long_polls_do_not_starve_a_real_api(
+    settings: Settings, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """`internvl-queue api` (gunicorn, 2 x 8 threads) with 60 callers in `?wait=20` long polls:
+    submits and /readyz still answer at once (before the cap, 16 waiting callers held every
+    thread for their whole wait), and every caller sees its job finish. The full-size figure (500
+    callers, p99) is benchmarks/long_polls.py's."""
+    port = free_port()
+    env = {**worker_env(settings), "LOG_LEVEL": "WARNING"}
+    api = CommandProcess(["api", "--port", str(port)], env, tmp_path / "api.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _answers(f"{base}/healthz"), 30, "the API", api.log())
+        ids = [
+            requests.post(f"{base}/v1/jobs", json=json_body(), timeout=10).json()["id"]
+            for _ in range(60)
+        ]
+        outcomes: dict[str, str] = {}
+
+        def caller(job_id: str) -> None:
+            with requests.Session() as session:
+                while job_id not in outcomes:
+                    reply = session.get(f"{base}/v1/jobs/{job_id}?wait=20", timeout=40)
+                    if reply.json()["status"] == "succeeded":
+                        outcomes[job_id] = "succeeded"
+                    elif "Retry-After" in reply.headers:
+                        time.sleep(float(reply.headers["Retry-After"]))
+
+        callers = [threading.Thread(target=caller, args=(i,), daemon=True) for i in ids]
+        for thread in callers:
+            thread.start()
+        time.sleep(1.0)  # every caller is in a long poll, held or answered
+        slowest = 0.0
+        for _ in range(10):
+            for request in (
+                lambda: requests.post(f"{base}/v1/jobs", json=json_body(), timeout=10),
+                lambda: requests.get(f"{base}/readyz", timeout=10),
+            ):
+                started = time.monotonic()
+                assert request().status_code in (202, 503)
+                slowest = max(slowest, time.monotonic() - started)
+        assert slowest < 1.0, slowest
+        store = JobStore(redis_client, retention_s=3600)
+        for job_id in ids:
+            claim = store.claim(job_id, max_attempts=3)
+            assert claim.job is not None
+            store.finish(claim.job, JobStatus.SUCCEEDED, result={"answer": "done"})
+        for thread in callers:
+            thread.join(30)
+        assert len(outcomes) == 60
+    finally:
+        api.terminate(20)
+        api.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.ConnectionError:
+        return False

@@ -99,7 +99,6 @@ def _accept(svc: Services, submission: Submission, owner: str) -> Job:
                 retry_after=QUEUE_FULL_RETRY_AFTER_S,
             )
         job = svc.store.create(job, submission.images)
-        budget.add(job.id, size)
     except redis.RedisError as exc:
         log.error("could not store job: %s", exc)
         raise ServiceUnavailable("the job store is unavailable; try again") from None
@@ -109,6 +108,10 @@ def _accept(svc: Services, submission: Submission, owner: str) -> Job:
         log.error("could not dispatch job %s: %s", job.id, exc)
         svc.store.discard(job.id)
         raise ServiceUnavailable("the job queue is unavailable; try again") from None
+    try:
+        budget.add(job.id, size)  # once dispatched: a discarded job leaves nothing behind
+    except redis.RedisError as exc:  # the job is accepted; it merely goes uncounted
+        log.warning("could not count job %s in the image byte budget: %s", job.id, exc)
     return job
 
 

@@ -7,6 +7,7 @@ It dies with its parent (``supervisor.spawn_tied``). With ``maxmemory_bytes`` it
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -81,7 +82,7 @@ def start_redis(
     ]
     if maxmemory_bytes is not None:
         args += ["--maxmemory", str(maxmemory_bytes), "--maxmemory-policy", "noeviction"]
-    process = spawn_tied(args, {})
+    process = spawn_tied(args, os.environ)
     server = RedisServer(process, port, data_dir)
     client = redis.Redis(port=port, socket_connect_timeout=1)
     deadline = time.monotonic() + timeout

@@ -58,7 +58,10 @@ def _die_with(parent: int) -> Callable[[], None]:
 def spawn_tied(
     command: Sequence[str], env: Mapping[str, str], **popen: object
 ) -> subprocess.Popen[bytes]:
-    """Start ``command`` in its own session, tied to this process's life (see the module doc)."""
+    """Start ``command`` in its own session, tied to this process's life (see the module doc).
+
+    Linux ties the child to the *thread* that starts it: call this from a thread that lives as
+    long as the child should (the main thread, in our commands)."""
     return subprocess.Popen(  # type: ignore[call-overload]
         list(command),
         env=dict(env),

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
 from ..core.apikeys import ApiKeyStore
 from ..core.idempotency import IdempotencyStore
@@ -22,6 +25,17 @@ from .services import EXTENSION, Services
 __all__ = ["create_app"]
 
 
+class StrictJSONProvider(DefaultJSONProvider):
+    """Every reply is strict JSON (RFC 8259): a NaN or Infinity is a bug to log, not a reply
+    that strict clients cannot parse. Keys keep their order."""
+
+    sort_keys = False
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        kwargs.setdefault("allow_nan", False)
+        return super().dumps(obj, **kwargs)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -36,7 +50,7 @@ def create_app(
     app = Flask("internvl_queue")
     # Werkzeug refuses larger bodies with 413 before reading them.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json = StrictJSONProvider(app)
     client = connect(settings.redis_url)
     app.extensions[EXTENSION] = Services(
         settings=settings,

@@ -1,10 +1,11 @@
 """``/healthz`` (the process answers) and ``/readyz`` (Redis answers, a model is loaded).
 
-``/readyz`` lists every worker with its state (``loading``, ``ready``, ``failed``) and says in one
-sentence (``message``) why the service is or is not ready: which model a worker is loading and
-since when, or why a worker could not load its model. It also says whether API keys are required
-(``"auth": "api_keys"``, always so with ``INTERNVL_AUTH=required``) or the API runs open
-(``"open"``); ``"unknown"`` when Redis does not answer. Neither endpoint needs a key.
+``/readyz`` lists every worker with its state (``loading``, ``ready``, ``failed``, ``defunct``) and
+says in one sentence (``message``) why the service is or is not ready: which model a worker is
+loading and since when, why a worker could not load its model, or why it stopped serving. It
+also says whether API keys are required (``"auth": "api_keys"``, always so with
+``INTERNVL_AUTH=required``) or the API runs open (``"open"``); ``"unknown"`` when Redis does not
+answer. Neither endpoint needs a key.
 """
 
 from __future__ import annotations
@@ -66,4 +67,10 @@ def _explain(redis_ok: bool, workers: list[WorkerInfo]) -> str:
     failed = [w for w in workers if w.state is WorkerState.FAILED]
     if failed:
         return f"no worker is ready: {failed[0].name} could not load its model: {failed[0].error}"
+    defunct = [w for w in workers if w.state is WorkerState.DEFUNCT]
+    if defunct:
+        return (
+            f"no worker is ready: {defunct[0].name} stopped serving ({defunct[0].error}); "
+            "its supervisor restarts it"
+        )
     return "no worker is running: start one (internvl-queue worker)"

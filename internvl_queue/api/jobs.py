@@ -59,7 +59,10 @@ def submit() -> Reply:
         assert reservation.job_id is not None
         original = svc.store.get(reservation.job_id)
         if original is not None:
-            return _submitted(svc, original, {"Idempotency-Replayed": "true"})
+            # A replay answers as the original did (202), whatever the job's state now: the
+            # caller reads the outcome from the job object or by polling.
+            headers = {"Idempotency-Replayed": "true", "Location": f"/v1/jobs/{original.id}"}
+            return _view(svc, original), 202, headers
         # The job expired before its key did: the key is free again.
         svc.idempotency.release(owner, key)
         reservation = svc.idempotency.reserve(owner, key, fingerprint)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import Any
 
 from flask import Request
 
+from ..core import strict_json
 from ..core.errors import BadRequest, UnsupportedMediaType, ValidationFailed
 from ..core.submission import Submission
 
@@ -49,8 +49,8 @@ def _form_events(values: list[str]) -> list[Any] | None:
     for value in values:
         if value.lstrip().startswith("["):
             try:
-                parsed = json.loads(value)
-            except ValueError:
+                parsed = strict_json.loads(value)
+            except ValueError:  # NotStrictJson too
                 raise ValidationFailed(
                     f"webhook_events {value!r} is not a valid JSON list; send e.g. "
                     '["job.failed", "job.started"] or job.failed,job.started',
@@ -65,9 +65,17 @@ def _form_events(values: list[str]) -> list[Any] | None:
 
 
 def _from_json(request: Request) -> Submission:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object", code="invalid_json")
+    try:
+        body = strict_json.parse(request.get_data(cache=False))
+        if not isinstance(body, dict):
+            raise strict_json.NotStrictJson("it is not an object")
+        for name, value in body.items():
+            if name != "metadata":  # metadata gets its own code (invalid_metadata), in the core
+                strict_json.check(value, max_depth=strict_json.MAX_DEPTH - 1)
+    except strict_json.NotStrictJson as exc:
+        raise BadRequest(
+            f"the body must be a strict JSON object, but {exc}", code="invalid_json"
+        ) from None
     raw_images = body.get("images")
     if raw_images is None:
         raw_images = []

@@ -58,8 +58,12 @@ def _run_worker(app: Any, queue: str, name: str, loglevel: str) -> int:
         "--without-gossip",
         "--without-mingle",
     ]
+    from celery.worker import state
+
     app.worker_main(argv)
-    return 0
+    # The status a stop was asked with (worker_main drops it): 3 when the GPU worker stepped
+    # aside because its GPU failed (worker/main.py), 0 after SIGTERM.
+    return int(state.should_stop or 0)
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:

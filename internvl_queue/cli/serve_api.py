@@ -1,4 +1,10 @@
-"""Serve the API with gunicorn (threaded workers), the production WSGI server."""
+"""Serve the API with gunicorn: its asyncio worker reads requests, Flask runs on threads.
+
+gunicorn's ``asgi`` worker reads every connection in one event loop per process, and
+``api.front.BufferingFront`` hands Flask only requests whose body is complete, on a pool of
+``threads`` threads: a slow or stalled upload holds a socket, never a thread, so it cannot starve
+``/healthz`` or other callers (see ``api/front.py``).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,9 @@ __all__ = ["serve_api"]
 
 
 class _Gunicorn(BaseApplication):
-    def __init__(self, options: dict[str, Any]) -> None:
+    def __init__(self, options: dict[str, Any], threads: int) -> None:
         self.options = options
+        self.threads = threads
         super().__init__()
 
     def load_config(self) -> None:
@@ -22,8 +29,16 @@ class _Gunicorn(BaseApplication):
         # Built in each gunicorn worker process, after the fork: every process has its own Redis
         # and broker connections. The open-mode warning is logged once, by the arbiter.
         from ..api import create_app
+        from ..api.front import BufferingFront
+        from ..core.settings import Settings
 
-        return create_app(warn_if_open=False)
+        settings = Settings.from_env()
+        return BufferingFront(
+            create_app(settings, warn_if_open=False),
+            max_body_bytes=settings.max_request_bytes,
+            read_timeout_s=settings.request_read_timeout_s,
+            threads=self.threads,
+        )
 
 
 def _warn_once_if_open(server: Any) -> None:
@@ -42,18 +57,23 @@ def _warn_once_if_open(server: Any) -> None:
 
 
 def serve_api(host: str, port: int, *, workers: int = 2, threads: int = 8) -> None:
+    from ..core.settings import Settings
+
+    read_timeout_s = Settings.from_env().request_read_timeout_s
     _Gunicorn(
         {
             "bind": f"{host}:{port}",
             "workers": workers,
-            "worker_class": "gthread",
-            "threads": threads,
-            "timeout": 60,
+            "worker_class": "asgi",
+            "asgi_loop": "asyncio",
+            # gunicorn's own wait for body data: past ours, so that the front answers 408 first.
+            "timeout": max(60, int(read_timeout_s) + 10),
             "accesslog": "-",
             "graceful_timeout": 10,
             "on_starting": _warn_once_if_open,
             # gunicorn's control socket defaults to one path per user ($HOME/.gunicorn): two
             # APIs on one host would fight over it, and nothing here uses it.
             "control_socket_disable": True,
-        }
+        },
+        threads,
     ).run()

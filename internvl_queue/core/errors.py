@@ -15,6 +15,7 @@
         ├── ImageDecodeError     an image stored with the job did not decode in the worker
         ├── InferenceError       the model raised while answering
         ├── GpuOutOfMemory       the job does not fit in GPU memory
+        ├── PromptTooLong        the question, or the whole prompt, is too many tokens
         ├── JobTimedOut          the job passed its deadline (timeout_s)
         └── JobCanceled          the job was canceled while running (ends ``canceled``)
 
@@ -35,6 +36,7 @@ __all__ = [
     "JobNotFound",
     "JobTimedOut",
     "PayloadTooLarge",
+    "PromptTooLong",
     "ServiceError",
     "ServiceUnavailable",
     "TooManyRequests",
@@ -154,6 +156,12 @@ class GpuOutOfMemory(JobFailure):
     """Raised when a job does not fit in GPU memory."""
 
     default_code = "gpu_out_of_memory"
+
+
+class PromptTooLong(JobFailure):
+    """Raised when a job's question, or its whole prompt with image tokens, is too long."""
+
+    default_code = "prompt_too_long"
 
 
 class JobTimedOut(JobFailure):

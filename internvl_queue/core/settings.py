@@ -56,9 +56,28 @@ class Settings:
         default=40_000_000,
         metadata=_env("INTERNVL_MAX_IMAGE_PIXELS", "largest image (width x height) accepted"),
     )
+    request_read_timeout_s: float = field(
+        default=30.0,
+        metadata=_env(
+            "INTERNVL_REQUEST_READ_TIMEOUT_S",
+            "seconds a request body may pause before the API answers 408 and closes",
+        ),
+    )
+    max_request_pixels: int = field(
+        default=100_000_000,
+        metadata=_env("INTERNVL_MAX_REQUEST_PIXELS", "most pixels of all a request's images"),
+    )
     max_images: int = field(default=8, metadata=_env("INTERNVL_MAX_IMAGES", "most images per job"))
     max_question_chars: int = field(
         default=8000, metadata=_env("INTERNVL_MAX_QUESTION_CHARS", "longest question")
+    )
+    max_question_tokens: int = field(
+        default=4096,
+        metadata=_env(
+            "INTERNVL_MAX_QUESTION_TOKENS",
+            "most tokens in a question: the worker counts them exactly (prompt_too_long); the API "
+            "refuses over 4 UTF-8 bytes per token at once (question_too_long)",
+        ),
     )
     max_tiles: int = field(
         default=12,
@@ -130,6 +149,13 @@ class Settings:
         metadata=_env(
             "INTERNVL_PREPROCESS_PROCESSES",
             "processes decoding and tiling images (-1: auto, most cores on GPU, 0 on CPU)",
+        ),
+    )
+    engine_stall_s: float = field(
+        default=120.0,
+        metadata=_env(
+            "INTERNVL_ENGINE_STALL_S",
+            "seconds without engine progress, while jobs wait, before the worker steps aside",
         ),
     )
     cuda_graphs: bool = field(
@@ -299,6 +325,7 @@ class Settings:
             "max_image_pixels",
             "max_images",
             "max_question_chars",
+            "max_question_tokens",
             "job_retention_s",
             "visibility_timeout_s",
             "max_attempts",
@@ -327,11 +354,11 @@ class Settings:
                 f"INTERNVL_MAX_TIMEOUT_S ({self.max_timeout_s}), or a job still running would be "
                 "handed to a second worker"
             )
-        if self.job_retention_s <= self.max_timeout_s:
+        if self.job_retention_s < self.max_timeout_s:
             raise SettingsError(
-                f"INTERNVL_JOB_RETENTION_S ({self.job_retention_s}) must be longer than "
-                f"INTERNVL_MAX_TIMEOUT_S ({self.max_timeout_s}), or a job could expire before it "
-                "ends"
+                f"INTERNVL_JOB_RETENTION_S ({self.job_retention_s}) must be at least "
+                f"INTERNVL_MAX_TIMEOUT_S ({self.max_timeout_s}), or a job could expire before its "
+                "deadline"
             )
 
     def _validate_webhooks(self) -> None:

@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
+from . import strict_json
 from .errors import BadRequest, ValidationFailed
-from .images import inspect_image
+from .images import check_total_pixels, inspect_image
 from .job import Job, JobParams
 from .settings import Settings
 from .webhook_events import DEFAULT_EVENTS, EVENT_TYPES
 from .webhook_url import check_webhook_url
 
-__all__ = ["MAX_METADATA_BYTES", "Submission", "prepare_job"]
+__all__ = ["MAX_METADATA_BYTES", "Submission", "max_question_bytes", "prepare_job"]
 
 MAX_METADATA_BYTES = 4096
+# The API's cheap bound on a question: UTF-8 bytes per allowed token (see max_question_bytes).
+BYTES_PER_QUESTION_TOKEN = 4
 
 
 @dataclass(frozen=True)
@@ -82,8 +86,11 @@ def prepare_job(submission: Submission, settings: Settings, *, owner: str = "") 
             f"{len(images)} images sent; at most {settings.max_images} per job",
             code="too_many_images",
         )
-    for index, data in enumerate(images):
+    infos = [
         inspect_image(data, max_pixels=settings.max_image_pixels, label=f"image {index + 1}")
+        for index, data in enumerate(images)
+    ]
+    check_total_pixels(infos, settings.max_request_pixels)
     return Job.new(
         question,
         params,
@@ -143,11 +150,43 @@ def _question(raw: Any, settings: Settings) -> str:
     if not isinstance(raw, str) or not raw.strip():
         raise ValidationFailed("the question must be a non-empty string", code="invalid_question")
     if len(raw) > settings.max_question_chars:
+        raise BadRequest(
+            f"the question has {len(raw)} characters; at most {settings.max_question_chars}: "
+            "shorten it",
+            code="question_too_long",
+        )
+    try:
+        size = len(raw.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800"): not text we can store
         raise ValidationFailed(
-            f"the question has {len(raw)} characters; at most {settings.max_question_chars}",
+            "the question is not valid Unicode text (it holds a lone surrogate)",
             code="invalid_question",
+        ) from None
+    limit = max_question_bytes(settings)
+    if size > limit:
+        raise BadRequest(
+            f"the question is {size} bytes of UTF-8, more than the {limit} allowed for "
+            f"{settings.max_question_tokens} tokens: shorten it",
+            code="question_too_long",
         )
     return raw
+
+
+def max_question_bytes(settings: Settings) -> int:
+    """The most UTF-8 bytes a question may have, checked here without a tokenizer.
+
+    A byte-level BPE token covers at least one byte, so bytes can only prove a question short
+    enough, never too long; the worker counts exact tokens before a job joins a batch
+    (``prompt_too_long``). This bound refuses at once what is almost surely over
+    ``max_question_tokens``: natural text averages 1.5 to 4.5 bytes per token (English about 4,
+    CJK 2 to 4.5), and an emoji is 4 bytes and at least one token.
+    """
+    return BYTES_PER_QUESTION_TOKEN * settings.max_question_tokens
+
+
+# Integers as a caller may write them: ASCII digits only (str.isdigit() also takes "²" and
+# "١٢", which int() then refuses), and short enough that int() never meets its digit limit.
+_INTEGER = re.compile(r"\s*[+-]?[0-9]{1,18}\s*", re.ASCII)
 
 
 def _bounded_int(name: str, raw: Any, *, default: int, high: int) -> int:
@@ -156,7 +195,7 @@ def _bounded_int(name: str, raw: Any, *, default: int, high: int) -> int:
     value: int | None = None
     if isinstance(raw, int) and not isinstance(raw, bool):
         value = raw
-    elif isinstance(raw, str) and raw.strip().lstrip("+-").isdigit():
+    elif isinstance(raw, str) and _INTEGER.fullmatch(raw):
         value = int(raw)
     if value is None or not 1 <= value <= high:
         raise ValidationFailed(
@@ -168,13 +207,15 @@ def _bounded_int(name: str, raw: Any, *, default: int, high: int) -> int:
 def _metadata(raw: Any) -> dict[str, Any] | None:
     if raw is None or raw == "":
         return None
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except ValueError:
-            raise ValidationFailed(
-                "metadata must be a JSON object", code="invalid_metadata"
-            ) from None
+    try:
+        if isinstance(raw, str):
+            raw = strict_json.loads(raw)
+        else:  # already parsed (a JSON body): may still hold NaN/Infinity
+            strict_json.check(raw)
+    except strict_json.NotStrictJson as exc:
+        raise BadRequest(
+            f"metadata must be a strict JSON object, but {exc}", code="invalid_metadata"
+        ) from None
     if not isinstance(raw, dict):
         raise ValidationFailed("metadata must be a JSON object", code="invalid_metadata")
     if len(json.dumps(raw).encode()) > MAX_METADATA_BYTES:

@@ -1,4 +1,4 @@
-"""The SSRF guard for webhook URLs: http(s) only, and no private addresses unless allowlisted.
+"""The SSRF guard for webhook URLs: http(s) only, and only public addresses unless allowlisted.
 
 A URL is checked when a job is submitted (a refused one is a 422) and again, against every
 address its host resolves to, each time a delivery connects: DNS may have changed in between.
@@ -20,6 +20,7 @@ __all__ = [
     "check_webhook_url",
     "parse_webhook_url",
     "permitted_addresses",
+    "refused_address",
     "resolve",
 ]
 
@@ -52,19 +53,61 @@ def parse_webhook_url(url: str) -> SplitResult:
     return parts
 
 
-def _refused(address: Address, allowed: Sequence[Network]) -> bool:
+# NAT64's well-known prefix (RFC 6052): the last 32 bits are an IPv4 address a NAT64 gateway
+# connects to, so 64:ff9b::a9fe:a9fe reaches 169.254.169.254.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def _wrapped(address: Address) -> list[Address]:
+    """The IPv4 addresses an IPv6 address carries and may be routed to: IPv4-mapped, 6to4
+    (2002::/16), Teredo (2001::/32: its server and its client) and NAT64."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return []
+    inner: list[Address] = []
+    if address.ipv4_mapped is not None:
+        inner.append(address.ipv4_mapped)
+    if address.sixtofour is not None:
+        inner.append(address.sixtofour)
+    if address.teredo is not None:
+        inner.extend(address.teredo)
+    if address in _NAT64:
+        inner.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return inner
+
+
+def refused_address(address: Address, allowed: Sequence[Network]) -> bool:
+    """Whether a webhook may not connect to ``address``.
+
+    Only globally routable addresses are allowed (``is_global``): that leaves out loopback,
+    private, link-local, carrier-grade NAT (100.64.0.0/10, where cloud metadata services such as
+    100.100.100.200 live), documentation, benchmarking, reserved and multicast ranges. An IPv6
+    address that wraps an IPv4 one is refused if the wrapped one is. ``allowed`` networks (the
+    operator's ``WEBHOOK_ALLOWED_CIDRS``) are always permitted.
+    """
     if any(address in network for network in allowed):
         return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return _refused(address.ipv4_mapped, allowed)
-    return (
-        address.is_loopback
-        or address.is_private
-        or address.is_link_local
-        or address.is_multicast
-        or address.is_reserved
-        or address.is_unspecified
-    )
+    inner = _wrapped(address)
+    if inner and all(any(i in network for network in allowed) for i in inner):
+        return False  # e.g. ::ffff:127.0.0.1 when 127.0.0.0/8 is allowed
+    if address.is_multicast or not address.is_global:
+        return True
+    return any(refused_address(i, allowed) for i in inner)
+
+
+def _kind(address: Address) -> str:
+    """A word for why an address is refused, for the message."""
+    inner = _wrapped(address)
+    if inner and address.is_global:
+        return f"{_kind(inner[0])} (wrapped in IPv6)"
+    for kind in ("loopback", "link_local", "multicast", "unspecified", "private", "reserved"):
+        if getattr(address, f"is_{kind}"):
+            return kind.replace("_", "-")
+    if address in _SHARED:
+        return "carrier-grade NAT"
+    return "special-purpose"
+
+
+_SHARED = ipaddress.IPv4Network("100.64.0.0/10")
 
 
 # getaddrinfo cannot be interrupted, so lookups run here and the caller stops waiting at its
@@ -100,10 +143,11 @@ def permitted_addresses(
     addresses = resolve(host, port, timeout_s)
     for text in addresses:
         address = ipaddress.ip_address(text.split("%", 1)[0])
-        if _refused(address, allowed):
+        if refused_address(address, allowed):
             raise WebhookUrlNotAllowed(
-                f"the webhook host {host!r} resolves to {address}, a loopback, private, "
-                "link-local or multicast address (an operator can allow it: WEBHOOK_ALLOWED_CIDRS)"
+                f"the webhook host {host!r} resolves to {address}, a {_kind(address)} "
+                "address, not a public (globally routable) one; use a public receiver (an "
+                "operator can allow internal networks with WEBHOOK_ALLOWED_CIDRS)"
             )
     return addresses
 

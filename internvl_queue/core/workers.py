@@ -25,6 +25,9 @@ class WorkerState(StrEnum):
     LOADING = "loading"  # loading its model; takes no job yet
     READY = "ready"  # model loaded, taking jobs
     FAILED = "failed"  # could not load its model and exited (``error`` says why)
+    # Its GPU failed for good or hangs: it takes no job, hands back the ones it held and exits
+    # for its supervisor to restart it (``error`` says why).
+    DEFUNCT = "defunct"
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class WorkerInfo:
     state: WorkerState = WorkerState.READY
     since: float = 0.0  # when the worker entered its state
     error: str | None = None  # why a failed worker failed
+    threads: int = 0  # the worker process's threads (bounded whatever its concurrency)
 
     @property
     def jobs_done(self) -> int:
@@ -54,7 +58,7 @@ class WorkerInfo:
         return {**asdict(self), "state": self.state.value, "jobs_done": self.jobs_done}
 
 
-_INT_FIELDS = {"pid", "jobs_succeeded", "jobs_failed", "redeliveries_ignored"}
+_INT_FIELDS = {"pid", "jobs_succeeded", "jobs_failed", "redeliveries_ignored", "threads"}
 _FLOAT_FIELDS = {"loaded_at", "last_seen", "since"}
 
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Answer", "AnswerFn"]
+__all__ = ["Answer", "AnswerFn", "WorkerDefunct"]
+
+
+class WorkerDefunct(Exception):
+    """Raised by an ``AnswerFn`` when this worker can answer no job any more (its GPU failed for
+    good, or hangs): the job is not at fault and goes back to the queue; the worker exits."""
 
 
 @dataclass(frozen=True)
@@ -20,6 +25,6 @@ class Answer:
 
 
 # (image bytes, question, *, max_new_tokens, max_tiles, deadline, is_canceled) -> Answer, raising
-# a JobFailure for a job that cannot be answered. The batching engine in production; a named fake
-# in tests.
+# a JobFailure for a job that cannot be answered, WorkerDefunct when no job can be. The batching
+# engine in production; a named fake in tests.
 AnswerFn = Callable[..., Answer]

@@ -12,6 +12,8 @@ drains first, then the engine stops.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from typing import Any
 
 import redis
@@ -20,7 +22,9 @@ from celery.exceptions import Reject
 
 from ..core.data_dir import default_data_dir
 from ..core.settings import Settings
+from ..core.workers import WorkerState
 from ..queue import RUN_JOB_TASK, create_celery
+from .answer import WorkerDefunct
 from .heartbeat import Heartbeat
 from .model_source import ModelUnavailable, resolve_model
 from .runtime import WorkerRuntime
@@ -39,6 +43,10 @@ _heartbeat = Heartbeat(runtime)
 def run_job(job_id: str) -> None:
     try:
         runtime.process(job_id)
+    except WorkerDefunct as exc:
+        # Not the job's fault: back to the queue for another worker (or this one, restarted).
+        log.warning("job %s: handed back to the queue (this worker is defunct)", job_id)
+        raise Reject(str(exc), requeue=True) from None
     except redis.RedisError as exc:
         # The store could not be read or written: the job's outcome is not stored. Put the
         # message back rather than ack it, so that the job is run again (bounded by
@@ -52,6 +60,7 @@ def _load_model(**_: Any) -> None:
     _heartbeat.start()
     log.info("worker %s: loading %s", runtime.name, settings.model)
     try:
+        runtime.on_defunct = _step_aside
         runtime.load(resolve_model(settings.model, default_data_dir()))
         runtime.publish_heartbeat()  # ready at once, not one heartbeat later
     except ModelUnavailable as exc:
@@ -72,6 +81,24 @@ def _give_up(reason: str) -> None:
     raise SystemExit(1)
 
 
+# Exit status of a worker whose engine died (a sticky GPU error, a hang): its supervisor restarts
+# it. Past the grace, a shutdown that hangs too (a task stuck in the GPU) is cut short.
+EXIT_DEFUNCT = 3
+_DEFUNCT_GRACE_S = 30.0
+
+
+def _step_aside(reason: str) -> None:
+    """Stop consuming and exit with EXIT_DEFUNCT, as a warm shutdown: running tasks hand their
+    jobs back (``WorkerDefunct`` -> requeued) and reserved messages are restored to the queue."""
+    from celery.worker import state
+
+    log.critical("worker %s is defunct and exits: %s", runtime.name, reason)
+    state.should_stop = EXIT_DEFUNCT
+    timer = threading.Timer(_DEFUNCT_GRACE_S, os._exit, args=(EXIT_DEFUNCT,))
+    timer.daemon = True
+    timer.start()
+
+
 @signals.worker_ready.connect
 def _announce_ready(**_: Any) -> None:
     log.info("worker %s ready: %s on %s", runtime.name, settings.model, runtime.info().device)
@@ -79,5 +106,5 @@ def _announce_ready(**_: Any) -> None:
 
 @signals.worker_shutdown.connect
 def _stop(**_: Any) -> None:
-    _heartbeat.stop()
+    _heartbeat.stop(remove=runtime.state is not WorkerState.DEFUNCT)  # a defunct one stays listed
     runtime.shutdown()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.utils import logging as hf_logging
 
-__all__ = ["LoadedModel", "build_inputs", "load_model", "resolve_device"]
+__all__ = ["LoadedModel", "build_inputs", "load_model", "question_tokens", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,39 @@ def load_model(model_id: str, device_preference: str = "auto") -> LoadedModel:
 def build_inputs(
     processor: Any, images: list[Image.Image], question: str, *, max_tiles: int
 ) -> Any:
-    """The prompt: the chat template over one user turn of the images (in order), then the text."""
+    """The prompt: the chat template over one user turn of the images (in order), then the text.
+
+    The question is the caller's text, never markup: a ``<IMG_CONTEXT>`` or ``<|im_start|>`` in it
+    is tokenized as the characters it is made of, so that it can neither add image slots nor open
+    a chat turn. The template's own markers stay special. The tokenizer cuts text at its special
+    tokens and tokenizes each piece alone, so the prompt is tokenized in three parts that meet at
+    markers (up to the last marker before the question; the text piece holding the question, with
+    specials split; the rest): for an ordinary question the ids equal those of the whole prompt.
+    """
+    sentinel = f"\ue000{uuid.uuid4().hex}\ue000"  # stands in for the question in the template
     content: list[dict[str, str]] = [{"type": "image"} for _ in images]
-    content.append({"type": "text", "text": question})
+    content.append({"type": "text", "text": sentinel})
     conversation = [{"role": "user", "content": content}]
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-    return processor(images=images, text=prompt, max_patches=max_tiles, return_tensors="pt")
+    before, after = prompt.split(sentinel)
+    tokenizer = processor.tokenizer
+    markers = list(tokenizer.added_tokens_encoder)
+    cut = max((before.rfind(m) + len(m) for m in markers if m in before), default=0)
+    end = min((after.find(m) for m in markers if m in after), default=len(after))
+    inputs = processor(
+        images=images or None, text=before[:cut], max_patches=max_tiles, return_tensors="pt"
+    )
+    text = tokenizer(
+        before[cut:] + question + after[:end], add_special_tokens=False, split_special_tokens=True
+    ).input_ids
+    rest = tokenizer(after[end:], add_special_tokens=False).input_ids
+    ids = torch.cat([inputs["input_ids"][0], torch.tensor(text + rest, dtype=torch.long)])
+    inputs["input_ids"] = ids[None]
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    return inputs
+
+
+def question_tokens(processor: Any, question: str) -> int:
+    """How many tokens the question is on its own (as text: specials split)."""
+    ids = processor.tokenizer(question, add_special_tokens=False, split_special_tokens=True)
+    return len(ids.input_ids)

@@ -12,7 +12,10 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
+
+import redis
 
 from ..core.errors import ImageDecodeError, JobCanceled, JobFailure, JobTimedOut
 from ..core.job import Job
@@ -21,8 +24,9 @@ from ..core.settings import Settings
 from ..core.status import JobStatus
 from ..core.store import ClaimOutcome, JobStore
 from ..core.workers import WorkerInfo, WorkerRegistry, WorkerState
-from .answer import AnswerFn
+from .answer import AnswerFn, WorkerDefunct
 from .cancellation import CancelWatcher
+from .threads import thread_count
 
 __all__ = ["WorkerRuntime"]
 
@@ -47,7 +51,8 @@ class WorkerRuntime:
         self.preprocessor: Any = None  # engine.Preprocessor once load() has run
         self.loaded_at = 0.0
         self.state, self.state_since = WorkerState.LOADING, time.time()
-        self.error: str | None = None  # why the model could not be loaded
+        self.error: str | None = None  # why the model could not be loaded, or the worker died
+        self.on_defunct: Callable[[str], None] | None = None  # how the entry point steps aside
         self._lock = threading.Lock()
         self.counters = {"jobs_succeeded": 0, "jobs_failed": 0, "redeliveries_ignored": 0}
 
@@ -71,7 +76,9 @@ class WorkerRuntime:
                 max_wait_ms=s.batch_wait_ms,
                 group_by_length=s.group_by_length,
                 cuda_graphs=s.cuda_graphs,
+                stall_s=s.engine_stall_s,
             ),
+            on_dead=self.defunct,
         )
         processes = s.preprocess_processes
         self.preprocessor = Preprocessor(
@@ -80,6 +87,7 @@ class WorkerRuntime:
             loaded.dtype,
             processes=default_processes(loaded.device.type) if processes < 0 else processes,
             max_pixels=s.max_image_pixels,
+            max_question_tokens=s.max_question_tokens,
         )
         self.engine.start()
         self.cancels.start()
@@ -91,6 +99,8 @@ class WorkerRuntime:
             self.engine.stop()
         if self.preprocessor is not None:
             self.preprocessor.close()
+        if self.state is WorkerState.DEFUNCT:
+            self._publish_lasting()  # with the final counters
         self.close()
 
     def close(self) -> None:
@@ -106,6 +116,21 @@ class WorkerRuntime:
         """Record that the model could not be loaded, where ``/readyz`` shows it for a while."""
         self.state, self.state_since, self.error = WorkerState.FAILED, time.time(), reason
         self.registry.publish(self.info(), ttl_s=_FAILED_VISIBLE_S)
+
+    def defunct(self, reason: str) -> None:
+        """This worker can answer no job any more: say so where ``/readyz`` shows it, then let
+        the entry point stop consuming and exit (its held jobs go back to the queue)."""
+        self.state, self.state_since, self.error = WorkerState.DEFUNCT, time.time(), reason
+        self._publish_lasting()
+        if self.on_defunct is not None:
+            self.on_defunct(reason)
+
+    def _publish_lasting(self) -> None:
+        """A heartbeat that outlives the process a while, for ``/readyz`` to say why it left."""
+        try:
+            self.registry.publish(self.info(), ttl_s=_FAILED_VISIBLE_S)
+        except redis.RedisError as exc:
+            log.warning("could not record the %s state in Redis: %s", self.state.value, exc)
 
     def info(self) -> WorkerInfo:
         with self._lock:
@@ -123,6 +148,7 @@ class WorkerRuntime:
             state=self.state,
             since=self.state_since,
             error=self.error,
+            threads=thread_count(),
             **counters,
         )
 
@@ -135,6 +161,8 @@ class WorkerRuntime:
     # -- one delivery ---------------------------------------------------------------------------
     def process(self, job_id: str) -> JobStatus | None:
         """Run one delivery of ``job_id``; returns the stored status, or None if nothing was run."""
+        if self.state is WorkerState.DEFUNCT:  # not claimed: it goes back to the queue as is
+            raise WorkerDefunct(self.error or "this worker is defunct")
         # Watched before the claim, so that a cancel arriving right after it is not missed.
         canceled = self.cancels.watch(job_id)
         try:
@@ -167,6 +195,8 @@ class WorkerRuntime:
         try:
             result = self._answer(job, canceled)
             status = JobStatus.SUCCEEDED
+        except WorkerDefunct:
+            raise  # not the job's fault: it is handed back, not failed
         except JobCanceled as exc:
             status, error = JobStatus.CANCELED, exc.to_dict()
         except JobFailure as exc:

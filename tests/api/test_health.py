@@ -98,3 +98,13 @@ def test_one_ready_worker_is_enough(client, redis_client: redis.Redis) -> None:
     _publish(redis_client, "w1", WorkerState.FAILED, error="no")
     _publish(redis_client, "w2", WorkerState.READY)
     assert client.get("/readyz").status_code == 200
+
+
+def test_readyz_says_a_worker_stopped_serving(client, redis_client: redis.Redis) -> None:
+    _publish(redis_client, "w1", WorkerState.DEFUNCT, error="CUDA error: illegal memory access")
+    reply = client.get("/readyz")
+    assert reply.status_code == 503
+    assert reply.json["message"] == (
+        "no worker is ready: w1 stopped serving (CUDA error: illegal memory access); "
+        "its supervisor restarts it"
+    )

@@ -59,3 +59,16 @@ def test_an_unusable_key_is_400(client) -> None:  # type: ignore[no-untyped-def]
     reply = _post(client, json_body(), "has spaces in it")
     assert reply.status_code == 400
     assert reply.json["error"]["code"] == "invalid_idempotency_key"
+
+
+def test_a_replay_of_a_finished_job_is_202_with_its_final_state(client) -> None:  # type: ignore[no-untyped-def]
+    first = _post(client, json_body(), "finished-1")
+    assert client.post(f"/v1/jobs/{first.json['id']}/cancel").json["status"] == "canceled"
+    for prefer in ({}, {"Prefer": "wait=5"}):
+        again = client.post(
+            "/v1/jobs", json=json_body(), headers={"Idempotency-Key": "finished-1", **prefer}
+        )
+        assert again.status_code == 202  # as the README says, not 200
+        assert again.headers["Idempotency-Replayed"] == "true"
+        assert again.headers["Location"] == f"/v1/jobs/{first.json['id']}"
+        assert again.json["status"] == "canceled"

@@ -125,7 +125,58 @@ def _bad_requests() -> list[Any]:
         ),
         pytest.param({"data": _form(question="")}, 422, "invalid_question", id="empty-question"),
         pytest.param(
-            {"data": _form(question="x" * 8001)}, 422, "invalid_question", id="long-question"
+            {"data": _form(question="x" * 8001)}, 400, "question_too_long", id="long-question"
+        ),
+        pytest.param(
+            {"data": _form(question="\U0001f600" * 5000)},
+            400,
+            "question_too_long",
+            id="5000-emoji-question",
+        ),
+        pytest.param(
+            {"data": _form(max_new_tokens="\u00b2")},
+            422,
+            "invalid_parameter",
+            id="max-new-tokens-superscript-two",
+        ),
+        pytest.param(
+            {"data": _form(metadata='{"a": NaN}')}, 400, "invalid_metadata", id="metadata-nan"
+        ),
+        pytest.param(
+            {
+                "data": json.dumps(
+                    {
+                        "question": "q",
+                        "images": [{"data": base64.b64encode(JPEG).decode()}],
+                        "metadata": {"a": 1},
+                    }
+                ).replace('"a": 1', '"a": Infinity'),
+                "content_type": "application/json",
+            },
+            400,
+            "invalid_metadata",
+            id="json-metadata-infinity",
+        ),
+        pytest.param(
+            {
+                "data": '{"question": "q", "max_new_tokens": NaN, "images": []}',
+                "content_type": "application/json",
+            },
+            400,
+            "invalid_json",
+            id="json-nan-elsewhere",
+        ),
+        pytest.param(
+            {"data": '{"a": ' * 40_000, "content_type": "application/json"},
+            400,
+            "invalid_json",
+            id="200KB-nested-json",
+        ),
+        pytest.param(
+            {"data": "[" * 200_000 + "]" * 200_000, "content_type": "application/json"},
+            400,
+            "invalid_json",
+            id="400KB-nested-json-list",
         ),
         pytest.param({"data": {"question": "q"}}, 400, "missing_image", id="no-image"),
         pytest.param(
@@ -140,7 +191,7 @@ def _bad_requests() -> list[Any]:
         ),
         pytest.param({"data": _form(max_tiles="13")}, 422, "invalid_parameter", id="max-tiles-13"),
         pytest.param(
-            {"data": _form(metadata="not json")}, 422, "invalid_metadata", id="bad-metadata"
+            {"data": _form(metadata="not json")}, 400, "invalid_metadata", id="bad-metadata"
         ),
         pytest.param(
             _encoded_multipart(b"x" * (30 * 1024 * 1024)), 413, "request_too_large", id="30MB-body"
@@ -203,3 +254,13 @@ def test_unknown_route_and_method_are_json(client) -> None:
     reply = client.delete("/v1/jobs/abc")
     assert reply.status_code == 405
     assert reply.json["error"]["code"] == "method_not_allowed"
+
+
+def test_replies_are_strict_json(client, redis_client: redis.Redis) -> None:
+    """A NaN that got into a record (written before strict parsing) is a logged 500, never a
+    reply that strict clients cannot parse."""
+    job = client.post("/v1/jobs", data=_form()).json
+    redis_client.hset(job_key(job["id"]), "metadata", '{"a": NaN}')
+    reply = client.get(f"/v1/jobs/{job['id']}")
+    assert reply.status_code == 500
+    json.loads(reply.data, parse_constant=lambda text: pytest.fail(f"{text} in a reply"))

@@ -42,6 +42,13 @@ def test_without_a_signing_secret_webhooks_are_refused(client) -> None:  # type:
         "http://[::1]/hook",
         "http://[::ffff:127.0.0.1]/hook",
         "http://224.0.0.1/hook",
+        "http://100.100.100.200/latest/meta-data",  # a cloud metadata address, in CGNAT space
+        "http://100.64.0.1/hook",
+        "http://100.127.255.254/hook",
+        "http://[2002:a9fe:a9fe::1]/hook",  # 6to4 wrapping 169.254.169.254
+        "http://[64:ff9b::a9fe:a9fe]/hook",  # NAT64 wrapping 169.254.169.254
+        "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/hook",  # Teredo
+        "http://192.0.2.1/hook",  # documentation range
         "ftp://example.com/hook",
         "file:///etc/passwd",
         "http://user:pw@example.com/hook",

@@ -103,7 +103,7 @@ def test_every_setting_is_documented_in_readme() -> None:
                 "INTERNVL_VISIBILITY_TIMEOUT_S": "100000",
                 "INTERNVL_JOB_RETENTION_S": "90000",
             },
-            "INTERNVL_JOB_RETENTION_S (90000) must be longer than INTERNVL_MAX_TIMEOUT_S",
+            "INTERNVL_JOB_RETENTION_S (90000) must be at least INTERNVL_MAX_TIMEOUT_S",
         ),
         ({"INTERNVL_DEFAULT_TIMEOUT_S": "0"}, "must be positive"),
     ],

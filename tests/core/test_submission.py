@@ -45,7 +45,19 @@ def test_form_strings_are_parsed() -> None:
     [
         (Submission(question=None, images=[IMAGE]), BadRequest, "missing_question"),
         (Submission(question="   ", images=[IMAGE]), ValidationFailed, "invalid_question"),
-        (Submission(question="x" * 8001, images=[IMAGE]), ValidationFailed, "invalid_question"),
+        (Submission(question="x" * 8001, images=[IMAGE]), BadRequest, "question_too_long"),
+        # 4 097 emoji: within 8 000 characters, but 16 388 bytes, over 4 per allowed token
+        (Submission(question="\U0001f600" * 4097, images=[IMAGE]), BadRequest, "question_too_long"),
+        (Submission(question="a\ud800b", images=[IMAGE]), ValidationFailed, "invalid_question"),
+        # Non-ASCII digits: str.isdigit() is true for each, int() refuses some of them
+        *[
+            (
+                Submission(question="q", images=[IMAGE], max_new_tokens=digits),
+                ValidationFailed,
+                "invalid_parameter",
+            )
+            for digits in ["\u00b2", "\u0661\u0662", "\uff11\uff12", "1" * 5000, "1_0", "0x10"]
+        ],
         (Submission(question=5, images=[IMAGE]), ValidationFailed, "invalid_question"),
         (Submission(question="q", images=[]), BadRequest, "missing_image"),
         (Submission(question="q", images=[IMAGE] * 9), ValidationFailed, "too_many_images"),
@@ -81,7 +93,26 @@ def test_form_strings_are_parsed() -> None:
         ),
         (
             Submission(question="q", images=[IMAGE], metadata="{nope"),
-            ValidationFailed,
+            BadRequest,
+            "invalid_metadata",
+        ),
+        *[
+            (
+                Submission(question="q", images=[IMAGE], metadata=text),
+                BadRequest,
+                "invalid_metadata",
+            )
+            for text in [
+                '{"a": NaN}',
+                '{"a": Infinity}',
+                '{"a": [-Infinity]}',
+                '{"a": ' * 100_000,  # 200 KB of nesting: no RecursionError
+                '{"a": ' * 40 + "1" + "}" * 40,
+            ]
+        ],
+        (
+            Submission(question="q", images=[IMAGE], metadata={"a": float("nan")}),
+            BadRequest,
             "invalid_metadata",
         ),
         (
@@ -111,3 +142,17 @@ def test_pixel_limit_is_the_operators() -> None:
     with pytest.raises(PayloadTooLarge) as caught:
         prepare_job(Submission(question="q", images=[IMAGE]), small_limit)
     assert caught.value.code == "image_too_large"
+
+
+def test_ascii_integers_with_signs_and_spaces_are_read() -> None:
+    job = prepare_job(Submission(question="q", images=[IMAGE], max_new_tokens=" +12 "), SETTINGS)
+    assert job.params.max_new_tokens == 12
+
+
+def test_a_question_at_the_byte_bound_passes() -> None:
+    settings = Settings(max_question_tokens=10)
+    assert prepare_job(Submission(question="\U0001f600" * 10, images=[IMAGE]), settings)
+    with pytest.raises(BadRequest) as caught:
+        prepare_job(Submission(question="\U0001f600" * 10 + "a", images=[IMAGE]), settings)
+    assert caught.value.code == "question_too_long"
+    assert "41 bytes" in caught.value.message and "10 tokens" in caught.value.message

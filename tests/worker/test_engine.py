@@ -3,6 +3,7 @@ the one-at-a-time answers; deadlines, cancellation and out-of-memory splitting."
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,9 @@ import torch
 from internvl_queue.worker.engine import (
     Engine,
     EngineConfig,
+    EngineDead,
     EngineRequest,
+    InvalidRequest,
     StopReason,
     make_request,
 )
@@ -161,29 +164,53 @@ def test_cancellation_is_checked_between_decode_steps(
     assert 0 < len(result.tokens) < 4000
 
 
-class OomAboveBatchSize:
-    """A named fake for the GPU edge: the real decoder, but out of memory above ``limit`` jobs,
-    and always for a job with more than ``tile_limit`` tiles."""
+class FakeDecoder:
+    """The real decoder behind a fake GPU edge: subclasses say how ``run`` fails."""
 
-    def __init__(self, decoder: Any, limit: int, tile_limit: int) -> None:
-        self.decoder, self.limit, self.tile_limit = decoder, limit, tile_limit
+    def __init__(self, decoder: Any) -> None:
+        self.decoder = decoder
         self.batch_sizes: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.decoder, name)
 
     def run(self, batch: Any, *args: Any) -> Any:
         self.batch_sizes.append(len(batch))
-        if len(batch) > self.limit or any(r.tiles > self.tile_limit for r in batch):
-            raise torch.OutOfMemoryError("CUDA out of memory (fake)")
         return self.decoder.run(batch, *args)
 
-    def release_memory(self) -> None:
-        self.decoder.release_memory()
+
+class OomAboveBatchSize(FakeDecoder):
+    """Out of memory (``error``) above ``limit`` jobs, and always for a job with more than
+    ``tile_limit`` tiles."""
+
+    def __init__(self, decoder: Any, limit: int, tile_limit: int, error: Exception) -> None:
+        super().__init__(decoder)
+        self.limit, self.tile_limit, self.error = limit, tile_limit, error
+
+    def run(self, batch: Any, *args: Any) -> Any:
+        if len(batch) > self.limit or any(r.tiles > self.tile_limit for r in batch):
+            self.batch_sizes.append(len(batch))
+            raise self.error
+        return super().run(batch, *args)
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory (fake)"),
+        MemoryError(),
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate "
+            "memory: you tried to allocate 34359738368 bytes"
+        ),
+    ],
+    ids=["cuda", "python-host", "torch-host"],
+)
 def test_out_of_memory_splits_the_batch_and_a_job_too_big_alone_fails(
-    loaded: LoadedModel, make_engine: Any
+    loaded: LoadedModel, make_engine: Any, error: Exception
 ) -> None:
     engine = make_engine(max_wait_ms=200, group_by_length=False)
-    fake = OomAboveBatchSize(engine.decoder, limit=2, tile_limit=12)
+    fake = OomAboveBatchSize(engine.decoder, limit=2, tile_limit=12, error=error)
     engine.decoder = fake
     requests = [
         engine.submit(_request(loaded, img, q, max_new_tokens=n, max_tiles=t))
@@ -200,3 +227,162 @@ def test_out_of_memory_splits_the_batch_and_a_job_too_big_alone_fails(
             assert result.tokens == _one_at_a_time(loaded, img, q, max_new_tokens=n, max_tiles=t)
     assert sum(r.stop is StopReason.OUT_OF_MEMORY for r in results) == 1
     assert engine.stats.snapshot()["oom_splits"] > 0
+
+
+class FailsOnPoison(FakeDecoder):
+    """Any batch holding the ``poison`` request raises, as a bad input would (not memory)."""
+
+    def __init__(self, decoder: Any, poison: EngineRequest) -> None:
+        super().__init__(decoder)
+        self.poison = poison
+
+    def run(self, batch: Any, *args: Any) -> Any:
+        if any(r is self.poison for r in batch):
+            self.batch_sizes.append(len(batch))
+            raise ValueError("this input breaks the model (fake)")
+        return super().run(batch, *args)
+
+
+def test_one_poison_request_fails_alone_and_its_seven_batch_mates_succeed(
+    loaded: LoadedModel, make_engine: Any
+) -> None:
+    engine = make_engine(max_wait_ms=300, group_by_length=False)
+    jobs = [(photo(40 + 8 * i, 48, seed=300 + i), f"Question {i}?", 4 + i) for i in range(8)]
+    requests = [_request(loaded, img, q, max_new_tokens=n, max_tiles=2) for img, q, n in jobs]
+    poison = requests[5]
+    fake = FailsOnPoison(engine.decoder, poison)
+    engine.decoder = fake
+    for request in requests:
+        engine.submit(request)
+    engine.start()
+    results = [r.future.result(timeout=120) for r in requests]
+    assert fake.batch_sizes[0] == 8  # they were one batch, which was split down to the poison
+    for (img, q, n), request, result in zip(jobs, requests, results, strict=True):
+        if request is poison:
+            assert result.stop is StopReason.ERROR
+            assert result.error == "ValueError: this input breaks the model (fake)"
+        else:
+            assert result.stop in (StopReason.EOS, StopReason.LENGTH), result
+            assert result.tokens == _one_at_a_time(loaded, img, q, max_new_tokens=n, max_tiles=2)
+    assert engine.stats.snapshot()["error_splits"] >= 3  # 8 -> 4 -> 2 -> 1
+    assert not engine.dead
+
+
+class RaisesStickyCudaError(FakeDecoder):
+    """The GPU after an illegal memory access: every batch from the ``after``-th on raises."""
+
+    def __init__(self, decoder: Any, after: int) -> None:
+        super().__init__(decoder)
+        self.after = after
+
+    def run(self, batch: Any, *args: Any) -> Any:
+        if len(self.batch_sizes) >= self.after:
+            self.batch_sizes.append(len(batch))
+            raise RuntimeError(
+                "CUDA error: an illegal memory access was encountered\n"
+                "CUDA kernel errors might be asynchronously reported at some other API call"
+            )
+        return super().run(batch, *args)
+
+
+class HangsForever(FakeDecoder):
+    """A hung GPU: the ``after``-th batch never returns (until the test releases it)."""
+
+    def __init__(self, decoder: Any, after: int) -> None:
+        super().__init__(decoder)
+        self.after = after
+        self.release = threading.Event()
+
+    def run(self, batch: Any, *args: Any) -> Any:
+        if len(self.batch_sizes) >= self.after:
+            self.batch_sizes.append(len(batch))
+            self.release.wait(60)
+            raise RuntimeError("released by the test")
+        return super().run(batch, *args)
+
+
+@pytest.mark.parametrize("fault", ["sticky_cuda_error", "hang"])
+def test_a_dead_gpu_hands_every_held_request_back_and_takes_no_more(
+    loaded: LoadedModel, fault: str
+) -> None:
+    deaths: list[str] = []
+    engine = Engine(
+        loaded,
+        EngineConfig(max_wait_ms=50, max_batch_jobs=2, group_by_length=False, stall_s=1.0),
+        on_dead=deaths.append,
+    )
+    fake: Any = (
+        RaisesStickyCudaError(engine.decoder, after=1)
+        if fault == "sticky_cuda_error"
+        else HangsForever(engine.decoder, after=1)
+    )
+    engine.decoder = fake
+    try:
+        requests = [
+            engine.submit(
+                _request(loaded, photo(40, 40, seed=i), f"q{i}", max_new_tokens=3, max_tiles=1)
+            )
+            for i in range(6)
+        ]
+        engine.start()
+        outcomes: list[str] = []
+        for request in requests:
+            try:
+                outcomes.append(request.future.result(timeout=30).stop.value)
+            except EngineDead:
+                outcomes.append("handed back")
+        # The first batch (2 jobs) was answered; the batch the GPU died in and everything
+        # waiting were handed back, each exactly once (a future resolves once).
+        assert outcomes[:2] != ["handed back"] * 2
+        assert all(o in ("eos", "length") for o in outcomes[:2]), outcomes
+        assert outcomes[2:] == ["handed back"] * 4
+        assert len(deaths) == 1 and engine.dead == deaths[0]
+        expected = "illegal memory access" if fault == "sticky_cuda_error" else "no progress"
+        assert expected in deaths[0]
+        with pytest.raises(EngineDead):
+            engine.submit(_request(loaded, photo(40, 40), "late", max_new_tokens=3, max_tiles=1))
+        assert fake.batch_sizes[1:] == [2]  # the dead engine ran nothing more
+    finally:
+        if isinstance(fake, HangsForever):
+            fake.release.set()
+        engine.stop()
+
+
+def test_waiting_requests_hold_no_device_memory_beyond_the_budget(
+    loaded: LoadedModel, make_engine: Any
+) -> None:
+    engine = make_engine(max_batch_tiles=4, max_resident_tiles=8, max_wait_ms=0)
+    hold = threading.Event()
+
+    class Slow(FakeDecoder):
+        def run(self, batch: Any, *args: Any) -> Any:
+            hold.wait(30)
+            return super().run(batch, *args)
+
+    engine.decoder = Slow(engine.decoder)
+    requests = [
+        engine.submit(_request(loaded, photo(96, 64, seed=i), "q", max_new_tokens=2, max_tiles=2))
+        for i in range(20)
+    ]
+    assert {r.tiles for r in requests} == {3}  # 2 tiles + the thumbnail
+    engine.start()
+    time.sleep(1.0)  # the first batch runs (held); the uploader admits what the budget allows
+    resident = [r for r in requests if r.device_pixels is not None]
+    assert 0 < engine.resident_tiles <= 8
+    assert sum(r.tiles for r in resident) == engine.resident_tiles
+    assert len(resident) < len(requests)
+    hold.set()
+    results = [r.future.result(timeout=120) for r in requests]
+    assert all(r.stop in (StopReason.EOS, StopReason.LENGTH) for r in results)
+    assert engine.resident_tiles == 0
+    assert all(r.device_pixels is None for r in requests)  # resolved: nothing left on the device
+
+
+def test_a_request_whose_image_tokens_do_not_match_its_tiles_is_refused_at_the_door(
+    loaded: LoadedModel, make_engine: Any
+) -> None:
+    engine = make_engine()
+    request = _request(loaded, photo(40, 40), "q", max_new_tokens=3, max_tiles=1)
+    request.input_ids = request.input_ids[request.input_ids != engine.decoder.image_token_id]
+    with pytest.raises(InvalidRequest, match="image tokens"):
+        engine.submit(request)

@@ -7,15 +7,17 @@ greedy decode loop over them (``decoder``, with ``attention`` for the decode ste
 """
 
 from .config import EngineConfig
-from .engine import Engine
+from .engine import Engine, EngineDead, InvalidRequest
 from .preprocess import Prepared, Preprocessor, default_processes
 from .request import EngineRequest, EngineResult, StopReason, make_request
 
 __all__ = [
     "Engine",
     "EngineConfig",
+    "EngineDead",
     "EngineRequest",
     "EngineResult",
+    "InvalidRequest",
     "Prepared",
     "Preprocessor",
     "StopReason",

@@ -24,3 +24,13 @@ class EngineConfig:
     check_every: int = 8
     # Allocated decode workspaces (KV cache + graph) kept for reuse.
     max_workspaces: int = 4
+    # Tiles whose pixels may sit in device memory at once (waiting and running requests); the
+    # rest wait on the host until their turn. 0: two full batches (2 x max_batch_tiles).
+    max_resident_tiles: int = 0
+    # A watchdog declares the engine dead when it makes no progress for this long while work
+    # waits (a hung kernel or driver). 0: no watchdog.
+    stall_s: float = 0.0
+
+    @property
+    def resident_tiles_budget(self) -> int:
+        return self.max_resident_tiles or 2 * self.max_batch_tiles

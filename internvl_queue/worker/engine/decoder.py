@@ -118,11 +118,13 @@ class BatchDecoder:
         self.vision_layer = config.vision_feature_layer
         self.vision_strategy = config.vision_feature_select_strategy
         self.image_token_id = int(config.image_token_id)
+        self.image_tokens_per_tile = int(loaded.processor.image_seq_length)
         text = config.text_config
         # The text layers' decode-step attention reads the static cache per K/V group
         # (attention.py); their prefill and the vision tower keep sdpa.
         text._attn_implementation = GROUPED_DECODE
         self.n_layers = text.num_hidden_layers
+        self.context_tokens = int(text.max_position_embeddings)  # prompt + answer, at most
         self.kv_heads = text.num_key_value_heads
         self.head_dim = (
             getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
@@ -146,6 +148,26 @@ class BatchDecoder:
         self._workspaces: OrderedDict[tuple[int, int, int], _Workspace] = OrderedDict()
 
     # -- public -----------------------------------------------------------------------------------
+    def problem_with(self, request: EngineRequest) -> str | None:
+        """Why ``request`` cannot join a batch (it would fail the batch), or None.
+
+        The vision tower yields ``image_tokens_per_tile`` embeddings per tile, one for each image
+        token of the prompt; a mismatch would fail the whole batch's embedding merge.
+        """
+        image_tokens = int((request.input_ids == self.image_token_id).sum())
+        expected = request.tiles * self.image_tokens_per_tile
+        if image_tokens != expected:
+            return (
+                f"the prompt holds {image_tokens} image tokens where its {request.tiles} tile(s) "
+                f"need {expected}"
+            )
+        if request.prompt_tokens >= self.context_tokens:
+            return (
+                f"the prompt is {request.prompt_tokens} tokens long; the model's context is "
+                f"{self.context_tokens}"
+            )
+        return None
+
     def release_memory(self) -> None:
         """Drop the cached workspaces (after an out-of-memory error)."""
         self._workspaces.clear()
@@ -211,13 +233,16 @@ class BatchDecoder:
             pad[row] = prompt_len - request.prompt_tokens
             ids[row, pad[row] :] = request.input_ids
         ids = ids.to(self.device, non_blocking=True)
+        resident = []
         for request in batch:
-            if request.uploaded is not None:  # copied to the GPU on the upload stream
+            pixels = request.device_pixels
+            if pixels is None:  # not admitted through the engine (benchmarks, tests)
+                pixels = request.pixel_values
+            elif request.uploaded is not None:  # copied to the GPU on the upload stream
                 torch.cuda.current_stream().wait_event(request.uploaded)
-                request.pixel_values.record_stream(torch.cuda.current_stream())
-        pixels = torch.cat([r.pixel_values for r in batch]).to(
-            self.device, self.dtype, non_blocking=True
-        )
+                pixels.record_stream(torch.cuda.current_stream())
+            resident.append(pixels)
+        pixels = torch.cat(resident).to(self.device, self.dtype, non_blocking=True)
         features = self.model.model.get_image_features(
             pixel_values=pixels,
             vision_feature_layer=self.vision_layer,

@@ -34,7 +34,11 @@ class EngineRequest:
     ignore_eos: bool = False  # benchmarks: always generate max_new_tokens
     submitted_at: float = field(default_factory=time.monotonic)
     future: Future[EngineResult] = field(default_factory=Future)
-    uploaded: torch.cuda.Event | None = None  # set when pixel_values were copied to the GPU
+    # Set when the engine admits the request under its memory budget: the pixels where the model
+    # runs (on the GPU, or the host tensor itself on a CPU worker), and the copy's event on CUDA.
+    # Cleared once the request is resolved, so that a finished job holds no device memory.
+    device_pixels: torch.Tensor | None = None
+    uploaded: torch.cuda.Event | None = None
 
     @property
     def tiles(self) -> int:

@@ -22,6 +22,7 @@ class EngineStats:
         self.tokens = 0
         self.largest_batch = 0
         self.oom_splits = 0
+        self.error_splits = 0
         self._recent: deque[tuple[float, int, int]] = deque()  # (finished at, jobs, tokens)
 
     def batch_done(self, *, jobs: int, tiles: int, tokens: int, seconds: float) -> None:
@@ -40,6 +41,10 @@ class EngineStats:
         with self._lock:
             self.oom_splits += 1
 
+    def error_split(self) -> None:
+        with self._lock:
+            self.error_splits += 1
+
     def snapshot(self) -> dict[str, float | int]:
         now = time.monotonic()
         with self._lock:
@@ -54,6 +59,7 @@ class EngineStats:
                 "jobs_per_s": round(sum(r[1] for r in recent) / span, 2),
                 "tokens_per_s": round(sum(r[2] for r in recent) / span, 1),
                 "oom_splits": self.oom_splits,
+                "error_splits": self.error_splits,
             }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             snap["gpu_memory_mb"] = round(torch.cuda.memory_allocated() / 2**20)

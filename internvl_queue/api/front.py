@@ -1,0 +1,239 @@
+"""The API's front: reads each request whole in an event loop, then runs Flask on a thread.
+
+Under a thread-per-request server a client that opens an upload and stalls holds a thread until
+it goes away; 16 of them froze the API (2 processes x 8 threads), ``/healthz`` included. Here
+gunicorn's ``asgi`` worker reads every connection in one event loop, and this front collects a
+request's body there before Flask sees it, so a slow or stalled client costs a socket and a
+buffer, never a thread:
+
+- A body over ``max_body_bytes`` is refused with ``413 request_too_large`` *after* it has been
+  read and discarded (up to ``drain_limit_bytes``): a server that answers early and closes the
+  connection while the client is still sending makes the kernel reset it, and most clients
+  (``requests``, ``urllib``, ``httpx``) then report a broken pipe instead of the answer. A client
+  that sent ``Expect: 100-continue`` gets the 413 at once and never sends the body.
+- A body that stops arriving for ``read_timeout_s`` gets ``408 request_timeout`` and the
+  connection is closed.
+- The whole body in hand, the WSGI app runs on one of ``threads`` threads (Flask's views block
+  on Redis and the broker), and its reply is sent back from the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+__all__ = ["BufferingFront"]
+
+log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
+class _Refused(Exception):
+    """Raised while reading a body that will not be served: the reply to send instead."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.reply = _error_reply(status, code, message)
+
+
+class _Gone(Exception):
+    """Raised when the client disconnected before its body was complete."""
+
+
+class BufferingFront:
+    """An ASGI app serving a WSGI app, with bounded, timed body reads (see the module doc)."""
+
+    def __init__(
+        self,
+        wsgi_app: WsgiApp,
+        *,
+        max_body_bytes: int,
+        read_timeout_s: float,
+        threads: int,
+        drain_limit_bytes: int | None = None,
+    ) -> None:
+        self.wsgi_app = wsgi_app
+        self.max_body_bytes = max_body_bytes
+        self.read_timeout_s = read_timeout_s
+        # Reading and discarding a refused body costs the loop little; past this much the
+        # connection is closed instead (and such a client may see a reset).
+        self.drain_limit_bytes = drain_limit_bytes or 4 * max_body_bytes
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="api")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+        # Anything else (websocket) is not served: returning closes it.
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.executor.shutdown(wait=False, cancel_futures=True)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = _header_dict(scope)
+        try:
+            body = await self._read_body(headers, receive)
+        except _Refused as refused:
+            await _send(send, refused.reply)
+            return
+        except _Gone:
+            return
+        environ = _environ(scope, headers, body)
+        loop = asyncio.get_running_loop()
+        reply = await loop.run_in_executor(self.executor, _run_wsgi, self.wsgi_app, environ)
+        await _send(send, reply)
+
+    async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
+        declared = _content_length(headers)
+        too_large = _Refused(
+            413,
+            "request_too_large",
+            f"the request body is larger than the limit of {self.max_body_bytes} bytes",
+        )
+        if declared is not None and declared > self.max_body_bytes:
+            if "100-continue" in headers.get("expect", "").lower():
+                raise too_large  # the client waits for a 100 before sending: it never will
+            if declared <= self.drain_limit_bytes:
+                await self._drain(receive)
+            raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self._receive(receive)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:  # a chunked body with no declared length
+                await self._drain(receive, already=size)
+                raise too_large
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _receive(self, receive: Receive) -> Message:
+        try:
+            message = await asyncio.wait_for(receive(), self.read_timeout_s)
+        except TimeoutError:
+            raise _Refused(
+                408,
+                "request_timeout",
+                f"no part of the request body arrived for {self.read_timeout_s:g} s; "
+                "send the whole body without pausing",
+            ) from None
+        if message["type"] == "http.disconnect":
+            raise _Gone
+        return message
+
+    async def _drain(self, receive: Receive, already: int = 0) -> None:
+        """Read and discard the rest of a refused body, up to the drain limit."""
+        size = already
+        while size <= self.drain_limit_bytes:
+            try:
+                message = await self._receive(receive)
+            except (_Refused, _Gone):
+                return  # stalled or gone: the refusal is sent (or not) and the connection closed
+            size += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
+
+
+def _header_dict(scope: Scope) -> dict[str, str]:
+    """Request headers by lower-case name; repeated ones joined with ", " (RFC 9110 5.3)."""
+    found: dict[str, str] = {}
+    for raw_name, raw_value in scope["headers"]:
+        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+        found[name] = f"{found[name]}, {value}" if name in found else value
+    return found
+
+
+def _content_length(headers: dict[str, str]) -> int | None:
+    value = headers.get("content-length")
+    # gunicorn has refused a malformed Content-Length already; this only reads it.
+    return int(value) if value is not None and value.isascii() and value.isdigit() else None
+
+
+def _environ(scope: Scope, headers: dict[str, str], body: bytes) -> dict[str, Any]:
+    """The PEP 3333 environ of a request whose body is read (``CONTENT_LENGTH`` is exact)."""
+    server = scope.get("server") or ("127.0.0.1", 80)
+    client = scope.get("client") or ("", 0)
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": scope["method"],
+        "SCRIPT_NAME": scope.get("root_path", "").encode("utf-8").decode("latin-1"),
+        "PATH_INFO": scope["path"].encode("utf-8").decode("latin-1"),
+        "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
+        "SERVER_NAME": str(server[0]),
+        "SERVER_PORT": str(server[1]),
+        "SERVER_PROTOCOL": f"HTTP/{scope.get('http_version', '1.1')}",
+        "REMOTE_ADDR": str(client[0]),
+        "REMOTE_PORT": str(client[1]),
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scope.get("scheme", "http"),
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+    for name, value in headers.items():
+        if name == "content-type":
+            environ["CONTENT_TYPE"] = value
+        elif name not in ("content-length", "transfer-encoding"):
+            environ[f"HTTP_{name.upper().replace('-', '_')}"] = value
+    return environ
+
+
+def _run_wsgi(app: WsgiApp, environ: dict[str, Any]) -> Reply:
+    """Call the WSGI app on this thread; its status, headers and whole body."""
+    started: list[Any] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        started[:] = [status, headers]
+        return lambda data: None  # the legacy write() callable; Flask never uses it
+
+    try:
+        result = app(environ, start_response)
+        try:
+            body = b"".join(result)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+    except Exception:  # Flask answers its own errors; this is a bug below it
+        log.exception("the WSGI app raised")
+        return _error_reply(500, "internal_error", "an unexpected error occurred")
+    status, headers = started
+    encoded = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+    return int(status.split(" ", 1)[0]), encoded, body
+
+
+def _error_reply(status: int, code: str, message: str) -> Reply:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    return status, [(b"content-type", b"application/json")], body
+
+
+async def _send(send: Send, reply: Reply) -> None:
+    status, headers, body = reply
+    if not any(name == b"content-length" for name, _ in headers):
+        headers = [*headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -1,0 +1,62 @@
+"""Bounded threads and no orphans: limits for the worker's helper processes, and counting threads.
+
+Torch-free on purpose: a preprocessing child runs ``init_preprocess_child`` before it imports
+torch, so that the limits below hold whatever the environment says (OpenMP, MKL and OpenBLAS
+read their thread counts once, when loaded). Each child then runs one job at a time on one
+thread; parallelism comes from the number of children.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+__all__ = ["SINGLE_THREAD_ENV", "die_with_parent", "init_preprocess_child", "thread_count"]
+
+log = logging.getLogger(__name__)
+
+# Each library's own pool to one thread; tokenizers' Rust pool off.
+SINGLE_THREAD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "RAYON_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def die_with_parent(parent_pid: int, *, check_every_s: float = 0.25) -> None:
+    """End this process within ``check_every_s`` of ``parent_pid``'s death, even by SIGKILL.
+
+    A watcher thread compares ``getppid()``. Linux's parent-death signal (prctl) is not used:
+    it fires when the *thread* that spawned the process exits, and a pool spawns its processes
+    from whichever thread submits a job, so a healthy child would die with a finished thread.
+    """
+    if os.getppid() != parent_pid:  # the parent died before we got here
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(check_every_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def init_preprocess_child(parent_pid: int, model_id: str) -> None:
+    """Pool initializer of a preprocessing child: die with the worker, one thread, a processor."""
+    die_with_parent(parent_pid)
+    os.environ.update(SINGLE_THREAD_ENV)
+    from .engine.preprocess import load_processor  # imports torch: after the limits
+
+    load_processor(model_id)
+
+
+def thread_count(pid: int | None = None) -> int:
+    """Threads of a process (this one by default), from /proc; Python's own count elsewhere."""
+    try:
+        return len(os.listdir(f"/proc/{pid or os.getpid()}/task"))
+    except OSError:
+        return threading.active_count()

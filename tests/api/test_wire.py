@@ -1,0 +1,195 @@
+"""What reaches clients over a real socket from a real ``internvl-queue api`` (gunicorn).
+
+- Early refusals (413 for a 30 MB body, 401, 415) arrive as JSON in ``urllib``, ``requests`` and
+  ``httpx``, not as a reset connection.
+- 64 uploads that stall hold no thread: ``/healthz`` and an ordinary submit answer quickly
+  meanwhile, and each stalled one is cut off by the read timeout (408).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import statistics
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+import requests
+from urllib3 import encode_multipart_formdata
+
+from internvl_queue.core.apikeys import ApiKeyStore
+from tests.api.api_process import ApiProcess
+from tests.conftest import flush_our_keys
+from tests.images import photo
+
+READ_TIMEOUT_S = 3.0
+JPEG = photo(64, 48, seed=1)
+
+
+@pytest.fixture(scope="module")
+def api(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
+    process = ApiProcess(
+        redis_url,
+        tmp_path_factory.mktemp("api") / "api.log",
+        INTERNVL_REQUEST_READ_TIMEOUT_S=str(READ_TIMEOUT_S),
+    )
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def key(redis_client: redis.Redis) -> Iterator[str]:
+    """An active API key (so that the API requires one, whatever its auth mode)."""
+    _, secret = ApiKeyStore(redis_client).create("wire tests")
+    yield secret
+    flush_our_keys(redis_client)
+
+
+# Each client posts (url, body, headers) and returns (status, parsed JSON body).
+Post = Callable[[str, bytes, dict[str, str]], tuple[int, dict]]
+
+
+def _urllib(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def _requests(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
+    reply = requests.post(url, data=body, headers=headers, timeout=30)
+    return reply.status_code, reply.json()
+
+
+def _httpx(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
+    reply = httpx.post(url, content=body, headers=headers, timeout=30)
+    return reply.status_code, reply.json()
+
+
+CLIENTS = [
+    pytest.param(_urllib, id="urllib"),
+    pytest.param(_requests, id="requests"),
+    pytest.param(_httpx, id="httpx"),
+]
+
+
+def _multipart(image: bytes) -> tuple[bytes, str]:
+    return encode_multipart_formdata({"question": "q", "image": ("a.jpg", image, "image/jpeg")})
+
+
+@pytest.mark.parametrize("post", CLIENTS)
+def test_a_30_mb_body_gets_its_413_in_every_client(api: ApiProcess, key: str, post: Post) -> None:
+    body, content_type = _multipart(b"x" * (30 * 1024 * 1024))
+    headers = {"Content-Type": content_type, "Authorization": f"Bearer {key}"}
+    status, reply = post(f"{api.url}/v1/jobs", body, headers)
+    assert status == 413
+    assert reply["error"]["code"] == "request_too_large"
+    assert "20971520 bytes" in reply["error"]["message"]
+    assert requests.get(f"{api.url}/healthz", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("post", CLIENTS)
+def test_other_early_refusals_of_large_bodies_reach_every_client(
+    api: ApiProcess, key: str, post: Post
+) -> None:
+    body, content_type = _multipart(b"x" * (8 * 1024 * 1024))
+    status, reply = post(f"{api.url}/v1/jobs", body, {"Content-Type": content_type})
+    assert (status, reply["error"]["code"]) == (401, "unauthorized")
+    headers = {"Content-Type": "text/plain", "Authorization": f"Bearer {key}"}
+    status, reply = post(f"{api.url}/v1/jobs", b"x" * (8 * 1024 * 1024), headers)
+    assert (status, reply["error"]["code"]) == (415, "unsupported_media_type")
+
+
+def test_a_client_that_expects_100_continue_gets_the_413_without_sending(api: ApiProcess) -> None:
+    with socket.create_connection(("127.0.0.1", api.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 31457280\r\nExpect: 100-continue\r\n\r\n"
+        )
+        head, _, body = _read_reply(sock).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413")
+    assert json.loads(body)["error"]["code"] == "request_too_large"
+
+
+def _read_reply(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection or goes quiet."""
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = [ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length:")]
+        if length and len(body) >= int(length[0].split(b":")[1]):
+            return data
+
+
+def _timed(call: Callable[[], requests.Response]) -> tuple[float, requests.Response]:
+    start = time.monotonic()
+    reply = call()
+    return time.monotonic() - start, reply
+
+
+def test_64_stalled_uploads_freeze_nothing_and_are_cut_off(
+    api: ApiProcess, key: str, tmp_path: Path
+) -> None:
+    stalled = []
+    for _ in range(64):
+        sock = socket.create_connection(("127.0.0.1", api.port), timeout=READ_TIMEOUT_S + 10)
+        sock.sendall(
+            b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + key.encode() + b"\r\n"
+            b"Content-Length: 1000000\r\n\r\n" + b'{"question": "' + b"q" * 1000
+        )
+        stalled.append(sock)
+    opened = time.monotonic()
+    body = {"question": "q", "images": [{"data": base64.b64encode(JPEG).decode()}]}
+    health, submits = [], []
+    for _ in range(5):
+        took, reply = _timed(lambda: requests.get(f"{api.url}/healthz", timeout=10))
+        assert reply.status_code == 200
+        health.append(took)
+        took, reply = _timed(
+            lambda: requests.post(
+                f"{api.url}/v1/jobs",
+                json=body,
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=10,
+            )
+        )
+        assert reply.status_code == 202, reply.text
+        submits.append(took)
+    assert time.monotonic() - opened < READ_TIMEOUT_S, "measured after the stalls were cut off"
+    print(
+        f"\nwith 64 stalled uploads: /healthz median {statistics.median(health) * 1000:.1f} ms, "
+        f"max {max(health) * 1000:.1f} ms; submit median {statistics.median(submits) * 1000:.1f}"
+        f" ms, max {max(submits) * 1000:.1f} ms"
+    )
+    assert max(health) < 1.0 and max(submits) < 1.0
+
+    cut_off = []
+    for sock in stalled:
+        head, _, reply_body = _read_reply(sock).partition(b"\r\n\r\n")
+        cut_off.append(time.monotonic() - opened)
+        assert head.startswith(b"HTTP/1.1 408"), head
+        assert json.loads(reply_body)["error"]["code"] == "request_timeout"
+        assert sock.recv(1) == b""  # and the connection is closed
+        sock.close()
+    print(f"stalled uploads cut off after {min(cut_off):.1f}..{max(cut_off):.1f} s")
+    assert min(cut_off) > READ_TIMEOUT_S - 0.5 and max(cut_off) < READ_TIMEOUT_S + 3

@@ -25,6 +25,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 from internvl_queue.api import create_app
 from internvl_queue.api.dispatch import CeleryDispatcher
 from internvl_queue.api.services import EXTENSION
+from internvl_queue.api.waiting import WAITERS_EXTENSION
 from internvl_queue.cli.redis_server import free_port, start_redis
 from internvl_queue.core.settings import Settings
 from internvl_queue.core.workers import WorkerInfo, WorkerRegistry
@@ -103,6 +104,8 @@ def settings(
         device="cpu",
         heartbeat_interval_s=0.5,
         default_max_new_tokens=16,
+        # These tests run without API keys unless they make one (tests/api/test_auth.py).
+        auth="open",
     )
 
 
@@ -110,6 +113,8 @@ def close_app(app: Flask) -> None:
     """Close what ``create_app`` opened (its Redis pool, the dispatcher's broker connections), so
     that no socket is left for the garbage collector to find (a ResourceWarning, an error here)."""
     found = app.extensions[EXTENSION]
+    if (waiters := app.extensions.get(WAITERS_EXTENSION)) is not None:
+        waiters.close()
     found.store.redis.connection_pool.disconnect()
     if isinstance(found.dispatcher, CeleryDispatcher):
         found.dispatcher.celery.close()
@@ -173,6 +178,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "INTERNVL_DEVICE": settings.device,
         "INTERNVL_HEARTBEAT_S": str(settings.heartbeat_interval_s),
         "INTERNVL_DEFAULT_MAX_NEW_TOKENS": str(settings.default_max_new_tokens),
+        "INTERNVL_AUTH": settings.auth,
         "LOG_LEVEL": "INFO",
     }
 
@@ -225,6 +231,8 @@ def _session_worker_settings(redis_url: str, tiny_model_dir: Path) -> Settings:
         device="cpu",
         heartbeat_interval_s=0.5,
         default_max_new_tokens=16,
+        # These tests run without API keys unless they make one (tests/api/test_auth.py).
+        auth="open",
     )
 
 

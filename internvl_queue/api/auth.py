@@ -1,10 +1,15 @@
 """Bearer API keys on every ``/v1/`` request; ``/healthz`` and ``/readyz`` stay open.
 
-Whether keys are required is decided per request, not at start-up: as soon as one active key
-exists (one made with ``internvl-queue keys create`` a second ago included) every ``/v1/`` request
-must carry ``Authorization: Bearer <key>``; while none exists the API runs open, for local
-development, and says so loudly when it starts. The authenticated key's id is the request's
-owner (``current_owner()``), ``""`` when open.
+``INTERNVL_AUTH`` decides what an empty key set means:
+
+- ``required`` (the default): every ``/v1/`` request must carry ``Authorization: Bearer <key>``,
+  also while no key exists; then each gets 401 saying how to create one. An empty key set
+  after a FLUSHDB, a failover to an empty replica or an eviction never opens the API.
+- ``open`` (what ``internvl-queue up`` runs with unless told otherwise, for local development):
+  while no active key exists the API runs open, and says so loudly when it starts; as soon as
+  one exists (one made a second ago included) keys are required as above.
+
+The authenticated key's id is the request's owner (``current_owner()``), ``""`` when open.
 
 A Redis error fails closed (503): an API that cannot tell whether keys exist must not serve.
 """
@@ -18,9 +23,10 @@ from flask import Flask, g, request
 
 from ..core.apikeys import ApiKeyStore, parse_key
 from ..core.errors import ServiceUnavailable, Unauthorized
+from ..core.settings import AuthMode
 from .services import services
 
-__all__ = ["current_owner", "register_auth", "warn_if_no_key"]
+__all__ = ["auth_state", "current_owner", "register_auth", "warn_if_no_key"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,11 @@ _OPEN_WARNING = """
 *      internvl-queue keys create --name NAME
 **********************************************************************************"""
 
+_NO_KEY_YET = (
+    "INTERNVL_AUTH=required and no API key exists yet: every /v1/ request gets 401 until you "
+    "create one (internvl-queue keys create --name NAME)"
+)
+
 
 def current_owner() -> str:
     """The id of the API key that made this request; ``""`` when the API runs open."""
@@ -45,38 +56,53 @@ def register_auth(app: Flask, *, warn_if_open: bool = True) -> None:
     """Require a key on ``/v1/`` requests; warn now if there is none. Call after the services."""
     if warn_if_open:
         with app.app_context():
-            warn_if_no_key(services().api_keys)
+            warn_if_no_key(services().api_keys, services().settings.auth)
     app.before_request(_authenticate)
 
 
-def warn_if_no_key(keys: ApiKeyStore) -> None:
-    """Log the open-mode warning if no active API key exists."""
+def warn_if_no_key(keys: ApiKeyStore, mode: AuthMode = "open") -> None:
+    """Log the open-mode warning (or, keys required, that none exists) if no active key exists."""
     try:
-        open_ = not keys.any_active()
+        no_key = not keys.any_active()
     except redis.RedisError as exc:
         log.warning("could not check for API keys (%s); requests fail until Redis answers", exc)
         return
-    if open_:
-        log.warning(_OPEN_WARNING)
+    if no_key:
+        log.warning(_OPEN_WARNING if mode == "open" else _NO_KEY_YET)
+
+
+def auth_state(keys: ApiKeyStore, mode: AuthMode) -> str:
+    """What ``/readyz`` says: ``api_keys`` when requests need a key, ``open`` when they do not.
+
+    Raises ``redis.RedisError`` when it cannot tell (only in open mode does it ask Redis)."""
+    if mode == "required":
+        return "api_keys"
+    return "api_keys" if keys.any_active() else "open"
 
 
 def _authenticate() -> None:
     if not (request.path + "/").startswith(_PROTECTED_PREFIX):
         return
-    keys = services().api_keys
+    svc = services()
+    keys, mode = svc.api_keys, svc.settings.auth
     header = request.headers.get("Authorization")
     try:
         if header is not None and (key_id := _owner_from(header, keys)) is not None:
             g.owner = key_id
             return
         # Asked only when no key authenticated: a valid key is proof enough that keys are on.
-        keys_required = keys.any_active()
+        any_key = keys.any_active()
     except redis.RedisError as exc:
         log.error("API key check failed: %s", exc)
         raise ServiceUnavailable("cannot check API keys right now; try again") from None
-    if not keys_required:
+    if not any_key and mode == "open":
         g.owner = ""
         return
+    if not any_key:
+        raise Unauthorized(
+            "this API requires an API key and none exists yet: an operator creates one with "
+            "'internvl-queue keys create --name NAME' (or runs it with INTERNVL_AUTH=open)"
+        )
     raise Unauthorized(_why(header))
 
 

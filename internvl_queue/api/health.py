@@ -3,8 +3,9 @@
 ``/readyz`` lists every worker with its state (``loading``, ``ready``, ``failed``, ``defunct``) and
 says in one sentence (``message``) why the service is or is not ready: which model a worker is
 loading and since when, why a worker could not load its model, or why it stopped serving. It
-also says whether API keys are required (``"auth": "api_keys"``) or the API runs open
-(``"open"``); ``"unknown"`` when Redis does not answer. Neither endpoint needs a key.
+also says whether API keys are required (``"auth": "api_keys"``, always so with
+``INTERNVL_AUTH=required``) or the API runs open (``"open"``); ``"unknown"`` when Redis does not
+answer. Neither endpoint needs a key.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import redis
 from flask import Blueprint, Response, jsonify
 
 from ..core.workers import WorkerInfo, WorkerState
+from .auth import auth_state
 from .services import services
 
 __all__ = ["health"]
@@ -33,7 +35,7 @@ def readyz() -> tuple[Response, int]:
     try:
         svc.store.redis.ping()
         workers = svc.workers.live()
-        auth = "api_keys" if svc.api_keys.any_active() else "open"
+        auth = auth_state(svc.api_keys, svc.settings.auth)
         redis_ok = True
     except redis.RedisError:
         workers, redis_ok, auth = [], False, "unknown"

@@ -13,6 +13,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from ..core.errors import Conflict, JobNotFound, ServiceUnavailable, ValidationFailed
 from ..core.idempotency import ReservationOutcome, check_key
+from ..core.image_budget import ImageBudget
 from ..core.job import Job
 from ..core.status import JobStatus
 from ..core.store import CancelOutcome
@@ -20,7 +21,7 @@ from ..core.submission import Submission, prepare_job
 from .auth import current_owner
 from .parsing import parse_submission
 from .services import Services, services
-from .waiting import prefer_wait, prefers_respond_async, query_wait
+from .waiting import job_waiters, prefer_wait, prefers_respond_async, query_wait
 
 __all__ = ["jobs"]
 
@@ -30,6 +31,8 @@ jobs = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 # Seconds a caller refused for a full queue is asked to wait before trying again.
 QUEUE_FULL_RETRY_AFTER_S = 10
+# Seconds a long poll answered at once (this process holds as many as it may) should wait.
+WAITERS_FULL_RETRY_AFTER = "1"
 
 Reply = tuple[Response, int, dict[str, str]]
 
@@ -89,6 +92,15 @@ def _accept(svc: Services, submission: Submission, owner: str) -> Job:
                 code="queue_full",
                 retry_after=QUEUE_FULL_RETRY_AFTER_S,
             )
+        size = sum(len(image) for image in submission.images)
+        budget = ImageBudget(svc.store.redis, svc.settings.max_queued_bytes)
+        if not budget.has_room(size):
+            raise ServiceUnavailable(
+                "the queued jobs' images already fill INTERNVL_MAX_QUEUED_BYTES "
+                f"({svc.settings.max_queued_bytes} bytes); try again later",
+                code="queue_full",
+                retry_after=QUEUE_FULL_RETRY_AFTER_S,
+            )
         job = svc.store.create(job, submission.images)
     except redis.RedisError as exc:
         log.error("could not store job: %s", exc)
@@ -103,6 +115,10 @@ def _accept(svc: Services, submission: Submission, owner: str) -> Job:
         svc.store.dispatched(job.id)
     except redis.RedisError as exc:  # a reaper sends a duplicate message later: harmless
         log.warning("job %s: dispatched, but could not record it: %s", job.id, exc)
+    try:
+        budget.add(job.id, size)  # once dispatched: a discarded job leaves nothing behind
+    except redis.RedisError as exc:  # the job is accepted; it merely goes uncounted
+        log.warning("could not count job %s in the image byte budget: %s", job.id, exc)
     return job
 
 
@@ -119,8 +135,12 @@ def _submitted(svc: Services, job: Job, headers: dict[str, str]) -> Reply:
         return _view(svc, job), 202, headers
     wait = prefer_wait(prefer)
     if wait > 0:
-        job = svc.store.wait_finished(job.id, wait) or job
-        headers["Preference-Applied"] = f"wait={wait:g}"
+        found, waited = job_waiters().wait_finished(job, wait, lambda: svc.store.get(job.id))
+        job = found or job
+        if waited:
+            headers["Preference-Applied"] = f"wait={wait:g}"
+        else:
+            headers["Retry-After"] = WAITERS_FULL_RETRY_AFTER
     return _view(svc, job), 200 if job.status.is_terminal else 202, headers
 
 
@@ -130,7 +150,11 @@ def read(job_id: str) -> Response:
     wait = query_wait(request.args.get("wait"))
     job = _own_job(svc, job_id)
     if wait > 0 and not job.status.is_terminal:
-        job = svc.store.wait_finished(job_id, wait) or job
+        found, waited = job_waiters().wait_finished(job, wait, lambda: svc.store.get(job_id))
+        reply = _view(svc, found or job)
+        if not waited:  # this process holds as many long polls as it may: poll again soon
+            reply.headers["Retry-After"] = WAITERS_FULL_RETRY_AFTER
+        return reply
     return _view(svc, job)
 
 

@@ -280,7 +280,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    code: int = args.func(args)
+    from ..core.settings import SettingsError
+
+    try:
+        code: int = args.func(args)
+    except SettingsError as exc:  # one sentence naming the variables, no traceback
+        print(f"internvl-queue {args.command}: invalid settings: {exc}", file=sys.stderr)
+        return 2
     return code
 
 

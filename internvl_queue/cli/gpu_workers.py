@@ -5,30 +5,25 @@ GPU (it sees it as ``cuda:0`` and loads the model once, there) and whose ``INTER
 names that GPU in its heartbeat. The children share nothing but Redis: the GPUs of one host scale
 exactly like the GPUs of several hosts consuming the same queue.
 
-The parent only supervises. SIGTERM or SIGINT is passed on to every child (Celery's warm
-shutdown: the batches in flight finish and their results are stored) and the parent waits for
-them all. A child that exits on its own is started again after a back-off, so one failing GPU does
-not take the others down; its unfinished jobs come back through the broker.
+The parent only supervises, with the policy of ``cli.supervisor`` (the same as ``up``'s): the
+children die with it, and a child that exits on its own is started again after a back-off, so one
+failing GPU does not take the others down (its unfinished jobs come back through the broker); a
+GPU whose worker keeps dying at once is given up, and the parent exits when none is left. SIGTERM
+or SIGINT is passed on to every child (Celery's warm shutdown: the batches in flight finish and
+their results are stored) and the parent waits for them all.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from .stop_request import StopRequest
+from .supervisor import Child, Supervisor
 
 __all__ = ["parse_gpus", "run_gpu_workers"]
-
-# A child that ran this long before dying is restarted at once; one that keeps dying sooner
-# waits longer each time (a model that cannot load must not spin).
-_HEALTHY_RUN_S = 60.0
-_MAX_BACKOFF_S = 60.0
 
 
 def _say(message: str) -> None:
@@ -60,16 +55,6 @@ def parse_gpus(spec: str, count: Callable[[], int] = cuda_device_count) -> list[
     return gpus
 
 
-@dataclass
-class _Child:
-    gpu: int
-    device: str  # what CUDA_VISIBLE_DEVICES holds for it
-    process: subprocess.Popen[bytes] | None = None
-    started_at: float = 0.0
-    failures: int = 0  # consecutive early deaths
-    restart_at: float = 0.0
-
-
 def _visible_devices(gpus: list[int]) -> list[str]:
     """Each index as the parent sees it, translated through its own CUDA_VISIBLE_DEVICES."""
     inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -81,61 +66,33 @@ def _visible_devices(gpus: list[int]) -> list[str]:
     return [visible[g] for g in gpus]
 
 
-def _start(child: _Child, loglevel: str) -> None:
-    env = {
-        **os.environ,
-        "CUDA_VISIBLE_DEVICES": child.device,
-        "INTERNVL_GPU_INDEX": str(child.gpu),
-    }
+def _worker(gpu: int, device: str, loglevel: str, stop_timeout_s: float) -> Child:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": device, "INTERNVL_GPU_INDEX": str(gpu)}
     command = [sys.executable, "-m", "internvl_queue", "worker", f"--loglevel={loglevel}"]
-    # Its own session: a Ctrl-C in the terminal reaches the parent only, which then stops the
-    # children in order instead of all of them being interrupted at once.
-    child.process = subprocess.Popen(command, env=env, start_new_session=True)
-    child.started_at = time.monotonic()
-    _say(f"GPU {child.gpu}: worker pid {child.process.pid} (CUDA_VISIBLE_DEVICES={child.device})")
 
+    def started(child: Child) -> None:
+        assert child.process is not None
+        _say(f"GPU {gpu}: worker pid {child.process.pid} (CUDA_VISIBLE_DEVICES={device})")
 
-def _reap(child: _Child, now: float) -> None:
-    """Schedule a restart for a child that exited on its own."""
-    assert child.process is not None
-    code = child.process.returncode
-    ran = now - child.started_at
-    child.failures = 0 if ran >= _HEALTHY_RUN_S else child.failures + 1
-    delay = min(2.0 ** (child.failures - 1), _MAX_BACKOFF_S) if child.failures else 0.0
-    child.process, child.restart_at = None, now + delay
-    _say(
-        f"GPU {child.gpu}: worker exited with code {code} after {ran:.0f} s; "
-        f"restarting in {delay:.0f} s"
-    )
+    return Child(f"GPU {gpu}'s worker", command, env, stop_timeout_s, on_start=started)
 
 
 def run_gpu_workers(gpus: list[int], loglevel: str, *, stop_timeout_s: float = 120) -> int:
-    children = [
-        _Child(gpu, device) for gpu, device in zip(gpus, _visible_devices(gpus), strict=True)
-    ]
     stop = StopRequest()
-    for child in children:
-        _start(child, loglevel)
+    supervisor = Supervisor(_say)
+    for gpu, device in zip(gpus, _visible_devices(gpus), strict=True):
+        if not stop.requested:
+            supervisor.add(_worker(gpu, device, loglevel, stop_timeout_s))
+    exit_code = 0
     while not stop.requested:
-        now = time.monotonic()
-        for child in children:
-            if child.process is not None and child.process.poll() is not None:
-                _reap(child, now)
-            if child.process is None and now >= child.restart_at and not stop.requested:
-                _start(child, loglevel)
+        supervisor.poll()
+        if all(child.given_up for child in supervisor.children):
+            _say("no GPU worker is left running; stopping")
+            exit_code = 1
+            break
         time.sleep(0.2)
 
     _say("stopping the workers (warm shutdown: batches in flight finish)")
-    running = [c.process for c in children if c.process is not None and c.process.poll() is None]
-    for process in running:
-        process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + stop_timeout_s
-    for process in running:
-        try:
-            process.wait(max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            _say(f"worker pid {process.pid} did not stop in {stop_timeout_s:.0f} s; killing it")
-            process.kill()
-            process.wait()
+    supervisor.stop_together()
     _say("stopped")
-    return 0
+    return exit_code

@@ -1,7 +1,13 @@
-"""Start a private ``redis-server`` child (for ``internvl-queue up`` and the test suite)."""
+"""Start a private ``redis-server`` child (for ``internvl-queue up`` and the test suite).
+
+It dies with its parent (``supervisor.spawn_tied``). With ``maxmemory_bytes`` it runs with that
+``maxmemory`` and the ``noeviction`` policy, checked once it answers: a full Redis refuses writes
+(submits get 503) rather than silently evicting job records, images or API keys.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -10,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+
+from .supervisor import spawn_tied
 
 __all__ = ["RedisServer", "free_port", "start_redis"]
 
@@ -56,7 +64,12 @@ class RedisServer:
 
 
 def start_redis(
-    data_dir: Path, *, persistent: bool = True, port: int | None = None, timeout: float = 10
+    data_dir: Path,
+    *,
+    persistent: bool = True,
+    port: int | None = None,
+    timeout: float = 10,
+    maxmemory_bytes: int | None = None,
 ) -> RedisServer:
     """Run redis-server on a loopback port (a free one by default), files in ``data_dir``; wait
     until it answers. ``persistent``: an append-only file, fsynced every second."""
@@ -85,13 +98,17 @@ def start_redis(
         "--logfile",
         str(data_dir / "redis.log"),
     ]
-    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+    if maxmemory_bytes is not None:
+        args += ["--maxmemory", str(maxmemory_bytes), "--maxmemory-policy", "noeviction"]
+    process = spawn_tied(args, os.environ)
     server = RedisServer(process, port, data_dir, persistent)
     client = redis.Redis(port=port, socket_connect_timeout=1)
     deadline = time.monotonic() + timeout
     while True:
         try:
             client.ping()
+            if maxmemory_bytes is not None:
+                _check_memory_limit(client, maxmemory_bytes, server)
             return server
         except redis.ConnectionError:
             if process.poll() is not None or time.monotonic() > deadline:
@@ -101,3 +118,19 @@ def start_redis(
             time.sleep(0.05)
         finally:
             client.close()
+
+
+def _check_memory_limit(client: redis.Redis, maxmemory_bytes: int, server: RedisServer) -> None:
+    """Refuse a Redis that did not take the limit (an old version, a config that overrides it)."""
+    found = {_text(k): _text(v) for k, v in client.config_get("maxmemory*").items()}
+    policy, limit = found.get("maxmemory-policy", ""), int(found.get("maxmemory") or 0)
+    if policy != "noeviction" or limit != maxmemory_bytes:
+        server.stop()
+        raise RuntimeError(
+            f"redis-server runs with maxmemory {limit} and policy {policy!r} instead of "
+            f"{maxmemory_bytes} and 'noeviction': check its version (6 or later)"
+        )
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -48,9 +48,10 @@ def _warn_once_if_open(server: Any) -> None:
     from ..core.redis_client import connect
     from ..core.settings import Settings
 
-    client = connect(Settings.from_env().redis_url, max_connections=1)
+    settings = Settings.from_env()
+    client = connect(settings.redis_url, max_connections=1)
     try:
-        warn_if_no_key(ApiKeyStore(client))
+        warn_if_no_key(ApiKeyStore(client), settings.auth)
     finally:
         client.connection_pool.disconnect()
 

@@ -16,6 +16,7 @@ __all__ = [
     "job_key",
     "leases_key",
     "outbox_key",
+    "queued_bytes_key",
     "queued_key",
     "rate_key",
     "webhook_gone_key",
@@ -61,6 +62,11 @@ def dispatching_key() -> str:
     gets its message from a reaper. An entry still here when due means the sender died in between.
     """
     return f"{PREFIX}:dispatching"
+
+
+def queued_bytes_key() -> str:
+    """A sorted set of job id -> image bytes, for the byte budget of queued images."""
+    return f"{PREFIX}:queued:image_bytes"
 
 
 def done_channel(job_id: str) -> str:

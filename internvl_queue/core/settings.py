@@ -15,15 +15,20 @@ from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Literal
 
-__all__ = ["DEFAULT_MODEL", "Settings"]
+__all__ = ["DEFAULT_MODEL", "Settings", "SettingsError"]
 
 DEFAULT_MODEL = "OpenGVLab/InternVL3-1B-hf"
 
 Device = Literal["auto", "cpu", "cuda"]
+AuthMode = Literal["required", "open"]
 
 # Seconds between webhook attempts: 11 attempts over about 24 hours (before jitter, which only
 # shortens a wait), so the default job retention of 24 h outlives every retry.
 DEFAULT_WEBHOOK_SCHEDULE = "5,30,120,600,1800,3600,7200,14400,28800,28800"
+
+
+class SettingsError(ValueError):
+    """Raised when a setting is invalid or contradicts another; the message names the variables."""
 
 
 def _env(name: str, help: str) -> dict[str, str]:
@@ -171,6 +176,29 @@ class Settings:
         ),
     )
     # -- access and backpressure --------------------------------------------------------------
+    auth: AuthMode = field(
+        default="required",
+        metadata=_env(
+            "INTERNVL_AUTH",
+            "required: every /v1/ request needs an API key, even while none exists; open: no "
+            "key needed while none exists (`up` sets open unless you set it)",
+        ),
+    )
+    max_queued_bytes: int = field(
+        default=2 * 1024**3,
+        metadata=_env(
+            "INTERNVL_MAX_QUEUED_BYTES",
+            "image bytes of queued jobs held in Redis before submits get 503 (0: no cap)",
+        ),
+    )
+    max_waiters: int = field(
+        # Half of `internvl-queue api`'s 8 threads per process: the rest serve submits, /readyz.
+        default=4,
+        metadata=_env(
+            "INTERNVL_MAX_WAITERS",
+            "long polls (?wait=, Prefer: wait) one API process holds at once; more answer at once",
+        ),
+    )
     max_queued_jobs: int = field(
         default=10_000,
         metadata=_env(
@@ -215,7 +243,10 @@ class Settings:
     )
     webhook_timeout_s: float = field(
         default=10.0,
-        metadata=_env("WEBHOOK_TIMEOUT_S", "connect timeout, and read timeout, of one attempt"),
+        metadata=_env(
+            "WEBHOOK_TIMEOUT_S",
+            "the whole of one attempt (DNS, connect, TLS, send, reply), after which it is cut off",
+        ),
     )
     webhook_queue: str = field(
         default="internvl-webhooks",
@@ -246,7 +277,12 @@ class Settings:
 
     @property
     def webhook_lease_s(self) -> float:
-        """How long one attempt may hold an event before another worker may take it over."""
+        """How long one attempt may hold an event before another worker may take it over.
+
+        An attempt is cut off after ``webhook_timeout_s`` in all (``webhooks.http``), and its
+        task may first wait about as long for a free thread (prefetched behind a running attempt);
+        5 s more cover recording it. A delivery that finds too little of its lease left does not
+        start (``webhooks.delivery``), so two attempts of one event never overlap."""
         return 2 * self.webhook_timeout_s + 5
 
     @cached_property
@@ -267,17 +303,23 @@ class Settings:
             if raw is None or raw == "":
                 continue
             values[f.name] = _parse(f.name, f.metadata["env"], raw, type(f.default))
-        settings = cls(**values)  # type: ignore[arg-type]
-        settings.validate()
-        return settings
+        return cls(**values)  # type: ignore[arg-type]  # validated by __post_init__
+
+    def __post_init__(self) -> None:
+        # Settings built in code (tests, embedders) are held to the same rules as the env's.
+        self.validate()
 
     def validate(self) -> None:
+        """``SettingsError`` with one sentence naming the variables, for any bad or contradictory
+        value."""
+        if self.auth not in ("required", "open"):
+            raise SettingsError(f"INTERNVL_AUTH must be required or open, not {self.auth!r}")
         if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"INTERNVL_DEVICE must be auto, cpu or cuda, not {self.device!r}")
+            raise SettingsError(f"INTERNVL_DEVICE must be auto, cpu or cuda, not {self.device!r}")
         if not 1 <= self.max_tiles <= 12:
-            raise ValueError("INTERNVL_MAX_TILES must be between 1 and 12")
+            raise SettingsError("INTERNVL_MAX_TILES must be between 1 and 12")
         if not 1 <= self.default_max_new_tokens <= self.max_new_tokens_limit:
-            raise ValueError(
+            raise SettingsError(
                 "INTERNVL_DEFAULT_MAX_NEW_TOKENS must be in 1..INTERNVL_MAX_NEW_TOKENS"
             )
         if self.lease_s < 2 * self.heartbeat_interval_s:
@@ -286,6 +328,7 @@ class Settings:
                 "renews the leases; about three heartbeats is right)"
             )
         self._validate_webhooks()
+        self._validate_timeouts()
         for name in (
             "rate_limit_window_s",
             "idempotency_ttl_s",
@@ -298,33 +341,61 @@ class Settings:
             "job_retention_s",
             "visibility_timeout_s",
             "max_attempts",
+            "max_waiters",
         ):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive")
+                env = next(f.metadata["env"] for f in fields(self) if f.name == name)
+                raise SettingsError(f"{env} must be positive")
+        if self.max_queued_bytes < 0:
+            raise SettingsError("INTERNVL_MAX_QUEUED_BYTES must be 0 (no cap) or positive")
+
+    def _validate_timeouts(self) -> None:
+        """The longest job (``max_timeout_s``) must fit in everything that has to outlive it."""
+        if self.default_timeout_s < 1 or self.max_timeout_s < 1:
+            raise SettingsError(
+                "INTERNVL_DEFAULT_TIMEOUT_S and INTERNVL_MAX_TIMEOUT_S must be positive"
+            )
+        if self.default_timeout_s > self.max_timeout_s:
+            raise SettingsError(
+                f"INTERNVL_DEFAULT_TIMEOUT_S ({self.default_timeout_s}) must not exceed "
+                f"INTERNVL_MAX_TIMEOUT_S ({self.max_timeout_s}): lower the default or raise the max"
+            )
+        if self.visibility_timeout_s < self.max_timeout_s:
+            raise SettingsError(
+                f"INTERNVL_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must be at least "
+                f"INTERNVL_MAX_TIMEOUT_S ({self.max_timeout_s}), or a job still running would be "
+                "handed to a second worker"
+            )
+        if self.job_retention_s < self.max_timeout_s:
+            raise SettingsError(
+                f"INTERNVL_JOB_RETENTION_S ({self.job_retention_s}) must be at least "
+                f"INTERNVL_MAX_TIMEOUT_S ({self.max_timeout_s}), or a job could expire before its "
+                "deadline"
+            )
 
     def _validate_webhooks(self) -> None:
         for secret in self.webhook_secret_list:
             if not secret.startswith("whsec_"):
-                raise ValueError("WEBHOOK_SECRETS: every secret must start with whsec_")
+                raise SettingsError("WEBHOOK_SECRETS: every secret must start with whsec_")
             try:
                 if len(base64.b64decode(secret[len("whsec_") :], validate=True)) < 16:
-                    raise ValueError("WEBHOOK_SECRETS: a secret must hold at least 16 bytes")
+                    raise SettingsError("WEBHOOK_SECRETS: a secret must hold at least 16 bytes")
             except binascii.Error:
-                raise ValueError("WEBHOOK_SECRETS: a secret is whsec_ + base64") from None
+                raise SettingsError("WEBHOOK_SECRETS: a secret is whsec_ + base64") from None
         try:
             schedule = self.webhook_schedule
         except ValueError:
-            raise ValueError("WEBHOOK_RETRY_SCHEDULE must be comma-separated seconds") from None
+            raise SettingsError("WEBHOOK_RETRY_SCHEDULE must be comma-separated seconds") from None
         if not schedule or any(delay < 0 for delay in schedule):
-            raise ValueError("WEBHOOK_RETRY_SCHEDULE needs at least one non-negative delay")
+            raise SettingsError("WEBHOOK_RETRY_SCHEDULE needs at least one non-negative delay")
         try:
             self.webhook_allowed_networks  # noqa: B018 (parsed here to fail at start-up)
         except ValueError as exc:
-            raise ValueError(f"WEBHOOK_ALLOWED_CIDRS: {exc}") from None
+            raise SettingsError(f"WEBHOOK_ALLOWED_CIDRS: {exc}") from None
         if self.webhook_timeout_s <= 0 or self.webhook_poll_s <= 0:
-            raise ValueError("WEBHOOK_TIMEOUT_S and WEBHOOK_POLL_S must be positive")
+            raise SettingsError("WEBHOOK_TIMEOUT_S and WEBHOOK_POLL_S must be positive")
         if self.job_retention_s < self.webhook_window_s:
-            raise ValueError(
+            raise SettingsError(
                 f"INTERNVL_JOB_RETENTION_S ({self.job_retention_s}) must cover the webhook retry "
                 f"window ({self.webhook_window_s:.0f} s, WEBHOOK_RETRY_SCHEDULE plus one attempt)"
             )
@@ -342,12 +413,12 @@ def _parse(name: str, env: str, raw: str, kind: type) -> object:
     if kind is bool:
         if raw.lower() in _TRUE | _FALSE:
             return raw.lower() in _TRUE
-        raise ValueError(f"{env}={raw!r} is not a boolean (true/false)")
+        raise SettingsError(f"{env}={raw!r} is not a boolean (true/false)")
     try:
         if kind is int:
             return int(raw)
         if kind is float:
             return float(raw)
     except ValueError:
-        raise ValueError(f"{env}={raw!r} is not a valid {kind.__name__}") from None
+        raise SettingsError(f"{env}={raw!r} is not a valid {kind.__name__}") from None
     return raw

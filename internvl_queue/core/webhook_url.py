@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import SplitResult, urlsplit
 
 from .errors import WebhookUrlNotAllowed
@@ -20,12 +21,16 @@ __all__ = [
     "parse_webhook_url",
     "permitted_addresses",
     "refused_address",
+    "resolve",
 ]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MAX_URL_CHARS = 2048
+
+# How long a lookup may take when nothing tighter is given (a submit, in the API's request thread).
+DNS_TIMEOUT_S = 3.0
 
 
 class HostDoesNotResolve(WebhookUrlNotAllowed):
@@ -105,17 +110,37 @@ def _kind(address: Address) -> str:
 _SHARED = ipaddress.IPv4Network("100.64.0.0/10")
 
 
-def permitted_addresses(host: str, port: int, allowed: Sequence[Network]) -> list[str]:
+# getaddrinfo cannot be interrupted, so lookups run here and the caller stops waiting at its
+# deadline. A lookup that hangs holds one of these threads until the system resolver gives up;
+# when all are held, further lookups queue and time out too, instead of piling up threads.
+_RESOLVERS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="dns")
+
+
+def resolve(host: str, port: int, timeout_s: float) -> list[str]:
+    """The addresses of ``host`` for a TCP connection (from ``getaddrinfo``), given up after
+    ``timeout_s``: ``HostDoesNotResolve`` if it has none, or none came in time."""
+    lookup = _RESOLVERS.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    try:
+        infos = lookup.result(timeout=max(timeout_s, 0.0))
+        return list(dict.fromkeys(str(info[4][0]) for info in infos))
+    except TimeoutError:
+        lookup.cancel()
+        raise HostDoesNotResolve(
+            f"the webhook host {host!r} did not resolve within {timeout_s:g} s"
+        ) from None
+    except (OSError, UnicodeError) as exc:
+        raise HostDoesNotResolve(f"the webhook host {host!r} does not resolve: {exc}") from None
+
+
+def permitted_addresses(
+    host: str, port: int, allowed: Sequence[Network], *, timeout_s: float = DNS_TIMEOUT_S
+) -> list[str]:
     """Every address ``host`` resolves to, if all are permitted; else ``WebhookUrlNotAllowed``.
 
     All of them are checked, not only the first, so a name with one public and one private
-    address cannot be used to reach the private one.
+    address cannot be used to reach the private one. The lookup is given up after ``timeout_s``.
     """
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as exc:
-        raise HostDoesNotResolve(f"the webhook host {host!r} does not resolve: {exc}") from None
-    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    addresses = resolve(host, port, timeout_s)
     for text in addresses:
         address = ipaddress.ip_address(text.split("%", 1)[0])
         if refused_address(address, allowed):

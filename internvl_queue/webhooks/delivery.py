@@ -29,6 +29,9 @@ from .http import AddressRefused, DeliveryFailed, HttpReply, post
 
 __all__ = ["USER_AGENT", "WebhookDelivery"]
 
+# Time an attempt needs beyond its own deadline to record its outcome under its lease.
+_RECORD_MARGIN_S = 2.0
+
 log = logging.getLogger("internvl_queue.webhooks")
 
 USER_AGENT = f"internvl-queue/{__version__}"
@@ -65,6 +68,11 @@ class WebhookDelivery:
         if event.outcome or event.lease_token != lease_token:
             # Finished already, or our lease ran out and another attempt holds the event.
             log.info("webhook %s: lease no longer ours; skipped", event_id)
+            return None
+        if not self._lease_outlasts_an_attempt(event_id):
+            # The task waited too long for a thread: an attempt begun now could outlive the lease
+            # and overlap the next one. The lease runs out, and the event is leased again.
+            log.info("webhook %s: too little of its lease left to start; left for later", event_id)
             return None
         started = self.clock()
         clock_start = time.monotonic()
@@ -115,6 +123,11 @@ class WebhookDelivery:
         else:
             log.warning("webhook %s: lease lost during the attempt; not recorded", event_id)
         return attempt.outcome
+
+    def _lease_outlasts_an_attempt(self, event_id: str) -> bool:
+        lease_ends = self.outbox.due_at(event_id)  # a leased event's score is its lease's end
+        needed = self.settings.webhook_timeout_s + _RECORD_MARGIN_S
+        return lease_ends is not None and lease_ends - self.clock() >= needed
 
     def _headers(self, event: WebhookEvent, timestamp: int) -> dict[str, str]:
         body = event.body.encode()

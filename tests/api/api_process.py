@@ -20,7 +20,9 @@ class ApiProcess(CommandProcess):
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__(
             ["api", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-            {**os.environ, "REDIS_URL": redis_url, "LOG_LEVEL": "INFO", **env},
+            # Open (no key needed) unless a test says otherwise: INTERNVL_AUTH defaults to required.
+            {**os.environ, "REDIS_URL": redis_url, "LOG_LEVEL": "INFO", "INTERNVL_AUTH": "open"}
+            | env,
             log_path,
         )
 

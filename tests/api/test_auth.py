@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 import redis
@@ -180,3 +181,54 @@ def test_without_redis_it_fails_closed(
         reply = app.test_client().get(UNKNOWN_JOB)
     assert reply.status_code == 503
     assert reply.json["error"]["code"] == "service_unavailable"
+
+
+# -- INTERNVL_AUTH=required (the default outside `up`) ------------------------------------------
+
+
+@pytest.fixture
+def required_client(
+    settings: Settings, make_app: Callable[..., Flask], caplog: pytest.LogCaptureFixture
+) -> FlaskClient:
+    with caplog.at_level(logging.WARNING, logger="internvl_queue.api.auth"):
+        app = make_app(replace(settings, auth="required"))
+    return app.test_client()
+
+
+def test_required_with_an_empty_key_set_refuses_and_says_how_to_make_a_key(
+    required_client: FlaskClient, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It said so when it started, and did not claim to be open.
+    logged = caplog.get_records("setup")
+    messages = [r.getMessage() for r in logged if r.name == "internvl_queue.api.auth"]
+    assert len(messages) == 1 and "INTERNVL_AUTH=required and no API key exists" in messages[0]
+    assert "OPEN TO ANYONE" not in messages[0]
+    before = user_keys(redis_client)
+    for reply in (
+        required_client.get(UNKNOWN_JOB),
+        required_client.post("/v1/jobs", data={"question": "What?"}),
+        required_client.get(UNKNOWN_JOB, headers=bearer("iq_0123456789ab_secret")),
+    ):
+        assert_unauthorized(reply, "none exists yet")
+        assert "internvl-queue keys create --name NAME" in reply.json["error"]["message"]
+    assert user_keys(redis_client) == before
+    assert required_client.get("/readyz").json["auth"] == "api_keys"
+
+
+def test_required_stays_closed_after_the_keys_are_flushed(
+    required_client: FlaskClient, keys: ApiKeyStore, redis_client: redis.Redis
+) -> None:
+    """FLUSHDB (or a failover to an empty replica, or an eviction) empties the key set: with
+    keys required that is a 401 for everyone, never an open API."""
+    _, plaintext = keys.create("k")
+    assert required_client.get(UNKNOWN_JOB, headers=bearer(plaintext)).status_code == 404
+    redis_client.flushdb()
+    assert_unauthorized(required_client.get(UNKNOWN_JOB), "none exists yet")
+    assert_unauthorized(required_client.get(UNKNOWN_JOB, headers=bearer(plaintext)), "none exists")
+    assert required_client.get("/readyz").json["auth"] == "api_keys"
+    # A key made now works at once.
+    key, fresh = keys.create("after")
+    assert required_client.get(UNKNOWN_JOB, headers=bearer(fresh)).status_code == 404
+    assert_unauthorized(required_client.get(UNKNOWN_JOB), "requires an API key")
+    keys.revoke(key.id)
+    assert_unauthorized(required_client.get(UNKNOWN_JOB), "none exists yet")

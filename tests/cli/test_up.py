@@ -3,19 +3,23 @@ Ctrl-C stops all."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import redis
 import requests
 
 from internvl_queue import verify_webhook
 from internvl_queue.cli.redis_server import free_port
 from internvl_queue.cli.up import development_secret
+from internvl_queue.core.settings import Settings
 from internvl_queue.core.signing import generate_secret
 from tests.images import photo
 from tests.receiver import Receiver
@@ -189,3 +193,71 @@ def test_up_on_a_busy_port_says_so_in_one_line(tmp_path: Path) -> None:
         f"[internvl-queue up] port {port} on 127.0.0.1 is in use: stop what runs there, "
         "or pass --port"
     ]
+
+
+def _wait_for(check: Callable[[], bool], timeout: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}\n{log.read_text()}"
+        time.sleep(0.1)
+
+
+def test_up_owns_its_data_dir_and_sigkill_leaves_no_process(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """One `up` per data directory; its Redis is bounded (noeviction); killed with SIGKILL it
+    leaves nothing running (its children die with it)."""
+    port = free_port()
+    env = user_env(tmp_path, INTERNVL_MODEL=str(tiny_model_dir), INTERNVL_DEVICE="cpu")
+    service = UserService(
+        ["internvl-queue", "up", "--port", str(port)], tmp_path, env, tmp_path / "up.log"
+    )
+    api = f"http://127.0.0.1:{port}"
+    try:
+        service.wait_ready(api, timeout=180)
+        # Development mode: open unless INTERNVL_AUTH says otherwise.
+        assert requests.get(f"{api}/readyz", timeout=5).json()["auth"] == "open"
+        data_dir = tmp_path / "state" / "internvl-queue"
+        redis_url = json.loads((data_dir / "service.json").read_text())["redis_url"]
+        limits = redis.Redis.from_url(redis_url, decode_responses=True).config_get("maxmemory*")
+        assert limits["maxmemory-policy"] == "noeviction"
+        assert int(limits["maxmemory"]) == Settings().max_queued_bytes + 1024**3
+
+        second = subprocess.run(
+            ["internvl-queue", "up", "--port", str(free_port())],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 1
+        assert second.stderr.strip().splitlines() == [
+            f"[internvl-queue up] another internvl-queue up (pid {service.process.pid}) is "
+            f"running on {data_dir}: stop it first, or pass --data-dir to run a second service"
+        ]
+        assert requests.get(f"{api}/readyz", timeout=5).status_code == 200  # untouched
+        assert leftover_processes(str(tmp_path)) != []  # the marker finds the running service
+    finally:
+        service.process.kill()
+        service.process.wait(10)
+        service.interrupt()
+    _wait_for(lambda: leftover_processes(str(tmp_path)) == [], 60, "no leftover", service.log_path)
+
+
+def test_ctrl_c_during_start_up_leaks_nothing(tmp_path: Path, tiny_model_dir: Path) -> None:
+    env = user_env(tmp_path, INTERNVL_MODEL=str(tiny_model_dir), INTERNVL_DEVICE="cpu")
+    for moment in ("started redis-server", "API on"):
+        home = tmp_path / moment.replace(" ", "-")
+        home.mkdir()
+        service = UserService(
+            ["internvl-queue", "up", "--port", str(free_port()), "--data-dir", str(home / "d")],
+            home,
+            env,
+            home / "up.log",
+        )
+        _wait_for(lambda: moment in service.output(), 60, moment, service.log_path)  # noqa: B023
+        code = service.interrupt(timeout=60)
+        assert code == 0, service.output()
+        assert "stopping redis-server" in service.output()
+        _wait_for(lambda: leftover_processes(str(home)) == [], 30, "no leftover", service.log_path)  # noqa: B023

@@ -46,6 +46,9 @@ def test_reads_environment() -> None:
         {"WEBHOOK_SECRETS": "whsec_!!!"},
         {"WEBHOOK_SECRETS": "whsec_c2hvcnQ="},  # 5 bytes
         {"WEBHOOK_ALLOWED_CIDRS": "10.0.0.0/33"},
+        {"INTERNVL_AUTH": "maybe"},
+        {"INTERNVL_MAX_QUEUED_BYTES": "-1"},
+        {"INTERNVL_MAX_WAITERS": "0"},
     ],
 )
 def test_rejects_bad_values(env: dict[str, str]) -> None:
@@ -76,3 +79,56 @@ def test_every_setting_is_documented_in_readme() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     missing = [env for env, _, _ in Settings.documented() if f"`{env}`" not in readme]
     assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        # The case: a max below the default would give jobs a timeout above the max.
+        ({"INTERNVL_MAX_TIMEOUT_S": "300"}, "INTERNVL_DEFAULT_TIMEOUT_S (600) must not exceed"),
+        (
+            {"INTERNVL_DEFAULT_TIMEOUT_S": "30", "INTERNVL_MAX_TIMEOUT_S": "20"},
+            "INTERNVL_MAX_TIMEOUT_S (20)",
+        ),
+        # A message redelivered while its job still runs: two workers on one job.
+        ({"INTERNVL_VISIBILITY_TIMEOUT_S": "1800"}, "INTERNVL_VISIBILITY_TIMEOUT_S (1800)"),
+        (
+            {"INTERNVL_MAX_TIMEOUT_S": "7200", "INTERNVL_VISIBILITY_TIMEOUT_S": "3600"},
+            "must be at least INTERNVL_MAX_TIMEOUT_S (7200)",
+        ),
+        # A record that expires while its job may still run.
+        (
+            {
+                "INTERNVL_MAX_TIMEOUT_S": "100000",
+                "INTERNVL_VISIBILITY_TIMEOUT_S": "100000",
+                "INTERNVL_JOB_RETENTION_S": "90000",
+            },
+            "INTERNVL_JOB_RETENTION_S (90000) must be at least INTERNVL_MAX_TIMEOUT_S",
+        ),
+        ({"INTERNVL_DEFAULT_TIMEOUT_S": "0"}, "must be positive"),
+    ],
+)
+def test_contradictory_settings_are_refused_in_one_sentence(
+    env: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ValueError) as refused:
+        Settings.from_env(env)
+    message = str(refused.value)
+    assert named in message
+    assert "\n" not in message and message.count(". ") == 0
+
+
+def test_settings_built_in_code_are_validated_too() -> None:
+    with pytest.raises(ValueError, match="INTERNVL_DEFAULT_TIMEOUT_S"):
+        Settings(max_timeout_s=300)
+    with pytest.raises(ValueError, match="INTERNVL_AUTH"):
+        Settings(auth="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="INTERNVL_MAX_IMAGES must be positive"):
+        Settings(max_images=0)
+    # Agreeing values pass: the default may equal the max.
+    assert Settings(default_timeout_s=300, max_timeout_s=300).max_timeout_s == 300
+
+
+def test_auth_is_required_unless_set_open() -> None:
+    assert Settings.from_env({}).auth == "required"
+    assert Settings.from_env({"INTERNVL_AUTH": "open"}).auth == "open"

@@ -7,17 +7,14 @@ every worker polls the one outbox, so two tests' workers must never overlap.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 import requests as http
 from flask import Flask
@@ -29,90 +26,21 @@ from internvl_queue.core.apikeys import ApiKeyStore
 from internvl_queue.core.job import Job, JobParams
 from internvl_queue.core.outbox import Outbox
 from internvl_queue.core.settings import Settings
-from internvl_queue.core.signing import generate_secret
 from internvl_queue.core.status import JobStatus
 from internvl_queue.core.store import JobStore
 from internvl_queue.core.webhook_events import DEFAULT_EVENTS, EVENT_TYPES
 from tests.conftest import WorkerProcess
 from tests.images import photo
-from tests.processes import CommandProcess
 from tests.receiver import Received, Receiver, Reply
-from tests.receiver import wait_until as _wait_until
+from tests.webhooks.worker_process import (
+    LEASE_S,
+    NEW_SECRET,
+    OLD_SECRET,
+    WebhookWorker,
+    wait_until,
+)
 
 PARAMS = JobParams(max_new_tokens=8, max_tiles=2)
-SCHEDULE = "0.2,0.2,0.2,0.5,0.5"  # 6 attempts over about 1.6 s
-LEASE_S = 7  # 2 * WEBHOOK_TIMEOUT_S + 5
-OLD_SECRET, NEW_SECRET = generate_secret(), generate_secret()
-
-
-# -- the receiver -------------------------------------------------------------------------------
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver().start()
-    yield r
-    r.stop()
-
-
-# -- the webhook worker -------------------------------------------------------------------------
-class WebhookWorker(CommandProcess):
-    """A real ``internvl-queue webhook-worker`` subprocess."""
-
-    def __init__(self, redis_url: str, log_path: Path, **env: str) -> None:
-        full = {
-            **os.environ,
-            "REDIS_URL": redis_url,
-            "WEBHOOK_SECRETS": f"{NEW_SECRET},{OLD_SECRET}",
-            "WEBHOOK_ALLOWED_CIDRS": "127.0.0.0/8",
-            "WEBHOOK_RETRY_SCHEDULE": SCHEDULE,
-            "WEBHOOK_POLL_S": "0.05",
-            "WEBHOOK_TIMEOUT_S": "1",
-            "INTERNVL_JOB_RETENTION_S": "3600",
-            "LOG_LEVEL": "INFO",
-            **env,
-        }
-        super().__init__(["webhook-worker"], {k: v for k, v in full.items() if v != ""}, log_path)
-
-    def wait_ready(self, timeout: float = 20) -> WebhookWorker:
-        wait_until(lambda: "webhook worker ready" in self.log(), timeout, "worker ready", self)
-        return self
-
-    def stop(self) -> int:
-        return self.terminate(20)
-
-
-def wait_until(
-    check: Callable[[], bool], timeout: float, what: str, worker: WebhookWorker | None = None
-) -> None:
-    """Wait for ``check``; on a timeout the failure shows the worker's log."""
-    _wait_until(check, timeout, what, worker.log() if worker else "")
-
-
-@pytest.fixture
-def start_worker(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., WebhookWorker]]:
-    workers: list[WebhookWorker] = []
-
-    def start(**env: str) -> WebhookWorker:
-        worker = WebhookWorker(redis_url, tmp_path / f"webhooks-{len(workers)}.log", **env)
-        workers.append(worker)
-        return worker
-
-    yield start
-    for worker in workers:
-        # Killed, not stopped: a warm shutdown takes a second, and every test starts a worker.
-        if worker.process.poll() is None:
-            worker.kill()
-        worker.close()
-
-
-# -- events, made the way the GPU worker makes them ---------------------------------------------
-@pytest.fixture
-def store(redis_client: redis.Redis) -> JobStore:
-    return JobStore(redis_client, retention_s=3600)
-
-
-@pytest.fixture
-def outbox(redis_client: redis.Redis) -> Outbox:
-    return Outbox(redis_client, lease_s=LEASE_S, retention_s=3600)
 
 
 def finished_job(

@@ -77,11 +77,11 @@ def whole_path(
     try:
         registry = WorkerRegistry(client)
         deadline = time.monotonic() + 240
-        while len(registry.live()) < max(gpus, 1):
+        while len(registry.ready()) < max(gpus, 1):
             if worker.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the worker did not start")
             time.sleep(0.5)
-        say(f"{len(registry.live())} worker(s) ready")
+        say(f"{len(registry.ready())} worker(s) ready")
         store = JobStore(client, retention_s=3600)
         celery = create_celery(settings)
         images = images_for(W1)

@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -143,16 +144,25 @@ class _Quiet(WSGIRequestHandler):
         pass  # one line per poll would drown the test output
 
 
-@pytest.fixture
-def live_api(app: Flask) -> Iterator[str]:
-    """The app behind a real HTTP server on a free loopback port."""
+@contextmanager
+def serving(app: Flask) -> Iterator[str]:
+    """``app`` behind a real HTTP server on a free loopback port, while in the block; its URL."""
     server = make_server("127.0.0.1", free_port(), app, threaded=True, request_handler=_Quiet)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.fixture
+def live_api(app: Flask) -> Iterator[str]:
+    """The app behind a real HTTP server on a free loopback port."""
+    with serving(app) as url:
+        yield url
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
@@ -176,7 +186,7 @@ class WorkerProcess(CommandProcess):
         self.registry = WorkerRegistry(redis.Redis.from_url(settings.redis_url))
 
     def info(self) -> WorkerInfo:
-        for info in self.registry.live():
+        for info in self.registry.ready():
             if info.pid == self.process.pid:
                 return info
         raise LookupError(f"worker {self.process.pid} has no heartbeat\n{self.log()}")

@@ -22,8 +22,16 @@ from .services import EXTENSION, Services
 __all__ = ["create_app"]
 
 
-def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | None = None) -> Flask:
-    """Build the API. ``settings`` default to the environment; ``dispatcher`` to Celery."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    dispatcher: Dispatcher | None = None,
+    warn_if_open: bool = True,
+) -> Flask:
+    """Build the API. ``settings`` default to the environment; ``dispatcher`` to Celery.
+
+    ``warn_if_open``: log the open-mode warning when no API key exists (a server that builds one
+    app per process warns once itself instead)."""
     settings = settings or Settings.from_env()
     app = Flask("internvl_queue")
     # Werkzeug refuses larger bodies with 413 before reading them.
@@ -41,7 +49,7 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
         rate_limiter=RateLimiter(client, settings.rate_limit_jobs, settings.rate_limit_window_s),
     )
     register_error_handlers(app)
-    register_auth(app)
+    register_auth(app, warn_if_open=warn_if_open)
     app.register_blueprint(jobs)
     app.register_blueprint(health)
     return app

@@ -20,7 +20,7 @@ from ..core.apikeys import ApiKeyStore, parse_key
 from ..core.errors import ServiceUnavailable, Unauthorized
 from .services import services
 
-__all__ = ["current_owner", "register_auth"]
+__all__ = ["current_owner", "register_auth", "warn_if_no_key"]
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +41,16 @@ def current_owner() -> str:
     return owner
 
 
-def register_auth(app: Flask) -> None:
+def register_auth(app: Flask, *, warn_if_open: bool = True) -> None:
     """Require a key on ``/v1/`` requests; warn now if there is none. Call after the services."""
-    with app.app_context():
-        _warn_if_open(services().api_keys)
+    if warn_if_open:
+        with app.app_context():
+            warn_if_no_key(services().api_keys)
     app.before_request(_authenticate)
 
 
-def _warn_if_open(keys: ApiKeyStore) -> None:
+def warn_if_no_key(keys: ApiKeyStore) -> None:
+    """Log the open-mode warning if no active API key exists."""
     try:
         open_ = not keys.any_active()
     except redis.RedisError as exc:

@@ -20,7 +20,7 @@ from ..core.submission import Submission, prepare_job
 from .auth import current_owner
 from .parsing import parse_submission
 from .services import Services, services
-from .waiting import prefer_wait, query_wait
+from .waiting import prefer_wait, prefers_respond_async, query_wait
 
 __all__ = ["jobs"]
 
@@ -100,9 +100,17 @@ def _accept(svc: Services, submission: Submission, owner: str) -> Job:
 
 
 def _submitted(svc: Services, job: Job, headers: dict[str, str]) -> Reply:
-    """202 with the job; 200 with the finished job if ``Prefer: wait`` saw it finish."""
+    """202 with the job; 200 with the finished job if ``Prefer: wait`` saw it finish.
+
+    ``Prefer: respond-async`` asks for the 202 at once, whatever ``wait`` says beside it.
+    """
     headers = {**headers, "Location": f"/v1/jobs/{job.id}"}
-    wait = prefer_wait(request.headers.get("Prefer"))
+    # A client may send its preferences in several Prefer headers (RFC 7240 section 2).
+    prefer = ", ".join(request.headers.getlist("Prefer"))
+    if prefers_respond_async(prefer):
+        headers["Preference-Applied"] = "respond-async"
+        return _view(svc, job), 202, headers
+    wait = prefer_wait(prefer)
     if wait > 0:
         job = svc.store.wait_finished(job.id, wait) or job
         headers["Preference-Applied"] = f"wait={wait:g}"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from typing import Any
 
 from flask import Request
 
-from ..core.errors import BadRequest, UnsupportedMediaType
+from ..core.errors import BadRequest, UnsupportedMediaType, ValidationFailed
 from ..core.submission import Submission
 
 __all__ = ["parse_submission"]
@@ -30,11 +31,37 @@ def parse_submission(request: Request) -> Submission:
 def _from_form(request: Request) -> Submission:
     images = [upload.read() for upload in request.files.getlist("image")]
     fields = {name: request.form.get(name) for name in _OPTIONAL}
-    # Repeated fields or one comma-separated field both work.
-    events = ",".join(request.form.getlist("webhook_events")) or None
     return Submission(
-        question=request.form.get("question"), images=images, webhook_events=events, **fields
+        question=request.form.get("question"),
+        images=images,
+        webhook_events=_form_events(request.form.getlist("webhook_events")),
+        **fields,
     )
+
+
+def _form_events(values: list[str]) -> list[Any] | None:
+    """Event names from ``webhook_events`` form fields, each a comma-separated list or a JSON
+    list (``["job.failed", "job.started"]``), repeated or not; None when there are none.
+
+    Names are not checked here: ``prepare_job`` does it, the same for forms and JSON bodies.
+    """
+    names: list[Any] = []
+    for value in values:
+        if value.lstrip().startswith("["):
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                raise ValidationFailed(
+                    f"webhook_events {value!r} is not a valid JSON list; send e.g. "
+                    '["job.failed", "job.started"] or job.failed,job.started',
+                    code="invalid_parameter",
+                ) from None
+            names.extend(parsed if isinstance(parsed, list) else [parsed])
+        else:
+            names.extend(value.split(","))
+    # Blank entries (an empty field, a trailing comma) name nothing.
+    names = [n for n in names if not (isinstance(n, str) and not n.strip())]
+    return names or None
 
 
 def _from_json(request: Request) -> Submission:

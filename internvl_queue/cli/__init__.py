@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,11 @@ def _configure_logging() -> None:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
+    from .local_service import default_data_dir
     from .up import run_up
 
-    return run_up(args.host, args.port, Path(args.data_dir))
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    return run_up(args.host, args.port, data_dir, demo=args.demo)
 
 
 def _cmd_api(args: argparse.Namespace) -> int:
@@ -35,8 +38,17 @@ def _cmd_api(args: argparse.Namespace) -> int:
 
 def _run_worker(app: Any, queue: str, name: str, loglevel: str) -> int:
     """Run a Celery worker consuming ``queue`` only (no gossip or mingle: workers share nothing
-    but Redis)."""
+    but Redis), without Celery's banner: our own start-up lines say what runs."""
+    # Celery warns a root user because a root worker that accepts pickle runs whatever a message
+    # carries; ours accept JSON only, so in containers and CI, where root is the norm, the
+    # warning would only be noise at every start.
+    from celery.exceptions import SecurityWarning
+
+    warnings.filterwarnings(
+        "ignore", message="You're running the worker with superuser", category=SecurityWarning
+    )
     argv = [
+        "--quiet",
         "worker",
         f"--loglevel={loglevel}",
         "-Q",
@@ -76,29 +88,53 @@ def _cmd_webhook_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from .submit import submit
+    from .local_service import api_url
+    from .submit import JobOptions, submit
 
-    return submit(
-        args.api.rstrip("/"),
-        [Path(p) for p in args.images],
-        args.question,
+    options = JobOptions(
         max_new_tokens=args.max_new_tokens,
         max_tiles=args.max_tiles,
-        wait=args.wait,
         timeout_s=args.timeout,
+        metadata=args.metadata,
+        webhook_url=args.webhook_url,
+        webhook_events=args.webhook_events,
+        idempotency_key=args.idempotency_key,
+    )
+    return submit(
+        (args.api or api_url()).rstrip("/"),
+        [Path(p) for p in args.images],
+        args.question,
+        options,
+        wait=args.wait,
         api_key=args.api_key,
     )
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:
-    from .keys import create_key, list_keys, open_store, revoke_key
+    import redis
+
+    from .keys import create_key, list_keys, open_store, revoke_key, where
 
     store = open_store()
-    if args.keys_command == "create":
-        return create_key(store, args.name)
-    if args.keys_command == "list":
-        return list_keys(store)
-    return revoke_key(store, args.key_id)
+    try:
+        if args.keys_command == "create":
+            return create_key(store, args.name)
+        if args.keys_command == "list":
+            return list_keys(store)
+        return revoke_key(store, args.key_id)
+    except redis.ConnectionError as exc:
+        print(
+            f"internvl-queue keys: cannot reach Redis at {where(store)} ({exc}); start the "
+            "service (internvl-queue up) or set REDIS_URL to its Redis",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import run_doctor
+
+    return run_doctor()
 
 
 def _cmd_healthcheck(args: argparse.Namespace) -> int:
@@ -127,7 +163,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
-    up.add_argument("--data-dir", default="var", help="where the private Redis keeps its AOF")
+    up.add_argument(
+        "--data-dir",
+        help="Redis's AOF, the service file, the development webhook secret, the demo model "
+        "(default: $INTERNVL_DATA_DIR, else ~/.local/state/internvl-queue)",
+    )
+    up.add_argument(
+        "--demo",
+        action="store_true",
+        help="serve the tiny random demo model (offline; built into the data dir on first use)",
+    )
     up.set_defaults(func=_cmd_up)
 
     api = commands.add_parser("api", help="serve the HTTP API (gunicorn)")
@@ -152,23 +197,52 @@ def _parser() -> argparse.ArgumentParser:
     webhooks.add_argument("--loglevel", default="INFO")
     webhooks.set_defaults(func=_cmd_webhook_worker)
 
-    submit = commands.add_parser("submit", help="submit images and a question to the API")
+    submit = commands.add_parser(
+        "submit",
+        help="submit images and a question to the API",
+        description="Submit a job and print it (JSON), or with --wait print its answer. Exit "
+        "status: 0 done, 1 refused / unreachable / job failed, 2 bad arguments, 3 --wait gave up.",
+    )
     submit.add_argument("images", nargs="+", metavar="IMAGE")
     submit.add_argument("--question", "-q", required=True)
-    submit.add_argument("--api", default=os.environ.get("INTERNVL_API", "http://127.0.0.1:8000"))
+    submit.add_argument(
+        "--api",
+        metavar="URL",
+        help="the API (default: $INTERNVL_API, else the running up's, else http://127.0.0.1:8000)",
+    )
     submit.add_argument(
         "--api-key",
         default=os.environ.get("INTERNVL_API_KEY"),
         help="API key (default: $INTERNVL_API_KEY)",
     )
-    submit.add_argument("--max-new-tokens", type=int)
-    submit.add_argument("--max-tiles", type=int)
-    submit.add_argument("--wait", action="store_true", help="wait and print the answer")
-    submit.add_argument("--timeout", type=float, default=600, help="seconds to wait")
+    submit.add_argument("--max-new-tokens", type=int, metavar="N", help="most tokens in the answer")
+    submit.add_argument("--max-tiles", type=int, metavar="N", help="most 448-px tiles per image")
+    submit.add_argument(
+        "--timeout",
+        type=int,
+        metavar="SECONDS",
+        help="the job's deadline from submission (timeout_s; default: the service's, 600)",
+    )
+    submit.add_argument("--metadata", metavar="JSON", help="a JSON object returned with the job")
+    submit.add_argument("--webhook-url", metavar="URL", help="where the job's events are POSTed")
+    submit.add_argument(
+        "--webhook-events",
+        metavar="EVENTS",
+        help="comma-separated, some of job.started,job.succeeded,job.failed,job.canceled",
+    )
+    submit.add_argument(
+        "--idempotency-key", metavar="KEY", help="makes a retried submit return the same job"
+    )
+    submit.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for the answer and print it; gives up 10 s after the job's deadline",
+    )
     submit.set_defaults(func=_cmd_submit)
 
     keys = commands.add_parser(
-        "keys", help="create, list and revoke API keys (in the Redis of REDIS_URL)"
+        "keys",
+        help="create, list and revoke API keys (in REDIS_URL, else the running up's Redis)",
     )
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_commands.add_parser(
@@ -191,6 +265,13 @@ def _parser() -> argparse.ArgumentParser:
         "webhook-worker: Redis answers",
     )
     health.set_defaults(func=_cmd_healthcheck)
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="check whether a worker could start here: torch, GPUs, Redis, the model, disk "
+        "(exit 0 if so, 1 if not)",
+    )
+    doctor.set_defaults(func=_cmd_doctor)
 
     tiny = commands.add_parser(
         "make-tiny-model", help="write a tiny random InternVL checkpoint (offline demo, tests)"

@@ -1,7 +1,9 @@
-"""``internvl-queue keys create|list|revoke``: manage API keys straight in Redis (REDIS_URL).
+"""``internvl-queue keys create|list|revoke``: manage API keys straight in the service's Redis.
 
-There is no HTTP endpoint for this on purpose: whoever can run this command can reach Redis, and
-so already holds every key's power; an endpoint would be one more thing to protect.
+That Redis is ``REDIS_URL`` if set, else the one a running ``internvl-queue up`` started (see
+``local_service``), else the default. There is no HTTP endpoint for this on purpose: whoever can
+run this command can reach Redis, and so already holds every key's power; an endpoint would be
+one more thing to protect.
 """
 
 from __future__ import annotations
@@ -12,22 +14,45 @@ from typing import TextIO
 
 from ..core.apikeys import ApiKey, ApiKeyStore
 from ..core.redis_client import connect
-from ..core.settings import Settings
+from ..core.store import unowned_job_exists
+from .local_service import redis_url
 
-__all__ = ["create_key", "format_table", "list_keys", "open_store", "revoke_key"]
+__all__ = ["create_key", "format_table", "list_keys", "open_store", "revoke_key", "where"]
 
 
 def open_store() -> ApiKeyStore:
-    return ApiKeyStore(connect(Settings.from_env().redis_url, max_connections=2))
+    """The key store in the service's Redis: ``REDIS_URL``, else the running ``up``'s."""
+    return ApiKeyStore(connect(redis_url(), max_connections=2))
+
+
+def where(store: ApiKeyStore) -> str:
+    """The store's Redis as ``host:port/db`` (or a socket path), without any password."""
+    kwargs = store.redis.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return str(kwargs["path"])
+    return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
 
 
 def create_key(store: ApiKeyStore, name: str, out: TextIO = sys.stdout) -> int:
-    """Print what was made, then the key alone on the last line (``| tail -1`` takes it)."""
+    """Print what was made, then the key alone on the last line (``| tail -1`` takes it).
+
+    The first active key closes the open API: jobs submitted while it was open belong to no key
+    and answer 404 from then on. That is said on stderr, so that it shows even when stdout is
+    captured for the key.
+    """
+    first = not store.any_active()
     try:
         key, plaintext = store.create(name)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if first and unowned_job_exists(store.redis):
+        print(
+            "warning: this is the first active key, so the API now requires a key; the jobs "
+            "submitted while it was open belong to no key and answer 404 from now on (revoke "
+            "every key to reach them again)",
+            file=sys.stderr,
+        )
     print(f"Created API key {key.id} ({key.name!r}).", file=out)
     print("The key is shown once, here, and cannot be recovered: store it now.", file=out)
     print("Send it as: Authorization: Bearer <key>", file=out)

@@ -5,8 +5,8 @@
 runs to ``service.json`` in its data directory while it runs, and removes it when it stops. The
 other commands read it when ``REDIS_URL`` (or ``--api``) is not given.
 
-The data directory is ``INTERNVL_DATA_DIR`` if set, else ``$XDG_STATE_HOME/internvl-queue``
-(``~/.local/state/internvl-queue``): one per user, the same from whatever directory a command runs.
+The data directory is ``core.data_dir.default_data_dir()``: one per user, the same from whatever
+directory a command runs.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from ..core.data_dir import default_data_dir
 
 __all__ = [
     "DEFAULT_API_URL",
@@ -29,15 +31,6 @@ __all__ = [
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 _SERVICE_FILE = "service.json"
-
-
-def default_data_dir() -> Path:
-    """The data directory, absolute (child processes may run in another directory)."""
-    configured = os.environ.get("INTERNVL_DATA_DIR")
-    if configured:
-        return Path(configured).expanduser().resolve()
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return (Path(state).expanduser() / "internvl-queue").resolve()
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,24 @@ class _Gunicorn(BaseApplication):
 
     def load(self) -> Any:
         # Built in each gunicorn worker process, after the fork: every process has its own Redis
-        # and broker connections.
+        # and broker connections. The open-mode warning is logged once, by the arbiter.
         from ..api import create_app
 
-        return create_app()
+        return create_app(warn_if_open=False)
+
+
+def _warn_once_if_open(server: Any) -> None:
+    """gunicorn's ``on_starting`` hook: runs once, in the arbiter, before any worker forks."""
+    from ..api.auth import warn_if_no_key
+    from ..core.apikeys import ApiKeyStore
+    from ..core.redis_client import connect
+    from ..core.settings import Settings
+
+    client = connect(Settings.from_env().redis_url, max_connections=1)
+    try:
+        warn_if_no_key(ApiKeyStore(client))
+    finally:
+        client.connection_pool.disconnect()
 
 
 def serve_api(host: str, port: int, *, workers: int = 2, threads: int = 8) -> None:
@@ -36,5 +50,9 @@ def serve_api(host: str, port: int, *, workers: int = 2, threads: int = 8) -> No
             "timeout": 60,
             "accesslog": "-",
             "graceful_timeout": 10,
+            "on_starting": _warn_once_if_open,
+            # gunicorn's control socket defaults to one path per user ($HOME/.gunicorn): two
+            # APIs on one host would fight over it, and nothing here uses it.
+            "control_socket_disable": True,
         }
     ).run()

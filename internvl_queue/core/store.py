@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -24,7 +24,7 @@ from .keys import cancel_channel, done_channel, images_key, job_key, queued_key
 from .settings import Settings
 from .status import JobStatus
 
-__all__ = ["CancelOutcome", "Claim", "ClaimOutcome", "JobStore"]
+__all__ = ["CancelOutcome", "Claim", "ClaimOutcome", "JobStore", "unowned_job_exists"]
 
 T = TypeVar("T")
 
@@ -183,9 +183,12 @@ class JobStore:
                 return (CancelOutcome.ALREADY_FINISHED, job), None
             now = time.time()
             if job.status is JobStatus.QUEUED:
+                # The request is recorded even though it took effect at once, so that every
+                # canceled job (and its job.canceled event) says when the cancel was asked.
                 canceled = self._ended(
                     job,
                     JobStatus.CANCELED,
+                    cancel_requested_at=now,
                     error={"code": "canceled", "message": "the job was canceled before it ran"},
                 )
                 return (CancelOutcome.CANCELED, canceled), canceled
@@ -258,3 +261,37 @@ class JobStore:
 
 
 _CANCELED_WHILE_RUNNING = {"code": "canceled", "message": "the job was canceled while it ran"}
+
+
+def unowned_job_exists(client: redis.Redis) -> bool:
+    """Whether some stored job has no owner: it was submitted while the API was open.
+
+    Such a job is readable only while the API stays open (its owner, ``""``, is nobody's key).
+    Stops at the first one found; it reads every job record only when there is none, which is
+    fine for the operator command that asks (``keys create``, once, for the first key).
+    """
+    prefix = job_key("")
+    for batch in _batches(client.scan_iter(match=f"{prefix}*", count=1000), 500):
+        # Only the records themselves: not the images, deliveries, ... kept beside them.
+        records = [k for k in batch if ":" not in _text(k)[len(prefix) :]]
+        pipe = client.pipeline(transaction=False)
+        for key in records:
+            pipe.hget(key, "owner")
+        if any(owner in (b"", "") for owner in pipe.execute()):
+            return True
+    return False
+
+
+def _batches(items: Iterator[T], size: int) -> Iterator[list[T]]:
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _text(key: bytes | str) -> str:
+    return key.decode() if isinstance(key, bytes) else key

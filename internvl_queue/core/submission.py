@@ -112,17 +112,25 @@ def _webhook(submission: Submission, settings: Settings) -> tuple[str | None, tu
     chosen: tuple[str, ...] = DEFAULT_EVENTS
     if events not in (None, ""):
         names = events.split(",") if isinstance(events, str) else events
+        allowed = ", ".join(EVENT_TYPES)
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ValidationFailed(
-                "webhook_events must be a list (or comma-separated string) of event types",
+                "webhook_events must be a list (or comma-separated string) of event names, "
+                f"some of {allowed}",
                 code="invalid_parameter",
             )
         wanted = {n.strip() for n in names if n.strip()}
         unknown = sorted(wanted - set(EVENT_TYPES))
-        if unknown or not wanted:
+        if unknown:
             raise ValidationFailed(
-                f"webhook_events must be some of {', '.join(EVENT_TYPES)}"
-                + (f"; unknown: {', '.join(unknown)}" if unknown else ""),
+                f"unknown webhook event{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(repr(n) for n in unknown)}; webhook_events may name {allowed}",
+                code="invalid_parameter",
+            )
+        if not wanted:
+            raise ValidationFailed(
+                f"webhook_events names no event; name some of {allowed}, or leave it out "
+                "for the terminal ones",
                 code="invalid_parameter",
             )
         chosen = tuple(kind for kind in EVENT_TYPES if kind in wanted)

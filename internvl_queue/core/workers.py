@@ -1,13 +1,16 @@
-"""Worker heartbeats in Redis: who is up, with which model on which device.
+"""Worker heartbeats in Redis: who is up, in which state, with which model on which device.
 
 Each worker refreshes a hash with a short TTL; a worker that dies simply stops refreshing it and
-drops out of the listing, with no clean-up needed.
+drops out of the listing, with no clean-up needed. A worker heartbeats from the moment it starts
+loading its model (``loading``), so that ``/readyz`` can say what it waits for; one that cannot
+load its model leaves a ``failed`` entry, with the reason, for a few minutes after it exits.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields
+from enum import StrEnum
 from typing import Any
 
 import redis
@@ -15,7 +18,13 @@ import redis
 from .keys import worker_key, workers_key
 from .redis_client import HashFields
 
-__all__ = ["WorkerInfo", "WorkerRegistry"]
+__all__ = ["WorkerInfo", "WorkerRegistry", "WorkerState"]
+
+
+class WorkerState(StrEnum):
+    LOADING = "loading"  # loading its model; takes no job yet
+    READY = "ready"  # model loaded, taking jobs
+    FAILED = "failed"  # could not load its model and exited (``error`` says why)
 
 
 @dataclass(frozen=True)
@@ -33,22 +42,26 @@ class WorkerInfo:
     engine: dict[str, Any] | None = None  # batching counters: batch sizes, jobs/s, GPU memory
     # The host's GPU this worker is pinned to (``worker --gpus``); None for a single worker.
     gpu_index: int | None = None
+    state: WorkerState = WorkerState.READY
+    since: float = 0.0  # when the worker entered its state
+    error: str | None = None  # why a failed worker failed
 
     @property
     def jobs_done(self) -> int:
         return self.jobs_succeeded + self.jobs_failed
 
     def to_public(self) -> dict[str, object]:
-        return {**asdict(self), "jobs_done": self.jobs_done}
+        return {**asdict(self), "state": self.state.value, "jobs_done": self.jobs_done}
 
 
 _INT_FIELDS = {"pid", "jobs_succeeded", "jobs_failed", "redeliveries_ignored"}
-_FLOAT_FIELDS = {"loaded_at", "last_seen"}
+_FLOAT_FIELDS = {"loaded_at", "last_seen", "since"}
 
 
 def _encode(info: WorkerInfo) -> HashFields:
     encoded = {k: "" if v is None else str(v) for k, v in asdict(info).items()}
     encoded["engine"] = json.dumps(info.engine)
+    encoded["state"] = info.state.value
     return encoded
 
 
@@ -65,6 +78,8 @@ def _decode(raw: dict[bytes, bytes]) -> WorkerInfo:
             values[f.name] = float(text or 0)
         elif f.name == "engine":
             values[f.name] = json.loads(text) if text else None
+        elif f.name == "state":
+            values[f.name] = WorkerState(text or WorkerState.READY.value)
         else:
             values[f.name] = text or None
     return WorkerInfo(**values)  # type: ignore[arg-type]
@@ -86,6 +101,10 @@ class WorkerRegistry:
         pipe.delete(worker_key(name))
         pipe.srem(workers_key(), name)
         pipe.execute()
+
+    def ready(self) -> list[WorkerInfo]:
+        """Live workers with their model loaded (taking jobs)."""
+        return [w for w in self.live() if w.state is WorkerState.READY]
 
     def live(self) -> list[WorkerInfo]:
         """Workers whose heartbeat has not expired, by name; forgets the ones that have."""

@@ -24,13 +24,16 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
 
     def start(self) -> None:
-        self.runtime.publish_heartbeat()  # ready is visible at once, not one period later
+        self.runtime.publish_heartbeat()  # visible at once, not one period later
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, *, remove: bool = True) -> None:
+        """Stop publishing; ``remove`` the entry too (a failed worker keeps its own)."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+        if not remove:
+            return
         try:
             self.runtime.registry.remove(self.runtime.name)
         except redis.RedisError as exc:

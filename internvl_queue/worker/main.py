@@ -3,8 +3,10 @@
 Reads the settings from the environment (once), builds the Celery app, registers the task and
 the start-up hooks. The model is loaded (and the batching engine started) in ``worker_init``: in
 the worker's own process (the pool is ``threads``), before the consumer starts, so no message is
-taken before the model is warm. A model that fails to load stops the worker with a non-zero exit
-instead of leaving it consuming. At shutdown the pool drains first, then the engine stops.
+taken before the model is warm. The heartbeat starts first, so ``/readyz`` shows the worker
+loading. A model that cannot be loaded stops the worker with one sentence and exit status 1
+(and a ``failed`` heartbeat saying why) instead of leaving it consuming. At shutdown the pool
+drains first, then the engine stops.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import redis
 from celery import signals
 from celery.exceptions import Reject
 
+from ..core.data_dir import default_data_dir
 from ..core.settings import Settings
 from ..queue import RUN_JOB_TASK, create_celery
 from .heartbeat import Heartbeat
+from .model_source import ModelUnavailable, resolve_model
 from .runtime import WorkerRuntime
 
 __all__ = ["app", "runtime"]
@@ -45,17 +49,31 @@ def run_job(job_id: str) -> None:
 
 @signals.worker_init.connect
 def _load_model(**_: Any) -> None:
+    _heartbeat.start()
+    log.info("worker %s: loading %s", runtime.name, settings.model)
     try:
-        runtime.load()
+        runtime.load(resolve_model(settings.model, default_data_dir()))
+        runtime.publish_heartbeat()  # ready at once, not one heartbeat later
+    except ModelUnavailable as exc:
+        _give_up(str(exc))
     except Exception as exc:
-        log.exception("could not load model %s", settings.model)
-        # SystemExit passes through Celery's signal dispatch (which swallows Exceptions).
-        raise SystemExit(f"internvl-queue worker: could not load {settings.model}: {exc}") from exc
+        log.exception("could not load INTERNVL_MODEL=%s", settings.model)
+        _give_up(f"could not load INTERNVL_MODEL={settings.model}: {type(exc).__name__}: {exc}")
+
+
+def _give_up(reason: str) -> None:
+    _heartbeat.stop(remove=False)
+    try:
+        runtime.fail(reason)
+    except redis.RedisError as exc:
+        log.warning("could not record the failure in Redis: %s", exc)
+    log.error("%s", reason)
+    # SystemExit passes through Celery's signal dispatch (which swallows Exceptions).
+    raise SystemExit(1)
 
 
 @signals.worker_ready.connect
-def _start_heartbeat(**_: Any) -> None:
-    _heartbeat.start()
+def _announce_ready(**_: Any) -> None:
     log.info("worker %s ready: %s on %s", runtime.name, settings.model, runtime.info().device)
 
 

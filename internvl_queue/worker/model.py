@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers.utils import logging as hf_logging
 
 __all__ = ["LoadedModel", "build_inputs", "load_model", "resolve_device"]
 
@@ -50,6 +51,7 @@ def load_model(model_id: str, device_preference: str = "auto") -> LoadedModel:
     device = resolve_device(device_preference)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     started = time.perf_counter()
+    hf_logging.disable_progress_bar()  # a progress bar is noise in a service's log
     processor = AutoProcessor.from_pretrained(model_id)
     model: Any = AutoModelForImageTextToText.from_pretrained(
         model_id, dtype=dtype, attn_implementation="sdpa"

@@ -20,13 +20,16 @@ from ..core.redis_client import connect
 from ..core.settings import Settings
 from ..core.status import JobStatus
 from ..core.store import ClaimOutcome, JobStore
-from ..core.workers import WorkerInfo, WorkerRegistry
+from ..core.workers import WorkerInfo, WorkerRegistry, WorkerState
 from .answer import AnswerFn
 from .cancellation import CancelWatcher
 
 __all__ = ["WorkerRuntime"]
 
 log = logging.getLogger(__name__)
+
+# How long a worker that could not load its model stays listed (as failed) after it exits.
+_FAILED_VISIBLE_S = 600.0
 
 
 class WorkerRuntime:
@@ -43,17 +46,22 @@ class WorkerRuntime:
         self.engine: Any = None  # engine.Engine once load() has run
         self.preprocessor: Any = None  # engine.Preprocessor once load() has run
         self.loaded_at = 0.0
+        self.state, self.state_since = WorkerState.LOADING, time.time()
+        self.error: str | None = None  # why the model could not be loaded
         self._lock = threading.Lock()
         self.counters = {"jobs_succeeded": 0, "jobs_failed": 0, "redeliveries_ignored": 0}
 
     # -- start-up -------------------------------------------------------------------------------
-    def load(self) -> None:
-        """Load the model and start the batching engine (imports torch: worker processes only)."""
+    def load(self, source: str | None = None) -> None:
+        """Load the model and start the batching engine (imports torch: worker processes only).
+
+        ``source`` is where the checkpoint is (``model_source.resolve_model``); the settings'
+        model id by default."""
         from .engine import Engine, EngineConfig, Preprocessor, default_processes
         from .inference import EngineAnswerer
         from .model import load_model
 
-        loaded = load_model(self.settings.model, self.settings.device)
+        loaded = load_model(source or self.settings.model, self.settings.device)
         s = self.settings
         self.engine = Engine(
             loaded,
@@ -67,7 +75,7 @@ class WorkerRuntime:
         )
         processes = s.preprocess_processes
         self.preprocessor = Preprocessor(
-            s.model,
+            loaded.model_id,
             loaded.processor,
             loaded.dtype,
             processes=default_processes(loaded.device.type) if processes < 0 else processes,
@@ -92,6 +100,12 @@ class WorkerRuntime:
 
     def use_model(self, loaded: Any, answer_fn: AnswerFn) -> None:
         self.loaded, self.answer_fn, self.loaded_at = loaded, answer_fn, time.time()
+        self.state, self.state_since = WorkerState.READY, self.loaded_at
+
+    def fail(self, reason: str) -> None:
+        """Record that the model could not be loaded, where ``/readyz`` shows it for a while."""
+        self.state, self.state_since, self.error = WorkerState.FAILED, time.time(), reason
+        self.registry.publish(self.info(), ttl_s=_FAILED_VISIBLE_S)
 
     def info(self) -> WorkerInfo:
         with self._lock:
@@ -99,13 +113,16 @@ class WorkerRuntime:
         return WorkerInfo(
             name=self.name,
             pid=os.getpid(),
-            model=getattr(self.loaded, "model_id", self.settings.model),
+            model=self.settings.model,
             device=str(getattr(self.loaded, "device", "unknown")),
             gpu_name=getattr(self.loaded, "gpu_name", None),
             loaded_at=self.loaded_at,
             last_seen=time.time(),
             engine=self.engine.stats.snapshot() if self.engine is not None else None,
             gpu_index=self.settings.gpu_index if self.settings.gpu_index >= 0 else None,
+            state=self.state,
+            since=self.state_since,
+            error=self.error,
             **counters,
         )
 

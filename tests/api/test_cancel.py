@@ -2,21 +2,61 @@
 
 from __future__ import annotations
 
-import redis
+import json
+import time
+from collections.abc import Callable
+from dataclasses import replace
 
+import redis
+from flask import Flask
+
+from internvl_queue.core.keys import outbox_key
+from internvl_queue.core.outbox import Outbox
 from internvl_queue.core.settings import Settings
 from internvl_queue.core.status import JobStatus
 from internvl_queue.core.store import JobStore
 from tests.api.lifecycle_helpers import json_body
+from tests.api.test_webhook_submit import SECRET
 
 
 def test_a_queued_job_is_canceled_at_once(client) -> None:  # type: ignore[no-untyped-def]
     job = client.post("/v1/jobs", json=json_body()).json
+    asked = time.time()
     reply = client.post(f"/v1/jobs/{job['id']}/cancel")
     assert reply.status_code == 200, reply.json
     assert reply.json["status"] == "canceled"
     assert reply.json["error"]["code"] == "canceled"
-    assert client.get(f"/v1/jobs/{job['id']}").json["status"] == "canceled"
+    stored = client.get(f"/v1/jobs/{job['id']}").json
+    assert stored["status"] == "canceled"
+    # When the cancel was asked, like a running job's; no later than it finished.
+    assert stored["cancel_requested_at"] is not None
+    assert stored["cancel_requested_at"] <= stored["finished_at"]
+    assert stored["cancel_requested_at"] >= _iso(asked - 1)
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch))
+
+
+def test_the_canceled_event_of_a_queued_job_says_when_it_was_asked(
+    make_app: Callable[..., Flask], settings: Settings, redis_client: redis.Redis
+) -> None:
+    webhooked = replace(settings, webhook_secrets=SECRET, webhook_allowed_cidrs="127.0.0.0/8")
+    client = make_app(webhooked).test_client()
+    body = json_body(webhook_url="http://127.0.0.1:9/hook")
+    job = client.post("/v1/jobs", json=body).json
+    assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
+    outbox = Outbox(redis_client, lease_s=30, retention_s=3600)
+    [event_id] = redis_client.zrange(outbox_key(), 0, -1)
+    event = outbox.load(event_id.decode())
+    assert event is not None and event.type == "job.canceled"
+    data = json.loads(event.body)["data"]
+    assert data["status"] == "canceled" and data["error"]["code"] == "canceled"
+    assert data["cancel_requested_at"] is not None
+    assert (
+        data["cancel_requested_at"]
+        == client.get(f"/v1/jobs/{job['id']}").json["cancel_requested_at"]
+    )
 
 
 def test_a_finished_job_answers_409(client) -> None:  # type: ignore[no-untyped-def]

@@ -1,10 +1,11 @@
+import time
 from collections.abc import Callable
 
 import redis
 from flask import Flask
 
 from internvl_queue.core.settings import Settings
-from internvl_queue.core.workers import WorkerInfo, WorkerRegistry
+from internvl_queue.core.workers import WorkerInfo, WorkerRegistry, WorkerState
 
 
 def test_healthz(client) -> None:
@@ -14,7 +15,13 @@ def test_healthz(client) -> None:
 def test_readyz_needs_a_worker(client, redis_client: redis.Redis) -> None:
     reply = client.get("/readyz")
     assert reply.status_code == 503
-    assert reply.json == {"status": "not_ready", "redis": True, "workers": [], "auth": "open"}
+    assert reply.json == {
+        "status": "not_ready",
+        "message": "no worker is running: start one (internvl-queue worker)",
+        "redis": True,
+        "workers": [],
+        "auth": "open",
+    }
 
 
 def test_readyz_lists_live_workers(client, redis_client: redis.Redis) -> None:
@@ -34,7 +41,9 @@ def test_readyz_lists_live_workers(client, redis_client: redis.Redis) -> None:
     )
     reply = client.get("/readyz")
     assert reply.status_code == 200
+    assert reply.json["message"] == "1 worker(s) ready"
     [worker] = reply.json["workers"]
+    assert worker["state"] == "ready"
     assert (worker["model"], worker["device"], worker["gpu_name"], worker["jobs_done"]) == (
         "m",
         "cuda:0",
@@ -51,3 +60,41 @@ def test_readyz_without_redis(make_app: Callable[..., Flask]) -> None:
     assert reply.status_code == 503
     assert reply.json["redis"] is False
     assert reply.json["auth"] == "unknown"
+
+
+def _publish(client: redis.Redis, name: str, state: WorkerState, **fields: object) -> None:
+    info = WorkerInfo(
+        name=name,
+        pid=1,
+        model="org/model",
+        device="unknown",
+        gpu_name=None,
+        loaded_at=0.0,
+        last_seen=time.time(),
+        state=state,
+        **fields,  # type: ignore[arg-type]
+    )
+    WorkerRegistry(client).publish(info, ttl_s=30)
+
+
+def test_readyz_says_a_worker_is_loading(client, redis_client: redis.Redis) -> None:
+    _publish(redis_client, "w1", WorkerState.LOADING, since=time.time() - 42)
+    reply = client.get("/readyz")
+    assert reply.status_code == 503
+    assert reply.json["message"] == "no worker is ready yet: w1 is loading org/model (for 42 s)"
+    assert reply.json["workers"][0]["state"] == "loading"
+
+
+def test_readyz_says_why_a_worker_failed(client, redis_client: redis.Redis) -> None:
+    reason = "INTERNVL_MODEL=org/model cannot be downloaded"
+    _publish(redis_client, "w1", WorkerState.FAILED, error=reason)
+    reply = client.get("/readyz")
+    assert reply.status_code == 503
+    assert reply.json["message"] == f"no worker is ready: w1 could not load its model: {reason}"
+    assert reply.json["workers"][0]["error"] == reason
+
+
+def test_one_ready_worker_is_enough(client, redis_client: redis.Redis) -> None:
+    _publish(redis_client, "w1", WorkerState.FAILED, error="no")
+    _publish(redis_client, "w2", WorkerState.READY)
+    assert client.get("/readyz").status_code == 200

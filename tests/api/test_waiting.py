@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import pytest
 import redis
 from flask import Flask
 
@@ -88,8 +89,37 @@ def test_prefer_wait_returns_the_finished_job(
 
 def test_prefer_wait_falls_back_to_202(client) -> None:  # type: ignore[no-untyped-def]
     started = time.monotonic()
-    reply = client.post("/v1/jobs", json=json_body(), headers={"Prefer": "respond-async, wait=0.4"})
+    reply = client.post("/v1/jobs", json=json_body(), headers={"Prefer": "wait=0.4"})
     assert 0.35 < time.monotonic() - started < 3
     assert reply.status_code == 202
     assert reply.json["status"] == "queued"
     assert reply.headers["Location"] == f"/v1/jobs/{reply.json['id']}"
+    assert reply.headers["Preference-Applied"] == "wait=0.4"
+
+
+@pytest.mark.parametrize(
+    "prefer",
+    [
+        ["respond-async, wait=5"],
+        ["wait=5, Respond-Async"],
+        ["respond-async; foo=bar, wait=5"],
+        ["wait=5", "respond-async"],  # two headers
+    ],
+)
+def test_respond_async_answers_202_at_once_even_with_a_wait(
+    make_app: Callable[..., Flask], redis_client: redis.Redis, settings: Settings, prefer: list[str]
+) -> None:
+    # A job that would finish within the wait: respond-async must not wait for it anyway.
+    client = make_app(settings, dispatcher=FinishingDispatcher(redis_client)).test_client()
+    reply = client.post("/v1/jobs", json=json_body(), headers=[("Prefer", p) for p in prefer])
+    # Waiting would have answered 200 with the finished job (it finishes 0.3 s after dispatch).
+    assert reply.status_code == 202, reply.json
+    assert reply.json["status"] == "queued"
+    assert reply.headers["Preference-Applied"] == "respond-async"
+    assert reply.headers["Location"] == f"/v1/jobs/{reply.json['id']}"
+
+
+def test_a_preference_merely_containing_respond_async_is_not_it(client) -> None:  # type: ignore[no-untyped-def]
+    prefer = {"Prefer": "x-respond-async, wait=0.2"}
+    reply = client.post("/v1/jobs", json=json_body(), headers=prefer)
+    assert reply.headers["Preference-Applied"] == "wait=0.2"

@@ -106,3 +106,74 @@ def test_unknown_events_are_refused(
 def test_events_without_a_url_are_refused(make_client: Callable[..., FlaskClient]) -> None:
     reply = make_client().post("/v1/jobs", json=json_body(webhook_events=["job.failed"]))
     assert reply.status_code == 422
+
+
+def _form(events: list[str]) -> dict[str, object]:
+    import io
+
+    from tests.api.lifecycle_helpers import JPEG
+
+    return {
+        "question": "q",
+        "image": [(io.BytesIO(JPEG), "a.jpg")],
+        "webhook_url": "http://127.0.0.1:9/hook",
+        "webhook_events": events,
+    }
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        ['["job.failed","job.started"]'],  # curl -F 'webhook_events=["job.failed","job.started"]'
+        ['[ "job.failed", "job.started" ]'],
+        ["job.failed", "job.started"],  # repeated fields
+        ["job.failed, job.started"],  # comma-separated
+        ['["job.failed"]', "job.started"],  # both at once
+    ],
+)
+def test_form_events_may_be_a_json_list_repeated_or_comma_separated(
+    make_client: Callable[..., FlaskClient], fields: list[str]
+) -> None:
+    client = make_client(webhook_allowed_cidrs="127.0.0.0/8")
+    reply = client.post("/v1/jobs", data=_form(fields))
+    assert reply.status_code == 202, reply.json
+    assert reply.json["webhook"]["events"] == ["job.started", "job.failed"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "unknown"),
+    [
+        (['["job.failed","job.done"]'], "'job.done'"),
+        (["job.failed,nope"], "'nope'"),
+        (["job.done"], "'job.done'"),
+    ],
+)
+def test_an_unknown_form_event_is_named_with_the_allowed_ones(
+    make_client: Callable[..., FlaskClient], fields: list[str], unknown: str
+) -> None:
+    client = make_client(webhook_allowed_cidrs="127.0.0.0/8")
+    reply = client.post("/v1/jobs", data=_form(fields))
+    assert reply.status_code == 422
+    error = reply.json["error"]
+    assert error["code"] == "invalid_parameter"
+    assert error["message"] == (
+        f"unknown webhook event {unknown}; webhook_events may name "
+        "job.started, job.succeeded, job.failed, job.canceled"
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "says"),
+    [
+        ('["job.failed",', "is not a valid JSON list"),
+        ("[1, 2]", "some of job.started, job.succeeded, job.failed, job.canceled"),
+    ],
+)
+def test_a_bad_json_list_in_a_form_is_refused_cleanly(
+    make_client: Callable[..., FlaskClient], field: str, says: str
+) -> None:
+    client = make_client(webhook_allowed_cidrs="127.0.0.0/8")
+    reply = client.post("/v1/jobs", data=_form([field]))
+    assert reply.status_code == 422
+    assert reply.json["error"]["code"] == "invalid_parameter"
+    assert says in reply.json["error"]["message"]

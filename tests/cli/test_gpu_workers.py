@@ -48,7 +48,7 @@ def test_gpu_lists_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
 def _gpu_workers(registry: WorkerRegistry, parent: int) -> dict[int, WorkerInfo]:
     return {
         info.gpu_index: info
-        for info in registry.live()
+        for info in registry.ready()
         if info.gpu_index is not None and info.pid != parent
     }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,9 +15,12 @@ import requests
 
 from internvl_queue import verify_webhook
 from internvl_queue.cli.redis_server import free_port
+from internvl_queue.cli.up import development_secret
 from internvl_queue.core.signing import generate_secret
 from tests.images import photo
 from tests.receiver import Receiver
+from tests.user_session import UserService, leftover_processes, user_env
+from tests.worker.reference import reference_answer
 
 
 def test_up_serves_a_job_and_stops_cleanly_on_ctrl_c(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -93,3 +97,95 @@ def test_up_serves_a_job_and_stops_cleanly_on_ctrl_c(tiny_model_dir: Path, tmp_p
         raise AssertionError("the API is still up")
     except requests.ConnectionError:
         pass
+
+
+def _lines_warning_or_worse(output: str) -> list[str]:
+    """Warnings, errors and tracebacks in a log, but for the open-mode banner (about the user's
+    own configuration: no API key yet)."""
+    noisy = ("WARNING", "Warning", "ERROR", "Error", "Traceback", "CRITICAL")
+    return [
+        line
+        for line in output.splitlines()
+        if any(word in line for word in noisy) and "internvl_queue.api.auth" not in line
+    ]
+
+
+def test_up_demo_from_a_fresh_directory_with_defaults(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The README's service command, typed in an empty directory: no REDIS_URL, no --data-dir, the
+    default port. It answers a job with the demo model's real answer; `keys create`, with nothing
+    set, reaches up's own Redis; Ctrl-C leaves nothing running."""
+    cwd = tmp_path / "somewhere"
+    cwd.mkdir()
+    env = user_env(tmp_path)
+    data_dir = tmp_path / "state" / "internvl-queue"
+    service = UserService(["internvl-queue", "up", "--demo"], cwd, env, tmp_path / "up.log")
+    api = "http://127.0.0.1:8000"
+    try:
+        service.wait_ready(api, timeout=180)
+        (cwd / "photo.jpg").write_bytes(photo(96, 64, seed=5))
+        submitted = subprocess.run(
+            ["internvl-queue", "submit", "photo.jpg", "--question", "What is it?", "--wait"],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert submitted.returncode == 0, submitted.stderr
+        expected, _ = reference_answer(
+            tiny_model_dir, [photo(96, 64, seed=5)], "What is it?", max_new_tokens=512, max_tiles=12
+        )
+        assert expected and submitted.stdout.strip() == expected
+
+        # `keys create` with nothing set finds up's Redis (a random port) through the data dir.
+        created = subprocess.run(
+            ["internvl-queue", "keys", "create", "--name", "first"],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert created.returncode == 0, created.stderr
+        key = created.stdout.strip().splitlines()[-1]
+        assert requests.get(f"{api}/v1/jobs/nope", timeout=5).status_code == 401
+        authorized = {"Authorization": f"Bearer {key}"}
+        assert requests.get(f"{api}/v1/jobs/nope", headers=authorized, timeout=5).status_code == 404
+        assert (data_dir / "service.json").is_file()
+    finally:
+        code = service.interrupt()
+    output = service.output()
+    assert code == 0, output
+    assert _lines_warning_or_worse(output) == [], output
+    assert output.count("NO API KEY EXISTS") == 1  # once, not once per API process
+    assert (data_dir / "redis" / "appendonlydir").is_dir()
+    assert (data_dir / "models" / "demo" / "config.json").is_file()
+    assert not (data_dir / "service.json").exists()
+    assert leftover_processes(str(tmp_path)) == []
+
+
+def test_development_webhook_secret_is_made_once_and_kept(tmp_path: Path) -> None:
+    secret, made = development_secret(tmp_path)
+    assert made and secret.startswith("whsec_")
+    assert (tmp_path / "webhook-secret").stat().st_mode & 0o777 == 0o600
+    assert development_secret(tmp_path) == (secret, False)
+
+
+def test_up_on_a_busy_port_says_so_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            ["internvl-queue", "up", "--demo", "--port", str(port)],
+            cwd=tmp_path,
+            env=user_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"[internvl-queue up] port {port} on 127.0.0.1 is in use: stop what runs there, "
+        "or pass --port"
+    ]

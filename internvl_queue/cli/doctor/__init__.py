@@ -1,0 +1,66 @@
+"""``internvl-queue doctor``: could a GPU worker start on this machine, and if not, why?
+
+One line per check (OK, WARN or FAIL), then a one-sentence verdict; exit 0 when a worker could
+start (the worker stack importable, its device usable, Redis reachable, the model resolvable),
+1 otherwise. Each check is a function returning ``Check`` records; only ``run_doctor`` prints.
+The whole run takes seconds, with or without network: every remote call has a short timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TextIO
+
+from ...core.settings import DEFAULT_MODEL, Settings
+from ..local_service import default_data_dir, redis_url
+from .disk import check_disk
+from .gpu import check_device
+from .model import check_model, hf_cache_dir, hub_offline
+from .packages import check_packages
+from .redis_check import check_redis, redis_source
+from .report import Check, Level, exit_code, format_check, verdict
+
+__all__ = ["run_doctor"]
+
+_GiB = 1024**3
+
+
+def _settings_checks() -> tuple[list[Check], str, str]:
+    """(checks, model, device). Invalid settings are a FAIL, and the rest is still checked."""
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        device = os.environ.get("INTERNVL_DEVICE") or "auto"
+        model = os.environ.get("INTERNVL_MODEL") or DEFAULT_MODEL
+        failed = Check("settings", Level.FAIL, f"{exc}: a worker refuses to start with it")
+        return [failed], model, device if device in ("auto", "cpu", "cuda") else "auto"
+    return [], settings.model, settings.device
+
+
+def run_doctor(out: TextIO = sys.stdout) -> int:
+    checks: list[Check] = []
+
+    def report(found: list[Check]) -> None:
+        # Printed as each check finishes, so that a slow one (the hub) shows where it waits.
+        for check in found:
+            print(format_check(check), file=out, flush=True)
+        checks.extend(found)
+
+    settings_checks, model, device = _settings_checks()
+    report(settings_checks)
+    report(check_packages())
+    device_report = check_device(device)
+    report(device_report.checks)
+    report(check_redis(redis_url(), redis_source()))
+    model_report = check_model(model, data_dir=default_data_dir(), offline=hub_offline())
+    report([model_report.check])
+    need = model_report.download_bytes
+    report(
+        [
+            check_disk("model cache", hf_cache_dir(), need_bytes=need, warn_below=5 * _GiB),
+            check_disk("data dir", default_data_dir()),
+        ]
+    )
+    print(verdict(checks, device_report.runs_on), file=out)
+    return exit_code(checks)

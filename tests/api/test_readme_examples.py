@@ -1,0 +1,28 @@
+"""The README's API examples name sample images that are shipped and that the API accepts."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from pathlib import Path
+
+from flask.testing import FlaskClient
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+# Every image path an example uses: curl's -F image=@PATH, base64 PATH, submit PATH.
+EXAMPLE_IMAGE = re.compile(r"(?:image=@|base64 -w0 |internvl-queue submit )([\w./-]+\.(?:jpg|png))")
+
+
+def test_every_image_the_readme_names_is_shipped_and_accepted(client: FlaskClient) -> None:
+    paths = sorted(set(EXAMPLE_IMAGE.findall(README)))
+    assert paths == ["examples/cat.jpg", "examples/receipt.png"]
+    for path in paths:
+        data = (ROOT / path).read_bytes()  # relative to the repository root, as written
+        assert len(data) < 16_000, f"{path} should stay a small sample"
+        upload = (io.BytesIO(data), Path(path).name)
+        multipart = client.post("/v1/jobs", data={"question": "What is this?", "image": [upload]})
+        assert multipart.status_code == 202, (path, multipart.json)
+        body = {"question": "Read it.", "images": [{"data": base64.b64encode(data).decode()}]}
+        assert client.post("/v1/jobs", json=body).status_code == 202, path

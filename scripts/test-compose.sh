@@ -152,14 +152,21 @@ build_redis_base() {
 # -- 3. the project's images -------------------------------------------------------------------
 
 build_images() {
-    local target
+    local target tag old
     for target in api webhook-worker worker; do
-        say "building internvl-queue/$target:$IMAGE_TAG (log: $state/build-$target.log)"
+        tag="internvl-queue/$target:$IMAGE_TAG"
+        old=$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)
+        say "building $tag (log: $state/build-$target.log)"
         # The classic builder, as docker-compose 1.29 uses it (and no buildx is needed).
         DOCKER_BUILDKIT=0 docker build -f compose/Dockerfile --target "$target" \
             --build-arg "PYTHON_IMAGE=$PYTHON_BASE" --build-arg "BASE_IMAGE=$TORCH_BASE" \
-            -t "internvl-queue/$target:$IMAGE_TAG" . >"$state/build-$target.log" 2>&1 ||
+            -t "$tag" . >"$state/build-$target.log" 2>&1 ||
             die "building the $target image failed; see $state/build-$target.log"
+        # The image this tag named before, now untagged, goes (gigabytes on vfs), with the layers
+        # no other image uses.
+        if [ -n "$old" ] && [ "$old" != "$(docker image inspect -f '{{.Id}}' "$tag")" ]; then
+            docker rmi "$old" >/dev/null 2>&1 || true
+        fi
     done
 }
 
@@ -169,11 +176,11 @@ project="internvl-compose-test-$$"
 stack="$state/stack-$project.yml"
 compose() { docker-compose -p "$project" -f "$stack" "$@"; }
 
-# A small HTTP client of the API (Python's standard library only): makes the test image, submits
-# a job as JSON, reads a job's status, waits for its answer.
+# A small HTTP client of the API (Python's standard library only): submits a job as JSON, reads
+# a job's status, waits for its answer.
 client() {
     python3 - "$@" <<'PY'
-import base64, json, struct, sys, time, urllib.request, zlib
+import base64, json, sys, time, urllib.request
 
 command, args = sys.argv[1], sys.argv[2:]
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
@@ -196,18 +203,7 @@ def job(api, job_id):
             time.sleep(1)
 
 
-if command == "image":  # PATH: a 160x120 RGB PNG with some structure, from the standard library
-    width, height = 160, 120
-    rows = b"".join(
-        b"\0" + bytes(v for x in range(width) for v in ((x * 7 + y) % 256, (x * y) % 256, (x ^ y) % 256))
-        for y in range(height)
-    )
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
-    open(args[0], "wb").write(png)
-elif command == "submit":  # API IMAGE QUESTION MAX_NEW_TOKENS MAX_TILES -> the job id
+if command == "submit":  # API IMAGE QUESTION MAX_NEW_TOKENS MAX_TILES -> the job id
     api, image, question, tokens, tiles = args
     data = base64.b64encode(open(image, "rb").read()).decode()
     body = {"question": question, "images": [{"data": data}], "max_new_tokens": int(tokens), "max_tiles": int(tiles)}
@@ -289,8 +285,7 @@ teardown() {
     say "images:"
     docker images --format '    {{.Repository}}:{{.Tag}}  {{.Size}}' |
         grep -E 'internvl-(local|queue)/' || true
-    say "disk after: $(df -h / | awk 'NR==2 {print $4 " free of " $2}');" \
-        "Docker's storage: $(du -sh "$(docker info -f '{{.DockerRootDir}}')" 2>/dev/null | cut -f1)"
+    say "disk after: $(df -h / | awk 'NR==2 {print $4 " free of " $2}')"
     if [ -n "$dockerd_pid" ]; then
         say "stopping the dockerd started here"
         $sudo_cmd kill "$dockerd_pid" 2>/dev/null || true
@@ -331,9 +326,17 @@ redis_is_durable() {
         [ "$(compose exec -T redis redis-cli config get dir | tail -1 | tr -d '\r')" = /data ]
 }
 
+keys_work() { compose exec -T api internvl-queue keys list >/dev/null; }
+
 same_answer() { [ -n "$1" ] && [ "$1" = "$2" ]; }
 
 worker_logs_on_volume() { compose exec -T worker sh -c 'test -s /logs/worker-$HOSTNAME.log'; }
+
+# The start script ran `internvl-queue doctor` (its verdict is in the log) before the worker.
+doctor_ran_first() {
+    compose exec -T worker sh -c 'cat /logs/worker-$HOSTNAME.log' >"$state/worker-start.log"
+    grep -q '^A worker could start here' "$state/worker-start.log"
+}
 
 main() {
     mkdir -p "$state"
@@ -364,17 +367,19 @@ main() {
     done
     check "the API image has no torch (pip show torch fails, pip show flask works)" no_torch_in api
     check "the webhook-worker image has no torch" no_torch_in webhook-worker
-    check "internvl-queue keys works in the api container" \
-        compose exec -T api internvl-queue keys list
+    check "internvl-queue keys works in the api container" keys_work
     check "Redis: AOF on, appendfsync everysec, data in /data" redis_is_durable
     check "the worker logs to the logs volume" worker_logs_on_volume
+    check "the worker ran internvl-queue doctor at start (a worker could start)" doctor_ran_first
 
-    local image="$state/question.png" question="What is in the picture?" model expected answer
-    client image "$image"
-    model=$(compose exec -T worker printenv INTERNVL_MODEL | tr -d '\r')
-    [ "$model" = demo ] && model=/models/internvl-queue/models/demo
+    local image=examples/cat.jpg question="What animal is this?" model expected answer
+    # The directory the worker loaded (INTERNVL_MODEL=demo: the checkpoint it built at start).
+    model=$(compose exec -T worker python -c 'import os
+from internvl_queue.core.data_dir import default_data_dir
+from internvl_queue.worker.model_source import resolve_model
+print(resolve_model(os.environ["INTERNVL_MODEL"], default_data_dir()))' | tail -1 | tr -d '\r')
     expected=$(compose exec -T worker python -m internvl_queue.testing.reference --model "$model" \
-        --question "$question" --max-new-tokens 12 --max-tiles 12 - <"$image" | tail -1)
+        --question "$question" --max-new-tokens 12 --max-tiles 12 - <"$image" 2>"$state/reference.log")
     say "reference answer (transformers' generate in the worker container): '$expected'"
     local job_id
     job_id=$(client submit "$api" "$image" "$question" 12 12)

@@ -3,11 +3,12 @@
 Made for container health checks (docker compose runs it inside the container every few seconds):
 it prints one line saying why, and exits 0 when healthy, 1 when not.
 
-- ``worker``: a worker of this host has a live heartbeat in Redis. A worker publishes its first
-  heartbeat once its model is loaded and it consumes jobs, names it ``"<host name>:<pid>"`` and
-  refreshes it every few seconds; a hung or dead one lets it expire. In a container the host name
-  is the container's own, so this asks "is the worker of *this* container ready", not "is some
-  worker somewhere up".
+- ``worker``: a worker of this host has a live heartbeat in Redis in the ``ready`` state (model
+  loaded, taking jobs). A worker names its heartbeat ``"<host name>:<pid>"``, publishes it from
+  the start of loading (``loading``; ``failed`` if the model cannot load) and refreshes it every
+  few seconds; a hung or dead one lets it expire. In a container the host name is the
+  container's own, so this asks "is the worker of *this* container ready", not "is some worker
+  somewhere up".
 - ``webhook-worker``: Redis answers. Everything the webhook worker does goes through Redis, and if
   its process dies, so does the container.
 """
@@ -21,6 +22,7 @@ from typing import TextIO
 import redis
 
 from ..core.keys import worker_key, workers_key
+from ..core.workers import WorkerState
 from .local_service import redis_url
 
 __all__ = ["KINDS", "run_healthcheck", "webhook_worker_health", "worker_health"]
@@ -34,23 +36,35 @@ def _text(value: bytes | str) -> str:
 
 
 def worker_health(client: redis.Redis, host: str) -> tuple[bool, str]:
-    """(healthy, why): whether a worker named ``<host>:<pid>`` has a live heartbeat.
+    """(healthy, why): whether a worker named ``<host>:<pid>`` has a live ``ready`` heartbeat.
 
     Read-only (a health check runs every few seconds and must change nothing): a heartbeat is
     live while its hash exists, since the hash expires with it.
     """
     names = sorted(_text(n) for n in client.smembers(workers_key()))
-    live: list[str] = []
+    ready: list[str] = []
+    other: list[str] = []
     for name in (n for n in names if n.startswith(f"{host}:")):
-        model, device = client.hmget(worker_key(name), ["model", "device"])
-        if model is not None:
-            live.append(f"{name} ({_text(model)} on {_text(device or b'?')})")
-    if not live:
-        return False, (
-            f"no live worker heartbeat from host {host} in Redis: the worker is still loading "
-            "its model, or it is not running (see its log)"
+        model, device, state, error = client.hmget(
+            worker_key(name), ["model", "device", "state", "error"]
         )
-    return True, f"worker ready: {', '.join(live)}"
+        if model is None:
+            continue  # expired
+        state_text = _text(state or WorkerState.READY.value)
+        if state_text == WorkerState.READY.value:
+            ready.append(f"{name} ({_text(model)} on {_text(device or b'?')})")
+        elif state_text == WorkerState.FAILED.value:
+            other.append(f"{name} could not load {_text(model)}: {_text(error or b'?')}")
+        else:
+            other.append(f"{name} is {state_text} {_text(model)}")
+    if ready:
+        return True, f"worker ready: {', '.join(ready)}"
+    if other:
+        return False, f"no worker of host {host} is ready: {'; '.join(other)}"
+    return False, (
+        f"no live worker heartbeat from host {host} in Redis: the worker is starting, or it is "
+        "not running (see its log)"
+    )
 
 
 def webhook_worker_health(client: redis.Redis) -> tuple[bool, str]:

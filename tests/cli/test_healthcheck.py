@@ -14,12 +14,21 @@ import redis
 from internvl_queue.cli.healthcheck import run_healthcheck
 from internvl_queue.cli.redis_server import free_port
 from internvl_queue.core.keys import workers_key
-from internvl_queue.core.workers import WorkerInfo, WorkerRegistry
+from internvl_queue.core.workers import WorkerInfo, WorkerRegistry, WorkerState
 
 
-def heartbeat(client: redis.Redis, name: str, *, ttl_s: float = 30) -> None:
+def heartbeat(
+    client: redis.Redis,
+    name: str,
+    *,
+    ttl_s: float = 30,
+    state: WorkerState = WorkerState.READY,
+    error: str | None = None,
+) -> None:
     now = time.time()
-    info = WorkerInfo(name, 4242, "tiny-model", "cpu", None, loaded_at=now, last_seen=now)
+    info = WorkerInfo(
+        name, 4242, "tiny-model", "cpu", None, now, now, state=state, since=now, error=error
+    )
     WorkerRegistry(client).publish(info, ttl_s=ttl_s)
 
 
@@ -41,6 +50,23 @@ def test_worker_is_unhealthy_until_a_worker_of_this_host_heartbeats(
     heartbeat(redis_client, "box-a:17")
     code, said = check("worker", redis_url)
     assert code == 0 and said == "worker ready: box-a:17 (tiny-model on cpu)\n"
+
+
+def test_worker_is_unhealthy_while_loading_and_after_a_failed_load(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    heartbeat(redis_client, "box-a:17", state=WorkerState.LOADING)
+    code, said = check("worker", redis_url)
+    assert (
+        code == 1 and said == "no worker of host box-a is ready: box-a:17 is loading tiny-model\n"
+    )
+
+    heartbeat(redis_client, "box-a:17", state=WorkerState.FAILED, error="no such model")
+    code, said = check("worker", redis_url)
+    assert code == 1 and "box-a:17 could not load tiny-model: no such model" in said
+
+    heartbeat(redis_client, "box-a:18")  # another process of the container is ready (--gpus)
+    assert check("worker", redis_url)[0] == 0
 
 
 def test_worker_is_unhealthy_once_its_heartbeat_expires(

@@ -250,19 +250,25 @@ PY
 
 container() { compose ps -q "$1"; }
 
-# Waits until every named service's container is healthy; false after $1 seconds.
+# Waits until every named service's container is healthy; false after $1 seconds, or as soon as
+# one keeps restarting (a process that cannot start).
 wait_healthy() {
-    local deadline=$((SECONDS + $1)) service id status
+    local deadline=$((SECONDS + $1)) service id status restarts
     shift
     for service in "$@"; do
         while :; do
             id=$(container "$service")
             status=$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$id" 2>/dev/null || true)
             [ "$status" = healthy ] && break
-            [ "$SECONDS" -ge "$deadline" ] && {
+            restarts=$(docker inspect -f '{{.RestartCount}}' "$id" 2>/dev/null || echo 0)
+            if [ "$restarts" -ge 3 ]; then
+                say "$service keeps restarting ($restarts restarts)"
+                return 1
+            fi
+            if [ "$SECONDS" -ge "$deadline" ]; then
                 say "$service is ${status:-not running} after the wait"
                 return 1
-            }
+            fi
             sleep 2
         done
     done

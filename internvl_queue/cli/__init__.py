@@ -151,6 +151,12 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return run_doctor()
 
 
+def _cmd_healthcheck(args: argparse.Namespace) -> int:
+    from .healthcheck import run_healthcheck
+
+    return run_healthcheck(args.kind)
+
+
 def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
     from ..testing.tiny_model import make_tiny_model
 
@@ -261,6 +267,18 @@ def _parser() -> argparse.ArgumentParser:
     revoke = keys_commands.add_parser("revoke", help="revoke a key, effective at once")
     revoke.add_argument("key_id", metavar="KEY_ID")
     keys.set_defaults(func=_cmd_keys)
+
+    health = commands.add_parser(
+        "healthcheck",
+        help="exit 0 if this host's worker (or webhook worker) is serving, else 1 (containers)",
+    )
+    health.add_argument(
+        "kind",
+        choices=["worker", "webhook-worker"],
+        help="worker: a worker of this host has a live heartbeat in Redis; "
+        "webhook-worker: Redis answers",
+    )
+    health.set_defaults(func=_cmd_healthcheck)
 
     doctor = commands.add_parser(
         "doctor",

@@ -1,50 +1,6 @@
-"""The reference answer: transformers' own processor + ``model.generate``, written out here
-independently of ``internvl_queue.worker.model``, so that a mistake there cannot hide itself."""
+"""The reference answer the tests compare the service with: ``internvl_queue.testing.reference``
+(transformers' own processor + ``model.generate``, independent of ``internvl_queue.worker``)."""
 
-from __future__ import annotations
+from internvl_queue.testing.reference import reference_answer, reference_tokens
 
-import functools
-import io
-from pathlib import Path
-from typing import Any
-
-import torch
-from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor
-
-
-@functools.cache
-def _load(model_dir: str) -> tuple[Any, Any]:
-    processor = AutoProcessor.from_pretrained(model_dir)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
-    return processor, model
-
-
-def reference_tokens(
-    model_dir: Path, images: list[bytes], question: str, *, max_new_tokens: int, max_tiles: int
-) -> tuple[list[int], int]:
-    """(new token ids, number of tiles) for one job alone, greedy, on the CPU in fp32.
-
-    One sequence alone stops at its eos, so the new tokens carry no padding.
-    """
-    processor, model = _load(str(model_dir))
-    pictures = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
-    content: list[dict[str, str]] = [{"type": "image"}] * len(pictures)
-    conversation = [{"role": "user", "content": [*content, {"type": "text", "text": question}]}]
-    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
-    inputs = processor(images=pictures, text=prompt, max_patches=max_tiles, return_tensors="pt")
-    with torch.inference_mode():
-        output = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)
-    new: list[int] = output[0, inputs["input_ids"].shape[1] :].tolist()
-    return new, int(inputs["pixel_values"].shape[0])
-
-
-def reference_answer(
-    model_dir: Path, images: list[bytes], question: str, *, max_new_tokens: int, max_tiles: int
-) -> tuple[str, int]:
-    """(answer, number of tiles) for one job, as the service should return it."""
-    tokens, tiles = reference_tokens(
-        model_dir, images, question, max_new_tokens=max_new_tokens, max_tiles=max_tiles
-    )
-    processor, _ = _load(str(model_dir))
-    return processor.decode(tokens, skip_special_tokens=True).strip(), tiles
+__all__ = ["reference_answer", "reference_tokens"]

@@ -1,0 +1,418 @@
+#!/usr/bin/env bash
+# The docker compose deployment, tested for real on a machine with no GPU and no image registry:
+#   1. docker (dockerd, vfs storage), docker-compose 1.29.2 and debootstrap, installed if missing;
+#   2. local stand-ins for the official base images, built once and reused: a Debian bookworm
+#      Python 3.11 (for python:3.11-slim), a PyTorch on top of it from the wheels on this disk
+#      (for pytorch/pytorch), a Redis from Debian's package (for redis:7);
+#   3. the project's three images (compose/Dockerfile) on those bases;
+#   4. the stack (docker-compose.yml + compose/cpu.yml: tiny model, no GPU) under a private project
+#      name: a job through the published API port gets the reference answer; with the worker
+#      stopped, a queued job survives a Redis crash (AOF on the volume) and is answered once the
+#      worker is back; the API image has no torch;
+#   5. everything torn down (containers, networks, volumes), on failure too; images stay cached.
+# Run as root (or with sudo at hand). Prints one PASS/FAIL line per check; exits non-zero on any FAIL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+# Bump a base's revision when its recipe below changes: an existing tag is reused as it is.
+PYTHON_BASE=internvl-local/python:3.11-bookworm-r1
+TORCH_BASE=internvl-local/pytorch:2.14.1-r1
+REDIS_BASE=internvl-local/redis:7-bookworm-r1
+IMAGE_TAG=compose-test
+state=${COMPOSE_TEST_STATE:-/var/tmp/internvl-compose-test}
+wheels=(/opt/pypi/files /opt/pypi-more/files)   # this machine's wheels: torch is never downloaded
+host_ca=/etc/ssl/certs/ca-certificates.crt       # PyPI is reachable from containers only with it
+
+started=$(date +%s)
+failures=0
+sudo_cmd=""
+[ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+
+say() { printf '[%4ss] %s\n' "$(($(date +%s) - started))" "$*"; }
+pass() { say "PASS: $*"; }
+fail() {
+    say "FAIL: $*"
+    failures=$((failures + 1))
+}
+die() {
+    fail "$*"
+    exit 1
+}
+
+# -- 1. tools and the daemon -------------------------------------------------------------------
+
+ensure_tools() {
+    local missing=()
+    command -v docker >/dev/null || missing+=(docker.io)
+    command -v dockerd >/dev/null || missing+=(docker.io)
+    command -v docker-compose >/dev/null || missing+=(docker-compose)
+    command -v debootstrap >/dev/null || missing+=(debootstrap)
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "installing ${missing[*]}"
+        $sudo_cmd apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+dockerd_pid=""
+ensure_docker() {
+    docker info >/dev/null 2>&1 && return
+    mkdir -p "$state"
+    say "starting dockerd (vfs storage; log: $state/dockerd.log)"
+    # vfs: the one storage driver that works on every filesystem (no overlay mounts needed here).
+    $sudo_cmd dockerd --storage-driver vfs >"$state/dockerd.log" 2>&1 &
+    dockerd_pid=$!
+    for _ in $(seq 60); do
+        docker info >/dev/null 2>&1 && return
+        kill -0 "$dockerd_pid" 2>/dev/null || die "dockerd exited; see $state/dockerd.log"
+        sleep 1
+    done
+    die "dockerd did not answer within 60 s; see $state/dockerd.log"
+}
+
+image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
+
+# -- 2. the local base images ------------------------------------------------------------------
+
+build_python_base() {
+    image_exists "$PYTHON_BASE" && return
+    local rootfs="$state/rootfs"
+    say "building $PYTHON_BASE (debootstrap bookworm + python3)"
+    $sudo_cmd rm -rf "$rootfs"
+    $sudo_cmd debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+        bookworm "$rootfs" http://deb.debian.org/debian >"$state/debootstrap.log" 2>&1 ||
+        die "debootstrap failed; see $state/debootstrap.log"
+    # Like the official images: `python` and `pip` on PATH (here a venv's, first on PATH). The
+    # host's CA bundle, for pip (which otherwise trusts only its own bundle) to reach PyPI from
+    # inside containers here; no pip configuration file is carried over from the host.
+    $sudo_cmd chroot "$rootfs" python3 -m venv /opt/venv
+    $sudo_cmd cp "$host_ca" "$rootfs/etc/ssl/certs/host-ca-bundle.crt"
+    $sudo_cmd rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
+        "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/locale/*
+    $sudo_cmd tar -C "$rootfs" -c . | docker import \
+        --change 'ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        --change 'ENV LANG=C.UTF-8' \
+        --change 'ENV PIP_CERT=/etc/ssl/certs/host-ca-bundle.crt' \
+        --change 'CMD ["python3"]' - "$PYTHON_BASE" >/dev/null
+    $sudo_cmd rm -rf "$rootfs"
+}
+
+# A base made by running one command in a container and committing it: one layer, and the wheel
+# directories are mounted read-only rather than sent as a build context (gigabytes, copied twice).
+# Arguments: base, tag, script, then `docker run` options; $commit_changes: `docker commit` ones.
+commit_changes=()
+commit_base() {
+    local from=$1 tag=$2 script=$3
+    shift 3
+    local name="internvl-base-build-$$"
+    docker rm -f "$name" >/dev/null 2>&1 || true
+    if ! docker run --name "$name" "$@" "$from" sh -euc "$script" >"$state/$name.log" 2>&1; then
+        docker rm -f "$name" >/dev/null 2>&1 || true
+        die "building $tag failed; see $state/$name.log"
+    fi
+    docker commit --change 'CMD ["python3"]' "${commit_changes[@]}" "$name" "$tag" >/dev/null
+    docker rm "$name" >/dev/null
+    commit_changes=()
+}
+
+build_torch_base() {
+    image_exists "$TORCH_BASE" && return
+    say "building $TORCH_BASE (torch 2.14.1, torchvision 0.29.1 from the wheels on this disk)"
+    local mounts=() dir
+    for dir in "${wheels[@]}"; do
+        [ -d "$dir" ] || die "no wheel directory $dir: the torch base needs this machine's wheels"
+        mounts+=(-v "$dir:$dir:ro")
+    done
+    # cuda-bindings is the one dependency of torch not on this disk: it comes from PyPI, alone;
+    # everything else (torch, torchvision, nvidia-*, triton) only from the local wheels.
+    commit_base "$PYTHON_BASE" "$TORCH_BASE" "
+        pip install --no-cache-dir --no-deps 'cuda-bindings>=13.0.3,<14'
+        pip install --no-cache-dir --no-index --find-links ${wheels[0]} --find-links ${wheels[1]} \
+            torch==2.14.1 torchvision==0.29.1
+        python -c 'import torch, torchvision; print(torch.__version__, torchvision.__version__)'
+        find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
+    " "${mounts[@]}"
+}
+
+build_redis_base() {
+    image_exists "$REDIS_BASE" && return
+    say "building $REDIS_BASE (Debian's redis-server)"
+    # Like the official image: runs as redis in /data.
+    commit_changes=(--change 'USER redis' --change 'WORKDIR /data' --change 'CMD ["redis-server"]')
+    commit_base "$PYTHON_BASE" "$REDIS_BASE" "
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server
+        rm -rf /var/lib/apt/lists/*
+        mkdir -p /data /usr/local/etc/redis
+        chown redis:redis /data
+    "
+}
+
+# -- 3. the project's images -------------------------------------------------------------------
+
+build_images() {
+    local target tag old
+    for target in api webhook-worker worker; do
+        tag="internvl-queue/$target:$IMAGE_TAG"
+        old=$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)
+        say "building $tag (log: $state/build-$target.log)"
+        # The classic builder, as docker-compose 1.29 uses it (and no buildx is needed).
+        DOCKER_BUILDKIT=0 docker build -f compose/Dockerfile --target "$target" \
+            --build-arg "PYTHON_IMAGE=$PYTHON_BASE" --build-arg "BASE_IMAGE=$TORCH_BASE" \
+            -t "$tag" . >"$state/build-$target.log" 2>&1 ||
+            die "building the $target image failed; see $state/build-$target.log"
+        # The image this tag named before, now untagged, goes (gigabytes on vfs), with the layers
+        # no other image uses.
+        if [ -n "$old" ] && [ "$old" != "$(docker image inspect -f '{{.Id}}' "$tag")" ]; then
+            docker rmi "$old" >/dev/null 2>&1 || true
+        fi
+    done
+}
+
+# -- 4. the stack --------------------------------------------------------------------------------
+
+project="internvl-compose-test-$$"
+stack="$state/stack-$project.yml"
+compose() { docker-compose -p "$project" -f "$stack" "$@"; }
+
+# A small HTTP client of the API (Python's standard library only): submits a job as JSON, reads
+# a job's status, waits for its answer.
+client() {
+    python3 - "$@" <<'PY'
+import base64, json, sys, time, urllib.request
+
+command, args = sys.argv[1], sys.argv[2:]
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
+
+
+def call(method, url, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json"}, method=method)
+    with opener.open(request, timeout=30) as reply:
+        return reply.status, json.load(reply)
+
+
+def job(api, job_id):
+    for attempt in range(5):  # the API's first request after a Redis restart may fail once
+        try:
+            return call("GET", f"{api}/v1/jobs/{job_id}")[1]
+        except OSError:
+            if attempt == 4:
+                raise
+            time.sleep(1)
+
+
+if command == "submit":  # API IMAGE QUESTION MAX_NEW_TOKENS MAX_TILES -> the job id
+    api, image, question, tokens, tiles = args
+    data = base64.b64encode(open(image, "rb").read()).decode()
+    body = {"question": question, "images": [{"data": data}], "max_new_tokens": int(tokens), "max_tiles": int(tiles)}
+    status, accepted = call("POST", f"{api}/v1/jobs", body)
+    assert status == 202, (status, accepted)
+    print(accepted["id"])
+elif command == "status":  # API ID
+    print(job(*args)["status"])
+elif command == "answer":  # API ID TIMEOUT_S -> the answer, once the job succeeded
+    api, job_id, timeout = args
+    deadline = time.monotonic() + float(timeout)
+    while (found := job(api, job_id))["status"] in ("queued", "running"):
+        if time.monotonic() > deadline:
+            sys.exit(f"job {job_id} still {found['status']} after {timeout} s")
+        time.sleep(0.5)
+    if found["status"] != "succeeded":
+        sys.exit(f"job {job_id} {found['status']}: {found['error']}")
+    print(found["result"]["answer"])
+PY
+}
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# docker-compose.yml + compose/cpu.yml, resolved, less the worker's GPU reservation: an override
+# cannot remove it (compose merges device lists) and this machine's Docker has no GPU driver.
+resolve_stack() {
+    export INTERNVL_IMAGE_TAG=$IMAGE_TAG REDIS_IMAGE=$REDIS_BASE INTERNVL_API_PORT=$api_port
+    WEBHOOK_SECRETS="whsec_$(head -c 32 /dev/urandom | base64 -w0)"
+    export WEBHOOK_SECRETS
+    docker-compose -p "$project" -f docker-compose.yml -f compose/cpu.yml config >"$stack.in"
+    /usr/bin/python3 - "$stack.in" "$stack" <<'PY'
+import sys
+
+import yaml  # docker-compose's own dependency
+
+config = yaml.safe_load(open(sys.argv[1]))
+worker = config["services"]["worker"]
+assert worker["deploy"]["resources"]["reservations"]["devices"], "the worker reserves a GPU"
+del worker["deploy"]
+yaml.safe_dump(config, open(sys.argv[2], "w"), sort_keys=False)
+PY
+    rm -f "$stack.in"
+}
+
+container() { compose ps -q "$1"; }
+
+# Waits until every named service's container is healthy; false after $1 seconds, or as soon as
+# one keeps restarting (a process that cannot start).
+wait_healthy() {
+    local deadline=$((SECONDS + $1)) service id status restarts
+    shift
+    for service in "$@"; do
+        while :; do
+            id=$(container "$service")
+            status=$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$id" 2>/dev/null || true)
+            [ "$status" = healthy ] && break
+            restarts=$(docker inspect -f '{{.RestartCount}}' "$id" 2>/dev/null || echo 0)
+            if [ "$restarts" -ge 3 ]; then
+                say "$service keeps restarting ($restarts restarts)"
+                return 1
+            fi
+            if [ "$SECONDS" -ge "$deadline" ]; then
+                say "$service is ${status:-not running} after the wait"
+                return 1
+            fi
+            sleep 2
+        done
+    done
+}
+
+show_logs() {
+    say "the stack's last log lines:"
+    compose logs --no-color --tail 40 2>&1 | sed 's/^/    /' || true
+}
+
+teardown() {
+    local code=$?
+    if [ -f "$stack" ]; then
+        [ "$failures" -gt 0 ] && show_logs
+        say "tearing down $project (containers, networks, volumes)"
+        compose down --volumes --remove-orphans --timeout 30 >"$state/down.log" 2>&1 ||
+            say "compose down failed; see $state/down.log"
+        rm -f "$stack"
+    fi
+    say "images:"
+    docker images --format '    {{.Repository}}:{{.Tag}}  {{.Size}}' |
+        grep -E 'internvl-(local|queue)/' || true
+    say "disk after: $(df -h / | awk 'NR==2 {print $4 " free of " $2}')"
+    if [ -n "$dockerd_pid" ]; then
+        say "stopping the dockerd started here"
+        $sudo_cmd kill "$dockerd_pid" 2>/dev/null || true
+        wait "$dockerd_pid" 2>/dev/null || true
+    fi
+    if [ "$failures" -gt 0 ] || [ "$code" -ne 0 ]; then
+        say "compose test: FAILED ($failures failed checks, exit $code) in $((SECONDS))s"
+        exit 1
+    fi
+    say "compose test: all checks passed in $((SECONDS))s"
+}
+
+check() { # DESCRIPTION COMMAND...: PASS if the command succeeds, FAIL otherwise
+    local what=$1
+    shift
+    if "$@"; then pass "$what"; else fail "$what"; fi
+}
+
+# Run in the service's running container (on vfs, a new container would copy the image first).
+no_torch_in() {
+    ! compose exec -T "$1" pip show torch >/dev/null 2>&1 &&
+        compose exec -T "$1" pip show flask >/dev/null 2>&1
+}
+
+not_root() { [ "$(docker exec "$(container "$1")" id -u)" != 0 ]; }
+
+only_api_published() {
+    local published
+    published=$(docker ps --filter "label=com.docker.compose.project=$project" \
+        --format '{{.Label "com.docker.compose.service"}} {{.Ports}}' | grep -- '->' || true)
+    say "published: $published"
+    [ "$(echo "$published" | wc -l)" = 1 ] && [[ "$published" == "api "*":$api_port->8000/tcp"* ]]
+}
+
+redis_is_durable() {
+    [ "$(compose exec -T redis redis-cli config get appendonly | tail -1 | tr -d '\r')" = yes ] &&
+        [ "$(compose exec -T redis redis-cli config get appendfsync | tail -1 | tr -d '\r')" = everysec ] &&
+        [ "$(compose exec -T redis redis-cli config get dir | tail -1 | tr -d '\r')" = /data ]
+}
+
+keys_work() { compose exec -T api internvl-queue keys list >/dev/null; }
+
+same_answer() { [ -n "$1" ] && [ "$1" = "$2" ]; }
+
+worker_logs_on_volume() { compose exec -T worker sh -c 'test -s /logs/worker-$HOSTNAME.log'; }
+
+# The start script ran `internvl-queue doctor` (its verdict is in the log) before the worker.
+doctor_ran_first() {
+    compose exec -T worker sh -c 'cat /logs/worker-$HOSTNAME.log' >"$state/worker-start.log"
+    grep -q '^A worker could start here' "$state/worker-start.log"
+}
+
+main() {
+    mkdir -p "$state"
+    trap teardown EXIT
+    ensure_tools
+    ensure_docker
+    say "disk before: $(df -h / | awk 'NR==2 {print $4 " free of " $2}')"
+    build_python_base
+    build_torch_base
+    build_redis_base
+    say "bases ready"
+    build_images
+    say "images ready"
+
+    api_port=$(free_port)
+    api="http://127.0.0.1:$api_port"
+    resolve_stack
+    say "starting the stack $project (API on port $api_port)"
+    compose up -d --no-build >"$state/up.log" 2>&1 || die "compose up failed; see $state/up.log"
+    if wait_healthy 300 redis api webhook-worker worker; then
+        pass "every service healthy (redis, api, webhook-worker, worker)"
+    else
+        die "the stack did not become healthy"
+    fi
+    check "only the API port is published" only_api_published
+    for service in api webhook-worker worker; do
+        check "$service runs as a non-root user" not_root "$service"
+    done
+    check "the API image has no torch (pip show torch fails, pip show flask works)" no_torch_in api
+    check "the webhook-worker image has no torch" no_torch_in webhook-worker
+    check "internvl-queue keys works in the api container" keys_work
+    check "Redis: AOF on, appendfsync everysec, data in /data" redis_is_durable
+    check "the worker logs to the logs volume" worker_logs_on_volume
+    check "the worker ran internvl-queue doctor at start (a worker could start)" doctor_ran_first
+
+    local image=examples/cat.jpg question="What animal is this?" model expected answer
+    # The directory the worker loaded (INTERNVL_MODEL=demo: the checkpoint it built at start).
+    model=$(compose exec -T worker python -c 'import os
+from internvl_queue.core.data_dir import default_data_dir
+from internvl_queue.worker.model_source import resolve_model
+print(resolve_model(os.environ["INTERNVL_MODEL"], default_data_dir()))' | tail -1 | tr -d '\r')
+    expected=$(compose exec -T worker python -m internvl_queue.testing.reference --model "$model" \
+        --question "$question" --max-new-tokens 12 --max-tiles 12 - <"$image" 2>"$state/reference.log")
+    say "reference answer (transformers' generate in the worker container): '$expected'"
+    local job_id
+    job_id=$(client submit "$api" "$image" "$question" 12 12)
+    answer=$(client answer "$api" "$job_id" 120) || true
+    say "the API's answer for job $job_id: '$answer'"
+    check "a job through the published API port gets the reference answer" \
+        same_answer "$expected" "$answer"
+
+    say "stopping the worker (warm shutdown)"
+    compose stop worker >/dev/null 2>&1
+    check "the worker stopped cleanly (exit 0, not killed)" \
+        test "$(docker inspect -f '{{.State.ExitCode}}' "$(container worker)")" = 0
+    job_id=$(client submit "$api" "$image" "$question" 12 12)
+    sleep 2 # longer than appendfsync everysec
+    check "with no worker, job $job_id is queued" test "$(client status "$api" "$job_id")" = queued
+    say "killing Redis (SIGKILL: no shutdown save) and starting it again"
+    compose kill -s SIGKILL redis >/dev/null 2>&1
+    compose start redis >/dev/null 2>&1
+    wait_healthy 120 redis || fail "Redis did not come back"
+    check "after the Redis restart, job $job_id is still queued (AOF on the volume)" \
+        test "$(client status "$api" "$job_id")" = queued
+    say "starting the worker again"
+    compose start worker >/dev/null 2>&1
+    wait_healthy 300 worker || fail "the worker did not come back"
+    answer=$(client answer "$api" "$job_id" 120) || true
+    check "the queued job succeeds once the worker is back, with the reference answer" \
+        same_answer "$expected" "$answer"
+}
+
+main "$@"

@@ -180,17 +180,23 @@ compose() { docker-compose -p "$project" -f "$stack" "$@"; }
 # a job's status, waits for its answer.
 client() {
     python3 - "$@" <<'PY'
-import base64, json, sys, time, urllib.request
+import base64, json, os, sys, time, urllib.error, urllib.request
 
 command, args = sys.argv[1], sys.argv[2:]
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
+headers = {"Content-Type": "application/json"}
+if os.environ.get("API_KEY"):  # the stack requires API keys (INTERNVL_AUTH=required)
+    headers["Authorization"] = f"Bearer {os.environ['API_KEY']}"
 
 
 def call(method, url, body=None):
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data, {"Content-Type": "application/json"}, method=method)
-    with opener.open(request, timeout=30) as reply:
-        return reply.status, json.load(reply)
+    request = urllib.request.Request(url, data, headers, method=method)
+    try:
+        with opener.open(request, timeout=30) as reply:
+            return reply.status, json.load(reply)
+    except urllib.error.HTTPError as refused:
+        return refused.code, json.load(refused)
 
 
 def job(api, job_id):
@@ -210,6 +216,9 @@ if command == "submit":  # API IMAGE QUESTION MAX_NEW_TOKENS MAX_TILES -> the jo
     status, accepted = call("POST", f"{api}/v1/jobs", body)
     assert status == 202, (status, accepted)
     print(accepted["id"])
+elif command == "refused":  # API -> the status and code of a keyless read
+    status, body = call("GET", f"{args[0]}/v1/jobs/none")
+    print(status, body["error"]["code"])
 elif command == "status":  # API ID
     print(job(*args)["status"])
 elif command == "answer":  # API ID TIMEOUT_S -> the answer, once the job succeeded
@@ -332,7 +341,15 @@ redis_is_durable() {
         [ "$(compose exec -T redis redis-cli config get dir | tail -1 | tr -d '\r')" = /data ]
 }
 
-keys_work() { compose exec -T api internvl-queue keys list >/dev/null; }
+# INTERNVL_AUTH defaults to required: a request without a key is refused, even before any key
+# exists; a key made with `internvl-queue keys create` in the api container is accepted.
+keys_required() { [ "$(API_KEY='' client refused "$api")" = "401 unauthorized" ]; }
+
+make_key() {
+    API_KEY=$(compose exec -T api internvl-queue keys create --name compose-test | tail -1 | tr -d '\r')
+    export API_KEY
+    [[ "$API_KEY" == iq_* ]]
+}
 
 same_answer() { [ -n "$1" ] && [ "$1" = "$2" ]; }
 
@@ -373,7 +390,9 @@ main() {
     done
     check "the API image has no torch (pip show torch fails, pip show flask works)" no_torch_in api
     check "the webhook-worker image has no torch" no_torch_in webhook-worker
-    check "internvl-queue keys works in the api container" keys_work
+    check "a request without an API key is refused (401): keys are required by default" \
+        keys_required
+    check "internvl-queue keys create works in the api container" make_key
     check "Redis: AOF on, appendfsync everysec, data in /data" redis_is_durable
     check "the worker logs to the logs volume" worker_logs_on_volume
     check "the worker ran internvl-queue doctor at start (a worker could start)" doctor_ran_first

@@ -94,12 +94,22 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(_tiny_model_path(tmp_path_factory), seed=0)
 
 
+# The shared worker consumes a queue of its own: once started, it must not take the jobs of later
+# tests that expect them to stay queued (tests that use the `worker` fixture dispatch there).
+SHARED_WORKER_QUEUE = "internvl-shared-worker"
+
+
 @pytest.fixture
 def settings(
-    redis_url: str, redis_client: redis.Redis, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    redis_url: str,
+    redis_client: redis.Redis,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Settings:
+    uses_worker = "worker" in request.fixturenames
     return Settings(
         redis_url=redis_url,
+        queue_name=SHARED_WORKER_QUEUE if uses_worker else Settings.queue_name,
         model=str(_tiny_model_path(tmp_path_factory)),
         device="cpu",
         heartbeat_interval_s=0.5,
@@ -179,6 +189,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "INTERNVL_HEARTBEAT_S": str(settings.heartbeat_interval_s),
         "INTERNVL_DEFAULT_MAX_NEW_TOKENS": str(settings.default_max_new_tokens),
         "INTERNVL_AUTH": settings.auth,
+        "INTERNVL_QUEUE": settings.queue_name,
         "LOG_LEVEL": "INFO",
     }
 
@@ -227,6 +238,7 @@ class WorkerProcess(CommandProcess):
 def _session_worker_settings(redis_url: str, tiny_model_dir: Path) -> Settings:
     return Settings(
         redis_url=redis_url,
+        queue_name=SHARED_WORKER_QUEUE,
         model=str(tiny_model_dir),
         device="cpu",
         heartbeat_interval_s=0.5,

@@ -29,8 +29,12 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_api(args: argparse.Namespace) -> int:
+    from ..core.settings import Settings
     from .serve_api import serve_api
 
+    # Checked here, before gunicorn, so that bad settings end in one sentence (main), not in a
+    # traceback from each gunicorn process.
+    Settings.from_env()
     _configure_logging()
     serve_api(args.host, args.port, workers=args.workers, threads=args.threads)
     return 0

@@ -265,6 +265,7 @@ def api(
     process = ApiProcess(
         _session_worker_settings.redis_url,
         tmp_path_factory.mktemp("fuzz-api") / "api.log",
+        INTERNVL_QUEUE=_session_worker_settings.queue_name,
         INTERNVL_DEFAULT_MAX_NEW_TOKENS="8",
         INTERNVL_MAX_NEW_TOKENS=str(MAX_NEW_TOKENS),
         INTERNVL_MAX_TIMEOUT_S="60",

@@ -56,7 +56,7 @@ class Reaper:
     def __init__(
         self,
         store: JobStore,
-        dispatch: Callable[[str], None],
+        dispatch: Callable[[str, str], None],
         *,
         lease_s: float,
         queue: str,
@@ -64,7 +64,7 @@ class Reaper:
     ) -> None:
         self.store = store
         self.redis: redis.Redis = store.redis
-        self.dispatch = dispatch  # job id -> a new broker message for it
+        self.dispatch = dispatch  # (job id, queue) -> a new broker message for it
         self.lease_s = lease_s
         self.queue = queue  # the broker queue (kombu keeps its waiting messages in this list)
         self.audit_limit = audit_limit
@@ -81,7 +81,7 @@ class Reaper:
             if job is None or job.status is not JobStatus.QUEUED:
                 self.store.dispatched(job_id)  # nothing to send any more
                 continue
-            self.dispatch(job_id)
+            self.dispatch(job_id, job.queue or self.queue)
             self.store.dispatched(job_id)
             dispatched += 1
         report = ReapReport(requeued, orphans, dispatched)
@@ -140,8 +140,14 @@ class Reaper:
         if not candidates or int(self.redis.llen(self.queue)) > self.audit_limit:
             return 0
         jobs = [self.store.get(c.decode()) for c in candidates]
+        # Only jobs sent to the list read here: another queue's are in another list.
         waiting = [
-            j for j in jobs if j and j.status is JobStatus.QUEUED and j.dispatched_at < cutoff
+            j
+            for j in jobs
+            if j
+            and j.status is JobStatus.QUEUED
+            and j.dispatched_at < cutoff
+            and j.queue in ("", self.queue)
         ]
         if not waiting:
             return 0

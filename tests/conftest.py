@@ -73,12 +73,13 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 def user_keys(client: redis.Redis) -> list[bytes]:
     """Every key a request could have left behind (jobs, images, queued messages).
 
-    Rate-limit counters are left out: every submit counts, accepted or refused, by design.
+    Rate-limit counters are left out: every submit counts, accepted or refused, by design; so
+    are worker heartbeats (the suite's shared worker may be running).
     """
     return sorted(
         k
         for k in client.scan_iter(count=1000)
-        if not k.startswith((b"_kombu.binding.", b"iq:rate:"))
+        if not k.startswith((b"_kombu.binding.", b"iq:rate:", b"iq:worker"))
     )
 
 

@@ -72,6 +72,9 @@ class Job:
     lease_until: float = 0.0
     # When the job's latest broker message was sent (or will be: see JobStore.needs_dispatch).
     dispatched_at: float = 0.0
+    # The broker queue its messages go to (INTERNVL_QUEUE of the API that took it): a reaper
+    # re-sends a job there, whichever queue the reaper's own worker consumes.
+    queue: str = ""
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -92,6 +95,7 @@ class Job:
         owner: str = "",
         webhook_url: str | None = None,
         webhook_events: tuple[str, ...] = (),
+        queue: str = "",
     ) -> Job:
         return cls(
             id=new_job_id(),
@@ -104,6 +108,7 @@ class Job:
             webhook_url=webhook_url,
             webhook_events=webhook_events if webhook_url else (),
             created_at=time.time(),
+            queue=queue,
         )
 
     def moved_to(self, status: JobStatus, **changes: Any) -> Job:
@@ -135,6 +140,7 @@ class Job:
             "worker": self.worker,
             "lease_until": repr(self.lease_until),
             "dispatched_at": repr(self.dispatched_at),
+            "queue": self.queue,
         }
 
     @classmethod
@@ -162,6 +168,7 @@ class Job:
             worker=h.get("worker", ""),
             lease_until=float(h.get("lease_until", "0")),
             dispatched_at=float(h.get("dispatched_at", "0")),
+            queue=h.get("queue", ""),
         )
 
     # -- public view ----------------------------------------------------------------------------

@@ -99,6 +99,7 @@ def prepare_job(submission: Submission, settings: Settings, *, owner: str = "") 
         owner=owner,
         webhook_url=webhook_url,
         webhook_events=webhook_events,
+        queue=settings.queue_name,
     )
 
 

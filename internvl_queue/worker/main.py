@@ -42,8 +42,8 @@ runtime.test_faults = os.environ.get("INTERNVL_TEST_FAULTS") == "1"
 _heartbeat = Heartbeat(runtime)
 
 
-def _dispatch(job_id: str) -> None:
-    app.send_task(RUN_JOB_TASK, args=[job_id], task_id=job_id, queue=settings.queue_name)
+def _dispatch(job_id: str, queue: str) -> None:
+    app.send_task(RUN_JOB_TASK, args=[job_id], task_id=job_id, queue=queue)
 
 
 # Every worker reaps (see reaper.py): the jobs of a dead worker come back within a lease.

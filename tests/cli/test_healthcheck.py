@@ -8,13 +8,24 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 import redis
 
 from internvl_queue.cli.healthcheck import run_healthcheck
-from internvl_queue.cli.redis_server import free_port
+from internvl_queue.cli.redis_server import free_port, start_redis
 from internvl_queue.core.keys import workers_key
 from internvl_queue.core.workers import WorkerInfo, WorkerRegistry, WorkerState
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A Redis of this module's own: the suite's shared worker heartbeats from this very host."""
+    server = start_redis(tmp_path / "redis", persistent=False)
+    yield server.url
+    server.stop()
 
 
 def heartbeat(

@@ -138,6 +138,7 @@ def running_stack(tmp: Path, model: str, **overrides: Any) -> Iterator[Stack]:
                 webhook_retry_schedule="0.2,0.5,1,2,4,8,16,32,64",
                 webhook_poll_s=0.1,
                 webhook_timeout_s=2.0,
+                auth="open",  # these tests are about faults, not keys
             ),
             **overrides,
         )

@@ -23,6 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -50,9 +51,24 @@ def say(message: str) -> None:
     print(f"[whole_path {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def _threads_of_family(pid: int) -> int:
+    """Threads of process ``pid`` and of its direct children (preprocessing processes)."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if int(entry.name) == pid or parent == pid:
+                total += len(list((entry / "task").iterdir()))
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
 def whole_path(
     model: str, jobs: int, threads: int, log_path: Path, gpus: int = 0
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """W1 burst through Redis + Celery + a worker; ``gpus`` > 0 runs ``worker --gpus 0..n-1``."""
     server = start_redis(Path(tempfile.mkdtemp()) / "redis", persistent=False)
     settings = Settings(redis_url=server.url, model=model, heartbeat_interval_s=1.0)
@@ -96,11 +112,22 @@ def whole_path(
             celery.send_task(RUN_JOB_TASK, args=[job.id], task_id=job.id, queue=settings.queue_name)
             return job.id
 
+        peaks: dict[str, int] = {}  # worker -> most threads seen (its process and its children)
+
+        def sample_threads() -> None:
+            for info in registry.ready():
+                label = f"gpu{info.gpu_index}" if info.gpu_index is not None else info.name
+                peaks[label] = max(peaks.get(label, 0), _threads_of_family(info.pid))
+
         def burst(count: int, timeout: float = 180) -> tuple[float, list[str]]:
             started = time.perf_counter()
             ids = list(pool.map(submit, range(count)))
             remaining = set(ids)
+            sampled = 0.0
             while remaining:
+                if time.perf_counter() - sampled > 0.5:
+                    sample_threads()
+                    sampled = time.perf_counter()
                 ordered = list(remaining)
                 pipe = client.pipeline(transaction=False)
                 for job_id in ordered:
@@ -124,6 +151,7 @@ def whole_path(
             "succeeded": len(ok),
             "tokens": sum(j.result["usage"]["completion_tokens"] for j in ok) / max(len(ok), 1),
             "batch": sum(j.result["batch_size"] for j in ok) / max(len(ok), 1),
+            "threads_peak": dict(peaks),
         }
         say(f"whole path: {figures}")
         return figures
@@ -182,6 +210,8 @@ def scaling(model: str, jobs: int, threads: int, log: Path, counts: str) -> None
             f"| {n} | {f['jobs_s']:.1f} | {f['jobs_s'] / figures[first]['jobs_s']:.2f}x "
             f"| {f['succeeded']:.0f} of {jobs} |\n"
         )
+    row += "\nPeak threads per worker (its process and its preprocessing children): "
+    row += "; ".join(f"{n} GPU(s): {f['threads_peak']}" for n, f in figures.items()) + "\n"
     print(row, flush=True)
     with RESULTS.open("a") as results:
         results.write(row)

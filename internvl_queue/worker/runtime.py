@@ -137,7 +137,6 @@ class WorkerRuntime:
         the entry point stop consuming and exit (its held jobs go back to the queue)."""
         self.state, self.state_since, self.error = WorkerState.DEFUNCT, time.time(), reason
         self._publish_lasting()
-        self.hand_back()  # the other workers' reapers requeue its jobs at their next pass
         if self.on_defunct is not None:
             self.on_defunct(reason)
 

@@ -75,7 +75,9 @@ def test_a_worker_whose_gpu_dies_hands_its_jobs_back_and_exits(
         _wait_ready(registry, faulty, log)
         jobs = [
             store.create(
-                Job.new(f"q{i}", JobParams(max_new_tokens=4, max_tiles=1), image_count=1),
+                Job.new(
+                    f"q{i}", JobParams(max_new_tokens=4, max_tiles=1), image_count=1, queue=queue
+                ),
                 [photo(40, 40, seed=i)],
             )
             for i in range(8)

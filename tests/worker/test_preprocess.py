@@ -47,7 +47,7 @@ def test_a_preprocessing_child_killed_mid_burst_loses_no_job(
 ) -> None:
     before = pool.replacements
     # Enough that the burst is still in flight at the kill however fast this machine is today.
-    images = [photo(900, 700, seed=i) for i in range(48)]
+    images = [photo(900, 700, seed=i) for i in range(240)]
 
     def one(image: bytes) -> int:
         return int(pool([image], "What?", max_tiles=12).pixel_values.shape[0])
@@ -58,7 +58,7 @@ def test_a_preprocessing_child_killed_mid_burst_loses_no_job(
         assert sum(not f.done() for f in futures) > 8  # the burst is in flight
         os.kill(pool.children()[0], signal.SIGKILL)
         tiles = [f.result(timeout=120) for f in futures]
-    assert tiles == [13] * 48  # every job prepared, none failed
+    assert tiles == [13] * 240  # every job prepared, none failed
     assert pool.replacements == before + 1  # one new pool, however many jobs saw it break
     for pid in pool.children():  # the new children: one thread each, plus the parent watcher
         assert thread_count(pid) <= 4, thread_count(pid)

@@ -54,23 +54,19 @@ def _explain(redis_ok: bool, workers: list[WorkerInfo]) -> str:
     """One sentence an operator can act on."""
     if not redis_ok:
         return "Redis does not answer: check REDIS_URL and that Redis runs"
-    ready = [w for w in workers if w.state is WorkerState.READY]
-    if ready:
+    by_state: dict[WorkerState, list[WorkerInfo]] = {}
+    for w in workers:
+        by_state.setdefault(w.state, []).append(w)
+    if ready := by_state.get(WorkerState.READY):
         return f"{len(ready)} worker(s) ready"
-    loading = [w for w in workers if w.state is WorkerState.LOADING]
-    if loading:
+    if loading := by_state.get(WorkerState.LOADING):
         w = loading[0]
-        return (
-            f"no worker is ready yet: {w.name} is loading {w.model} "
-            f"(for {max(time.time() - w.since, 0):.0f} s)"
-        )
-    failed = [w for w in workers if w.state is WorkerState.FAILED]
-    if failed:
+        since = max(time.time() - w.since, 0)
+        return f"no worker is ready yet: {w.name} is loading {w.model} (for {since:.0f} s)"
+    if failed := by_state.get(WorkerState.FAILED):
         return f"no worker is ready: {failed[0].name} could not load its model: {failed[0].error}"
-    defunct = [w for w in workers if w.state is WorkerState.DEFUNCT]
-    if defunct:
-        return (
-            f"no worker is ready: {defunct[0].name} stopped serving ({defunct[0].error}); "
-            "its supervisor restarts it"
-        )
+    if defunct := by_state.get(WorkerState.DEFUNCT):
+        w = defunct[0]
+        why = f"stopped serving ({w.error}); its supervisor restarts it"
+        return f"no worker is ready: {w.name} {why}"
     return "no worker is running: start one (internvl-queue worker)"

@@ -114,6 +114,13 @@ def _lines_warning_or_worse(output: str) -> list[str]:
     ]
 
 
+def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``internvl-queue ARGS`` as a user types it in ``cwd``."""
+    return subprocess.run(
+        ["internvl-queue", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
 def test_up_demo_from_a_fresh_directory_with_defaults(tmp_path: Path, tiny_model_dir: Path) -> None:
     """The README's service command, typed in an empty directory: no REDIS_URL, no --data-dir, the
     default port. It answers a job with the demo model's real answer; `keys create`, with nothing
@@ -127,14 +134,7 @@ def test_up_demo_from_a_fresh_directory_with_defaults(tmp_path: Path, tiny_model
     try:
         service.wait_ready(api, timeout=180)
         (cwd / "photo.jpg").write_bytes(photo(96, 64, seed=5))
-        submitted = subprocess.run(
-            ["internvl-queue", "submit", "photo.jpg", "--question", "What is it?", "--wait"],
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        submitted = _run(["submit", "photo.jpg", "--question", "What is it?", "--wait"], cwd, env)
         assert submitted.returncode == 0, submitted.stderr
         expected, _ = reference_answer(
             tiny_model_dir, [photo(96, 64, seed=5)], "What is it?", max_new_tokens=512, max_tiles=12
@@ -142,14 +142,7 @@ def test_up_demo_from_a_fresh_directory_with_defaults(tmp_path: Path, tiny_model
         assert expected and submitted.stdout.strip() == expected
 
         # `keys create` with nothing set finds up's Redis (a random port) through the data dir.
-        created = subprocess.run(
-            ["internvl-queue", "keys", "create", "--name", "first"],
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        created = _run(["keys", "create", "--name", "first"], cwd, env)
         assert created.returncode == 0, created.stderr
         key = created.stdout.strip().splitlines()[-1]
         assert requests.get(f"{api}/v1/jobs/nope", timeout=5).status_code == 401

@@ -103,27 +103,39 @@ class Reaper:
         tags: list[tuple[bytes, float]] = self.redis.zrangebyscore(  # type: ignore[assignment]
             _UNACKED_INDEX, "-inf", delivered_before, start=0, num=1000, withscores=True
         )
-        found = 0
-        for tag, delivered_at in tags:
-            raw = self.redis.hget(_UNACKED, tag)
-            job_id = _job_id(raw)  # type: ignore[arg-type]
-            if job_id is None:
-                continue  # not one of ours (a webhook task) or already gone
-            job = self.store.get(job_id)
-            if job is not None and job.status is JobStatus.RUNNING:
-                continue  # its delivery (or a later one) holds a lease: leases decide
-            # Removed by one reaper only; kombu's ack or restore of a removed tag does nothing.
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.zrem(_UNACKED_INDEX, tag)
-            pipe.hdel(_UNACKED, tag)
-            removed, _ = pipe.execute()
-            if not removed or job is None or job.status is not JobStatus.QUEUED:
-                continue  # someone else's, or a stale copy for a finished or unknown job
-            if job.dispatched_at > delivered_at:
-                continue  # a newer message exists (the job was put back since)
-            self.store.needs_dispatch(job_id, due=0)
-            found += 1
-        return found
+        return sum(self._return_message(tag, delivered_at) for tag, delivered_at in tags)
+
+    def return_messages(self, delivery_tags: list[str]) -> int:
+        """A worker stopping now hands back the messages it took and did not start: their jobs
+        get a new message at the next pass of any reaper, not a lease later. How many."""
+        returned = 0
+        for tag in delivery_tags:
+            delivered_at = self.redis.zscore(_UNACKED_INDEX, tag)
+            if delivered_at is not None:
+                returned += self._return_message(tag, float(delivered_at))
+        return returned
+
+    def _return_message(self, tag: bytes | str, delivered_at: float) -> bool:
+        """Drop the ``unacked`` entry ``tag`` and mark its job for a new message, unless the
+        job runs (leases decide then) or has a newer message; True if marked."""
+        raw = self.redis.hget(_UNACKED, tag)
+        job_id = _job_id(raw)  # type: ignore[arg-type]
+        if job_id is None:
+            return False  # not one of ours (a webhook task) or already gone
+        job = self.store.get(job_id)
+        if job is not None and job.status is JobStatus.RUNNING:
+            return False  # its delivery (or a later one) holds a lease: leases decide
+        # Removed by one reaper only; kombu's ack or restore of a removed tag does nothing.
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zrem(_UNACKED_INDEX, tag)
+        pipe.hdel(_UNACKED, tag)
+        removed, _ = pipe.execute()
+        if not removed or job is None or job.status is not JobStatus.QUEUED:
+            return False  # someone else's, or a stale copy for a finished or unknown job
+        if job.dispatched_at > delivered_at:
+            return False  # a newer message exists (the job was put back since)
+        self.store.needs_dispatch(job_id, due=0)
+        return True
 
     def _lost_messages(self, now: float) -> int:
         """Queued jobs that waited a lease since their message was sent, whose message is

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command for a fresh machine: set up, lint, type-check, run the whole test suite (offline).
-# The tests use the Redis on 127.0.0.1:6379 (DB 13, flushed) if one answers, else start their own.
+# The tests start their own redis-servers on free ports; a Redis already running is never touched.
 # Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,8 @@
 """Shared fixtures: a real Redis (never a mock), the tiny checkpoint, the app, a real worker.
 
-Redis: a private redis-server started here, on a free port, for the session; or
-$INTERNVL_TEST_REDIS_URL if set (that database is emptied around every test). A Redis the tests did
+Redis: private redis-servers started here, on free ports, for the session (one for the shared
+worker, one for the other tests); or $INTERNVL_TEST_REDIS_URL if set, for both (that database is
+emptied around every test). A Redis the tests did
 not start or were not pointed at is never touched, whatever answers on 6379. If no redis-server
 can be started, Redis tests skip locally with the reason, and fail under CI (CI=true).
 """
@@ -34,20 +35,40 @@ from tests.processes import CommandProcess
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def _private_redis(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[str]:
     url = os.environ.get("INTERNVL_TEST_REDIS_URL")
     if url:
         yield url
         return
     try:
-        server = start_redis(tmp_path_factory.mktemp("redis"), persistent=False)
+        server = start_redis(tmp_path_factory.mktemp(name), persistent=False)
     except RuntimeError as exc:
         if IN_CI:
             pytest.fail(f"no Redis for the tests under CI: {exc}")
         pytest.skip(f"needs Redis: redis-server could not be started ({exc})")
     yield server.url
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The Redis of the tests that do not use the shared worker."""
+    yield from _private_redis(tmp_path_factory, "redis")
+
+
+@pytest.fixture(scope="session")
+def shared_worker_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The shared worker's own Redis: its heartbeats and reaper passes, which go on between
+    tests, cannot reach the tests that expect no worker (or lease their own jobs)."""
+    yield from _private_redis(tmp_path_factory, "redis-shared-worker")
+
+
+@pytest.fixture
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """The test's Redis: the shared worker's if the test uses it, the other one if not."""
+    uses_worker = "worker" in request.fixturenames or "_session_worker" in request.fixturenames
+    name = "shared_worker_redis_url" if uses_worker else "redis_server_url"
+    return str(request.getfixturevalue(name))
 
 
 def flush_our_keys(client: redis.Redis) -> None:
@@ -236,9 +257,9 @@ class WorkerProcess(CommandProcess):
 
 
 @pytest.fixture(scope="session")
-def _session_worker_settings(redis_url: str, tiny_model_dir: Path) -> Settings:
+def _session_worker_settings(shared_worker_redis_url: str, tiny_model_dir: Path) -> Settings:
     return Settings(
-        redis_url=redis_url,
+        redis_url=shared_worker_redis_url,
         queue_name=SHARED_WORKER_QUEUE,
         model=str(tiny_model_dir),
         device="cpu",

@@ -90,11 +90,9 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         return run_gpu_workers(gpus, args.loglevel)
     _configure_logging()
     # Importing the entry module reads the settings and registers the task and start-up hooks.
-    from ..worker.main import app, runtime, settings
+    from ..worker.main import app, settings, stop_now
 
-    return _run_worker(
-        app, settings.queue_name, "internvl", args.loglevel, on_forced_stop=runtime.hand_back
-    )
+    return _run_worker(app, settings.queue_name, "internvl", args.loglevel, on_forced_stop=stop_now)
 
 
 def _cmd_webhook_worker(args: argparse.Namespace) -> int:

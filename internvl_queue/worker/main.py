@@ -30,7 +30,7 @@ from .heartbeat import Heartbeat
 from .model_source import ModelUnavailable, resolve_model
 from .runtime import WorkerRuntime
 
-__all__ = ["app", "runtime"]
+__all__ = ["app", "runtime", "stop_now"]
 
 log = logging.getLogger("internvl_queue.worker")
 
@@ -67,6 +67,23 @@ def run_job(job_id: str) -> None:
         # max_attempts) instead of staying "running" for ever.
         log.error("job %s: Redis error (%s); message requeued", job_id, exc)
         raise Reject(exc, requeue=True) from exc
+
+
+def stop_now() -> None:
+    """A second stop request: hand back, before the process ends at once, the jobs it runs
+    (their leases end) and the messages it took but did not start (the reaper's pass on another
+    worker sends them again), so that nothing waits a lease or the visibility timeout."""
+    from celery.worker import state
+
+    runtime.hand_back()
+    taken = list(state.reserved_requests) + list(state.active_requests)
+    tags = {str(r.message.delivery_tag) for r in taken if r.message is not None}
+    try:
+        returned = _reaper.reaper.return_messages(sorted(tags))
+    except redis.RedisError as exc:  # Redis down: the reapers find them a lease later
+        log.warning("could not hand the messages back: %s", exc)
+    else:
+        log.info("handed back %d message(s) this worker had not started", returned)
 
 
 @signals.worker_init.connect

@@ -23,7 +23,7 @@ from ..core.job import Job
 from ..core.redis_client import connect
 from ..core.settings import Settings
 from ..core.status import JobStatus
-from ..core.store import ClaimOutcome, JobStore
+from ..core.store import Claim, ClaimOutcome, JobStore
 from ..core.workers import WorkerInfo, WorkerRegistry, WorkerState
 from .answer import AnswerFn, WorkerDefunct
 from .cancellation import CancelWatcher
@@ -67,6 +67,11 @@ class WorkerRuntime:
         # A job on its last attempt runs only when no other last-attempt job runs here, so that
         # a job that kills its worker (a poison job) cannot use up its neighbours' attempts.
         self._last_attempt = threading.Lock()
+        self._stopping_now = False  # a forced stop: no new claim or lease (see hand_back)
+        # One lease write at a time: a heartbeat's renewal cannot land after hand_back ended them.
+        self._lease_lock = threading.Lock()
+        self._claims_done = threading.Condition()  # claims under way: ``_claiming``
+        self._claiming = 0
         # Test-only fault hooks (INTERNVL_TEST_FAULTS=1, set by worker/main.py): a question
         # containing TEST_KILL_MARKER kills this process each time it is claimed.
         self.test_faults = False
@@ -177,13 +182,22 @@ class WorkerRuntime:
     def renew_leases(self, lease_s: float | None = None) -> int:
         """Extend the leases of every job this worker runs (``lease_s``, the setting's by
         default; a negative one ends them now, handing the jobs back to the reapers)."""
-        with self._lock:
-            held = dict(self.held)
-        return self.store.renew_leases(held, self.settings.lease_s if lease_s is None else lease_s)
+        lease_s = self.settings.lease_s if lease_s is None else lease_s
+        with self._lease_lock:
+            if self._stopping_now and lease_s > 0:
+                return 0  # handed back: extending a lease now would strand its job
+            with self._lock:
+                held = dict(self.held)
+            return self.store.renew_leases(held, lease_s)
 
     def hand_back(self) -> None:
-        """Stopping now: end the leases of the jobs in hand so that another worker's reaper
-        puts them back in the queue at its next pass, not a lease later."""
+        """Stopping now: claim nothing more, and end the leases of the jobs in hand so that
+        another worker's reaper puts them back in the queue at its next pass, not a lease later."""
+        with self._lease_lock, self._claims_done:
+            self._stopping_now = True
+            # A claim under way finishes first (a Redis call), so that its job is handed back
+            # too rather than left running under a fresh lease.
+            self._claims_done.wait_for(lambda: self._claiming == 0, timeout=2.0)
         try:
             self.renew_leases(lease_s=-1)
         except Exception as exc:  # Redis down: the leases lapse on their own
@@ -209,13 +223,31 @@ class WorkerRuntime:
                 return self._claim_and_run(job_id, canceled)
         return self._claim_and_run(job_id, canceled)
 
+    def _claim(self, job_id: str) -> Claim:
+        """The store's claim, with the job held here (its lease renewed) if it was taken. None
+        is taken once a forced stop began; one in progress then is waited for (hand_back)."""
+        with self._claims_done:
+            if self._stopping_now:  # its message is being handed back (see hand_back)
+                raise WorkerDefunct("this worker is stopping now")
+            self._claiming += 1
+        try:
+            claim = self.store.claim(
+                job_id,
+                max_attempts=self.settings.max_attempts,
+                worker=self.name,
+                lease_s=self.settings.lease_s,
+            )
+            if claim.outcome is ClaimOutcome.CLAIMED and claim.job is not None:
+                with self._lock:
+                    self.held[job_id] = claim.job.attempt_token
+            return claim
+        finally:
+            with self._claims_done:
+                self._claiming -= 1
+                self._claims_done.notify_all()
+
     def _claim_and_run(self, job_id: str, canceled: threading.Event) -> JobStatus | None:
-        claim = self.store.claim(
-            job_id,
-            max_attempts=self.settings.max_attempts,
-            worker=self.name,
-            lease_s=self.settings.lease_s,
-        )
+        claim = self._claim(job_id)
         if claim.outcome is ClaimOutcome.MISSING:
             log.warning("job %s: no record (unknown or expired); message dropped", job_id)
             return None
@@ -236,8 +268,6 @@ class WorkerRuntime:
             log.info("job %s: redelivered with a cancel pending; canceled", job_id)
             return JobStatus.CANCELED
         job = claim.job
-        with self._lock:
-            self.held[job.id] = job.attempt_token
         try:
             if self.test_faults and TEST_KILL_MARKER in job.question:
                 log.error("job %s: test fault: killing this worker", job.id)

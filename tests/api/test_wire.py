@@ -34,9 +34,9 @@ JPEG = photo(64, 48, seed=1)
 
 
 @pytest.fixture(scope="module")
-def api(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
+def api(redis_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
     process = ApiProcess(
-        redis_url,
+        redis_server_url,
         tmp_path_factory.mktemp("api") / "api.log",
         INTERNVL_REQUEST_READ_TIMEOUT_S=str(READ_TIMEOUT_S),
     )

@@ -54,9 +54,9 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def two_workers(
-    redis_url: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    redis_server_url: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
-    settings = Settings(redis_url=redis_url, model=str(tiny_model_dir), device="cpu")
+    settings = Settings(redis_url=redis_server_url, model=str(tiny_model_dir), device="cpu")
     env = {
         **worker_env(settings),
         "INTERNVL_QUEUE": QUEUE,
@@ -75,7 +75,7 @@ def two_workers(
             )
             for processes in ("2", "0")
         ]
-    registry = WorkerRegistry(redis.Redis.from_url(redis_url))
+    registry = WorkerRegistry(redis.Redis.from_url(redis_server_url))
     deadline = time.monotonic() + 180
     while {w.pid for w in registry.ready()} < {w.pid for w in workers}:
         assert all(w.poll() is None for w in workers), log.read_text()[-4000:]

@@ -15,6 +15,9 @@ buffer, never a thread:
   connection is closed.
 - The whole body in hand, the WSGI app runs on one of ``threads`` threads (Flask's views block
   on Redis and the broker), and its reply is sent back from the loop.
+- A long poll holds no thread either: the view hands its wait over (``environ[DEFER_ENVIRON_KEY]``,
+  see ``api/waiting.py``), the loop awaits it, and its reply is rendered on a thread when the
+  job finished or the wait ended. A client that disconnects meanwhile ends its wait.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
+
+from .waiting import DEFER_ENVIRON_KEY, DeferredWait
 
 __all__ = ["BufferingFront"]
 
@@ -38,6 +43,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
+T = TypeVar("T")
 
 
 class _Refused(Exception):
@@ -99,9 +105,23 @@ class BufferingFront:
         except _Gone:
             return
         environ = _environ(scope, headers, body)
-        loop = asyncio.get_running_loop()
-        reply = await loop.run_in_executor(self.executor, _run_wsgi, self.wsgi_app, environ)
+        deferred: list[DeferredWait] = []
+        environ[DEFER_ENVIRON_KEY] = deferred
+        reply = await self._on_thread(lambda: _run_wsgi(self.wsgi_app, environ))
+        if deferred:  # a long poll: the view's reply comes once its wait is over
+            try:
+                settled = await _unless_gone(deferred[0].reply(self._on_thread), receive)
+            except Exception:  # a bug: the view's error handlers already had their turn
+                log.exception("a long poll failed")
+                await _send(send, _INTERNAL_ERROR)
+                return
+            if settled is None:
+                return  # the client went away: nobody to answer
+            reply = await self._on_thread(lambda: _run_wsgi(settled, environ))
         await _send(send, reply)
+
+    async def _on_thread(self, call: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, call)
 
     async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
         declared = _content_length(headers)
@@ -154,6 +174,25 @@ class BufferingFront:
             size += len(message.get("body", b""))
             if not message.get("more_body", False):
                 return
+
+
+async def _unless_gone(work: Awaitable[T], receive: Receive) -> T | None:
+    """``work``'s result; None (and ``work`` cancelled) if the client disconnects first."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (task, gone):
+            if not pending.done():
+                pending.cancel()
+    return task.result() if task.done() and not task.cancelled() else None
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns when the client disconnects (the body was read whole: nothing else comes)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _header_dict(scope: Scope) -> dict[str, str]:
@@ -220,7 +259,7 @@ def _run_wsgi(app: WsgiApp, environ: dict[str, Any]) -> Reply:
                 close()
     except Exception:  # Flask answers its own errors; this is a bug below it
         log.exception("the WSGI app raised")
-        return _error_reply(500, "internal_error", "an unexpected error occurred")
+        return _INTERNAL_ERROR
     status, headers = started
     encoded = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
     return int(status.split(" ", 1)[0]), encoded, body
@@ -229,6 +268,9 @@ def _run_wsgi(app: WsgiApp, environ: dict[str, Any]) -> Reply:
 def _error_reply(status: int, code: str, message: str) -> Reply:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     return status, [(b"content-type", b"application/json")], body
+
+
+_INTERNAL_ERROR = _error_reply(500, "internal_error", "an unexpected error occurred")
 
 
 async def _send(send: Send, reply: Reply) -> None:

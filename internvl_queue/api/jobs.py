@@ -21,7 +21,7 @@ from ..core.submission import Submission, prepare_job
 from .auth import current_owner
 from .parsing import parse_submission
 from .services import Services, services
-from .waiting import job_waiters, prefer_wait, prefers_respond_async, query_wait
+from .waiting import prefer_wait, prefers_respond_async, query_wait, wait_for_job
 
 __all__ = ["jobs"]
 
@@ -38,7 +38,7 @@ Reply = tuple[Response, int, dict[str, str]]
 
 
 @jobs.post("")
-def submit() -> Reply:
+def submit() -> Response | Reply:
     svc = services()
     owner = current_owner()
     svc.rate_limiter.check(owner)
@@ -122,7 +122,7 @@ def _accept(svc: Services, submission: Submission, owner: str) -> Job:
     return job
 
 
-def _submitted(svc: Services, job: Job, headers: dict[str, str]) -> Reply:
+def _submitted(svc: Services, job: Job, headers: dict[str, str]) -> Response | Reply:
     """202 with the job; 200 with the finished job if ``Prefer: wait`` saw it finish.
 
     ``Prefer: respond-async`` asks for the 202 at once, whatever ``wait`` says beside it.
@@ -134,14 +134,20 @@ def _submitted(svc: Services, job: Job, headers: dict[str, str]) -> Reply:
         headers["Preference-Applied"] = "respond-async"
         return _view(svc, job), 202, headers
     wait = prefer_wait(prefer)
-    if wait > 0:
-        found, waited = job_waiters().wait_finished(job, wait, lambda: svc.store.get(job.id))
-        job = found or job
+    if wait <= 0:
+        return _view(svc, job), 202, headers
+
+    def render(found: Job, waited: bool) -> Response:
+        reply = _view(svc, found)
+        reply.status_code = 200 if found.status.is_terminal else 202
+        reply.headers.update(headers)
         if waited:
-            headers["Preference-Applied"] = f"wait={wait:g}"
-        else:
-            headers["Retry-After"] = WAITERS_FULL_RETRY_AFTER
-    return _view(svc, job), 200 if job.status.is_terminal else 202, headers
+            reply.headers["Preference-Applied"] = f"wait={wait:g}"
+        else:  # this process holds as many long polls as it may: poll again soon
+            reply.headers["Retry-After"] = WAITERS_FULL_RETRY_AFTER
+        return reply
+
+    return wait_for_job(job, wait, lambda: svc.store.get(job.id), render)
 
 
 @jobs.get("/<job_id>")
@@ -150,11 +156,14 @@ def read(job_id: str) -> Response:
     wait = query_wait(request.args.get("wait"))
     job = _own_job(svc, job_id)
     if wait > 0 and not job.status.is_terminal:
-        found, waited = job_waiters().wait_finished(job, wait, lambda: svc.store.get(job_id))
-        reply = _view(svc, found or job)
-        if not waited:  # this process holds as many long polls as it may: poll again soon
-            reply.headers["Retry-After"] = WAITERS_FULL_RETRY_AFTER
-        return reply
+
+        def render(found: Job, waited: bool) -> Response:
+            reply = _view(svc, found)
+            if not waited:  # this process holds as many long polls as it may: poll again soon
+                reply.headers["Retry-After"] = WAITERS_FULL_RETRY_AFTER
+            return reply
+
+        return wait_for_job(job, wait, lambda: svc.store.get(job_id), render)
     return _view(svc, job)
 
 

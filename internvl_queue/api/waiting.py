@@ -3,42 +3,65 @@
 ``Prefer: respond-async`` (RFC 7240) asks for the asynchronous reply, the 202, at once: it wins
 over a ``wait`` in the same header.
 
-A waiting request holds a server thread, so each API process holds at most
-``INTERNVL_MAX_WAITERS`` of them at once (``JobWaiters``); one more is answered at once with the
-job as it is (and ``Retry-After: 1``), so that long polls can never take every thread from submits
-and ``/readyz``. The waiters of a process share one Redis pub/sub listener (a thread subscribed to
-every job's "done" channel) instead of opening a subscription each.
+Under ``internvl-queue api`` a long poll holds no thread: the view hands the wait to the API's
+front (``api/front.py``) as a ``DeferredWait``, which the front awaits in its event loop, then
+renders the reply on a thread (one Redis read). Elsewhere (Flask's own server, the test client)
+the view waits on its thread. Either way each API process holds at most ``INTERNVL_MAX_WAITERS``
+long polls at once (``JobWaiters``); one more is answered at once with the job as it is (and
+``Retry-After: 1``). The waiters of a process share one Redis pub/sub listener (a thread
+subscribed to every job's "done" channel) instead of opening a subscription each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 import redis
-from flask import current_app
+from flask import Flask, Response, current_app, request
 
 from ..core.errors import ValidationFailed
 from ..core.job import Job
 from ..core.keys import done_channel
 
 __all__ = [
+    "DEFER_ENVIRON_KEY",
     "MAX_WAIT_S",
     "WAITERS_EXTENSION",
+    "DeferredWait",
     "JobWaiters",
     "job_waiters",
     "prefer_wait",
     "prefers_respond_async",
     "query_wait",
+    "wait_for_job",
 ]
 
 log = logging.getLogger(__name__)
 
 WAITERS_EXTENSION = "internvl_queue.waiters"
+# The WSGI environ key under which the front offers to await long polls: a list the view appends
+# its ``DeferredWait`` to (see ``wait_for_job``).
+DEFER_ENVIRON_KEY = "internvl_queue.defer"
+
+T = TypeVar("T")
+# Runs a blocking callable on one of the front's threads.
+RunOnThread = Callable[[Callable[[], T]], Awaitable[T]]
+ReadJob = Callable[[], Job | None]
+# The view's reply for the job as found (terminal, or as it was when the wait ended), and
+# whether it was waited for (False: this process held as many long polls as it may).
+RenderJob = Callable[[Job, bool], Response]
+
+
+class _Wake(Protocol):
+    def set(self) -> None: ...
+
 
 MAX_WAIT_S = 60.0
 
@@ -88,32 +111,21 @@ class JobWaiters:
         self.max_waiters = max_waiters
         self._lock = threading.Lock()
         self._waiting = 0
-        self._events: dict[str, set[threading.Event]] = defaultdict(set)
+        self._events: dict[str, set[_Wake]] = defaultdict(set)
         self._listening = threading.Event()  # subscribed now: a finish cannot be missed
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def wait_finished(
-        self, job: Job, timeout_s: float, read: Callable[[], Job | None]
-    ) -> tuple[Job | None, bool]:
-        """(``job`` once terminal, or as it is after ``timeout_s``; whether it was waited for).
+    def wait_finished(self, job: Job, timeout_s: float, read: ReadJob) -> tuple[Job | None, bool]:
+        """(``job`` once terminal, or as it is after ``timeout_s``; whether it was waited for),
+        waiting on this thread.
 
         Not waited for when this process already holds ``max_waiters`` long polls, or the
         listener cannot subscribe: then ``job`` comes back as it was given, at once.
         """
-        with self._lock:
-            full = self._waiting >= self.max_waiters
-            if not full:
-                self._waiting += 1
-        if full or not self._ensure_listening():
-            if not full:
-                with self._lock:
-                    self._waiting -= 1
-            return job, False
-        job_id = job.id
         woken = threading.Event()
-        with self._lock:
-            self._events[job_id].add(woken)
+        if not self.listening() or not self.enter(job.id, woken):
+            return job, False
         try:
             deadline = time.monotonic() + timeout_s
             current = read()  # after subscribing: a finish from now on sets ``woken``
@@ -125,11 +137,26 @@ class JobWaiters:
                 current = read()
             return current, True
         finally:
-            with self._lock:
-                self._events[job_id].discard(woken)
-                if not self._events[job_id]:
-                    del self._events[job_id]
-                self._waiting -= 1
+            self.leave(job.id, woken)
+
+    def enter(self, job_id: str, wake: _Wake) -> bool:
+        """Count a long poll on ``job_id``, woken by ``wake.set()`` whenever the job may have
+        finished (call ``listening`` first); False, and nothing counted, when full. Never
+        blocks (the event loop calls it)."""
+        with self._lock:
+            if self._waiting >= self.max_waiters:
+                return False
+            self._waiting += 1
+            self._events[job_id].add(wake)
+        return True
+
+    def leave(self, job_id: str, wake: _Wake) -> None:
+        """The end of a long poll that ``enter`` counted."""
+        with self._lock:
+            self._events[job_id].discard(wake)
+            if not self._events[job_id]:
+                del self._events[job_id]
+            self._waiting -= 1
 
     @property
     def waiting(self) -> int:
@@ -142,7 +169,9 @@ class JobWaiters:
         if self._thread is not None:
             self._thread.join(10)
 
-    def _ensure_listening(self) -> bool:
+    def listening(self) -> bool:
+        """Whether the listener is subscribed (so that no finish is missed); starts it if need
+        be, and then waits up to 5 s for it."""
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
@@ -190,6 +219,76 @@ class JobWaiters:
             for events in self._events.values():
                 for event in events:
                     event.set()
+
+
+class _LoopWake:
+    """An ``asyncio.Event`` that the listener thread may set."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.event = asyncio.Event()
+
+    def set(self) -> None:
+        self.loop.call_soon_threadsafe(self.event.set)
+
+
+class DeferredWait:
+    """A long poll handed to the front: awaited in its event loop, holding no thread."""
+
+    def __init__(
+        self, waiters: JobWaiters, job: Job, timeout_s: float, read: ReadJob, render: RenderJob
+    ) -> None:
+        self.waiters, self.job, self.timeout_s = waiters, job, timeout_s
+        self.read, self.render = read, render
+
+    async def reply(self, run: RunOnThread[Any]) -> Response:
+        """The view's reply once the job is terminal or the wait is over; Redis reads and the
+        rendering run on the front's threads (``run``), the wait itself on none."""
+        wake = _LoopWake(asyncio.get_running_loop())
+        deadline = time.monotonic() + self.timeout_s
+        if not await run(self.waiters.listening) or not self.waiters.enter(self.job.id, wake):
+            return await run(lambda: self.render(self.job, False))
+        try:
+            current = await run(self.read)  # after entering: a finish from now on wakes us
+            while current is not None and not current.status.is_terminal:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(wake.event.wait(), left)
+                except TimeoutError:
+                    break
+                wake.event.clear()
+                current = await run(self.read)
+        finally:
+            self.waiters.leave(self.job.id, wake)
+        return await run(lambda: self.render(current or self.job, True))
+
+
+def wait_for_job(job: Job, timeout_s: float, read: ReadJob, render: RenderJob) -> Response:
+    """The reply to a long poll on ``job``: ``render`` of the job once terminal or after
+    ``timeout_s``. Under the front, the wait is handed to it and this returns a placeholder
+    that the front replaces; elsewhere it waits on this thread."""
+    waiters = job_waiters()
+    offered: list[DeferredWait] | None = request.environ.get(DEFER_ENVIRON_KEY)
+    if offered is None:
+        found, waited = waiters.wait_finished(job, timeout_s, read)
+        return render(found or job, waited)
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    environ = request.environ
+
+    def render_in_request(found: Job, waited: bool) -> Response:
+        # On the front's thread, later: the app's error handlers and after-request hooks apply
+        # as they would have to a reply made now.
+        with app.request_context(environ):
+            try:
+                made = app.make_response(render(found, waited))
+            except Exception as exc:
+                made = app.make_response(app.handle_user_exception(exc))
+            return app.process_response(made)
+
+    offered.append(DeferredWait(waiters, job, timeout_s, read, render_in_request))
+    return Response(status=204)  # never sent: the front sends what ``render_in_request`` makes
 
 
 def job_waiters() -> JobWaiters:

@@ -192,8 +192,8 @@ class Settings:
         ),
     )
     max_waiters: int = field(
-        # Half of `internvl-queue api`'s 8 threads per process: the rest serve submits, /readyz.
-        default=4,
+        # Under `internvl-queue api` a long poll holds a socket and a few objects, no thread.
+        default=1000,
         metadata=_env(
             "INTERNVL_MAX_WAITERS",
             "long polls (?wait=, Prefer: wait) one API process holds at once; more answer at once",

@@ -15,11 +15,13 @@ __all__ = ["ApiProcess"]
 
 
 class ApiProcess(CommandProcess):
-    def __init__(self, redis_url: str, log_path: Path, **env: str) -> None:
+    def __init__(
+        self, redis_url: str, log_path: Path, *, options: tuple[str, ...] = (), **env: str
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__(
-            ["api", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+            ["api", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1", *options],
             # Open (no key needed) unless a test says otherwise: INTERNVL_AUTH defaults to required.
             {**os.environ, "REDIS_URL": redis_url, "LOG_LEVEL": "INFO", "INTERNVL_AUTH": "open"}
             | env,

@@ -1,7 +1,7 @@
 """Long polls against a real API: 500 concurrent ``GET /v1/jobs/<id>?wait=30`` callers while
 submits and ``/readyz`` are timed (target: both under 100 ms at p99).
 
-    python -m benchmarks.long_polls [--callers 500] [--seconds 30] [--record]
+    python -m benchmarks.long_polls [--callers 500] [--seconds 30] [--baseline REV] [--record]
 
 It starts a private redis-server and ``internvl-queue api`` (gunicorn, its default processes and
 threads, INTERNVL_AUTH=open); no GPU worker: the jobs the callers wait on are finished by this
@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -95,27 +96,27 @@ class Probe(threading.Thread):
             self.stop.wait(self.period_s)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--callers", type=int, default=500)
-    parser.add_argument("--seconds", type=float, default=30.0, help="finish jobs over this long")
-    parser.add_argument("--record", action="store_true")
-    parser.add_argument(
-        "--api-nice",
-        type=int,
-        default=0,
-        help="run the API at this niceness (negative, as root: ahead of this load generator and "
-        "of anything else on a shared machine, as if it had cores of its own)",
-    )
-    args = parser.parse_args()
+@dataclass
+class Run:
+    label: str
+    submit: Probe
+    readyz: Probe
+    callers: list[Caller]
 
+
+def run_scenario(label: str, api_source: Path | None, args: argparse.Namespace) -> Run:
+    """Start Redis and the API (from ``api_source``, a checkout, or this one), run the callers
+    and probes while the jobs finish over ``args.seconds``; stop everything."""
     server = start_redis(Path(tempfile.mkdtemp()) / "redis", persistent=False)
     port = free_port()
     env = {**os.environ, "REDIS_URL": server.url, "INTERNVL_AUTH": "open", "LOG_LEVEL": "WARNING"}
+    if api_source is not None:
+        env["PYTHONPATH"] = str(api_source)
     serve = [sys.executable, "-m", "internvl_queue", "api", "--port", str(port)]
     api = subprocess.Popen(
         ["nice", "-n", str(args.api_nice), *serve],
         env=env,
+        cwd=api_source or Path.cwd(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -161,43 +162,87 @@ def main() -> None:
         readyz.stop.set()
         submit.join()
         readyz.join()
+        client.close()
     finally:
         api.terminate()
         api.wait(30)
         server.stop()
+    return Run(label, submit, readyz, callers)
 
-    done = sum(1 for c in callers if c.final == "succeeded")
-    errors = [c.error for c in callers if c.error]
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--callers", type=int, default=500)
+    parser.add_argument("--seconds", type=float, default=30.0, help="finish jobs over this long")
+    parser.add_argument("--record", action="store_true")
+    parser.add_argument(
+        "--baseline",
+        metavar="GIT_REV",
+        help="also run the API of this revision (a temporary git worktree), first, for comparison",
+    )
+    parser.add_argument(
+        "--api-nice",
+        type=int,
+        default=0,
+        help="run the API at this niceness (negative, as root: ahead of this load generator and "
+        "of anything else on a shared machine, as if it had cores of its own)",
+    )
+    args = parser.parse_args()
+
+    runs: list[Run] = []
+    if args.baseline:
+        worktree = Path(tempfile.mkdtemp()) / "baseline"
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(worktree), args.baseline],
+            check=True,
+            capture_output=True,
+        )
+        try:
+            runs.append(run_scenario(f"baseline ({args.baseline})", worktree, args))
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], check=True)
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    runs.append(run_scenario(f"this checkout ({head or 'HEAD'})", None, args))
+
     lines = [
         f"### Long polls: {args.callers} concurrent `?wait=30` callers "
         f"({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPUs)",
         "",
-        "API: `internvl-queue api` (gunicorn, 2 processes x 8 threads, INTERNVL_MAX_WAITERS "
-        f"default, niceness {args.api_nice}); jobs finished over {args.seconds:.0f} s; no GPU "
+        "API: `internvl-queue api` (gunicorn, 2 processes x 8 threads, each revision's "
+        f"INTERNVL_MAX_WAITERS default, niceness {args.api_nice}); jobs finished over "
+        f"{args.seconds:.0f} s; no GPU "
         "worker (/readyz answers 503); the load generator runs on the same machine.",
         "",
-        "| request | count | p50 ms | p95 ms | p99 ms | max ms | failures |",
-        "|---|---|---|---|---|---|---|",
+        "| API | request | count | p50 ms | p95 ms | p99 ms | max ms | failures |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for probe in (submit, readyz):
-        v = probe.latencies_ms
+    for run in runs:
+        for probe in (run.submit, run.readyz):
+            v = probe.latencies_ms
+            lines.append(
+                f"| {run.label} | {probe.label} | {len(v)} | {percentile(v, 50):.1f} | "
+                f"{percentile(v, 95):.1f} | {percentile(v, 99):.1f} | {max(v):.1f} | "
+                f"{len(probe.failures)} |"
+            )
+    lines.append("")
+    for run in runs:
+        done = sum(1 for c in run.callers if c.final == "succeeded")
+        errors = [c.error for c in run.callers if c.error]
+        bounced = sum(c.bounced for c in run.callers)
+        total = sum(c.requests for c in run.callers)
         lines.append(
-            f"| {probe.label} | {len(v)} | {percentile(v, 50):.1f} | {percentile(v, 95):.1f} | "
-            f"{percentile(v, 99):.1f} | {max(v):.1f} | {len(probe.failures)} |"
+            f"{run.label}: {done}/{len(run.callers)} callers saw their job succeed, "
+            f"{len(errors)} errors; {total} long-poll requests: {total - bounced} held until the "
+            f"job finished (or the wait ended), {bounced} answered at once with Retry-After: 1 "
+            "(the process's waiters full)."
         )
-    bounced = sum(c.bounced for c in callers)
-    total = sum(c.requests for c in callers)
-    lines += [
-        "",
-        f"Callers: {done}/{len(callers)} saw their job succeed, {len(errors)} errors; "
-        f"{total} long-poll requests: {total - bounced} held until the job finished (or the wait "
-        f"ended), {bounced} answered at once with Retry-After: 1 (the process's waiters full).",
-        "",
-    ]
+        if errors:
+            lines.append(f"errors: {errors[:5]}")
+    lines.append("")
     table = "\n".join(lines)
     print(table)
-    if errors:
-        print("errors:", errors[:5])
     if args.record:
         with RESULTS.open("a") as file:
             file.write("\n" + table)

@@ -1,6 +1,7 @@
 """Serve the API with gunicorn: its asyncio worker reads requests, Flask runs on threads.
 
-gunicorn's ``asgi`` worker reads every connection in one event loop per process, and
+gunicorn's ``asgi`` worker (``api.gunicorn_worker``: with a deadline for request heads, and its
+refusals in JSON) reads every connection in one event loop per process, and
 ``api.front.BufferingFront`` hands Flask only requests whose body is complete, on a pool of
 ``threads`` threads: a slow or stalled upload holds a socket, never a thread, so it cannot starve
 ``/healthz`` or other callers (see ``api/front.py``).
@@ -64,7 +65,8 @@ def serve_api(host: str, port: int, *, workers: int = 2, threads: int = 8) -> No
         {
             "bind": f"{host}:{port}",
             "workers": workers,
-            "worker_class": "asgi",
+            # gunicorn's asgi worker, with a deadline for request heads and JSON refusals.
+            "worker_class": "internvl_queue.api.gunicorn_worker.ApiWorker",
             "asgi_loop": "asyncio",
             # gunicorn's own wait for body data: past ours, so that the front answers 408 first.
             "timeout": max(60, int(read_timeout_s) + 10),

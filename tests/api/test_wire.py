@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -193,3 +194,79 @@ def test_64_stalled_uploads_freeze_nothing_and_are_cut_off(
         sock.close()
     print(f"stalled uploads cut off after {min(cut_off):.1f}..{max(cut_off):.1f} s")
     assert min(cut_off) > READ_TIMEOUT_S - 0.5 and max(cut_off) < READ_TIMEOUT_S + 3
+
+
+def _open(api: ApiProcess, first_bytes: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", api.port), timeout=READ_TIMEOUT_S + 10)
+    if first_bytes:
+        sock.sendall(first_bytes)
+    return sock
+
+
+def test_64_stalled_request_heads_freeze_nothing_and_are_cut_off(api: ApiProcess) -> None:
+    """A connection whose first request head never completes (nothing sent, or headers that
+    stop half-way) is answered 408 and closed after the read timeout; meanwhile the API
+    answers others at once."""
+    with ExitStack() as closing:
+        stalled = [
+            closing.enter_context(
+                _open(api, b"" if n % 2 else b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            )
+            for n in range(64)
+        ]
+        _cut_off_heads(api, stalled)
+
+
+def _cut_off_heads(api: ApiProcess, stalled: list[socket.socket]) -> None:
+    opened = time.monotonic()
+    health = [_timed(lambda: requests.get(f"{api.url}/healthz", timeout=10)) for _ in range(5)]
+    assert all(reply.status_code == 200 for _, reply in health)
+    assert max(took for took, _ in health) < 1.0
+    cut_off = []
+    for sock in stalled:
+        head, _, body = _read_reply(sock).partition(b"\r\n\r\n")
+        cut_off.append(time.monotonic() - opened)
+        assert head.startswith(b"HTTP/1.1 408"), head
+        assert b"content-type: application/json" in head.lower()
+        assert json.loads(body)["error"]["code"] == "request_timeout"
+        assert sock.recv(1) == b""  # and the connection is closed
+    print(
+        f"\nwith 64 stalled request heads: /healthz max "
+        f"{max(took for took, _ in health) * 1000:.1f} ms; cut off after "
+        f"{min(cut_off):.1f}..{max(cut_off):.1f} s"
+    )
+    assert min(cut_off) > READ_TIMEOUT_S - 0.5 and max(cut_off) < READ_TIMEOUT_S + 3
+
+
+def test_a_head_sent_slowly_but_completely_is_served(api: ApiProcess) -> None:
+    sock = _open(api, b"GET /healthz HTTP/1.1\r\n")
+    for line in (b"Host: x\r\n", b"Accept: */*\r\n", b"\r\n"):
+        time.sleep(READ_TIMEOUT_S / 4)
+        sock.sendall(line)
+    head, _, body = _read_reply(sock).partition(b"\r\n\r\n")
+    sock.close()
+    assert head.startswith(b"HTTP/1.1 200") and json.loads(body) == {"status": "ok"}
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "request_line_too_long"),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n",
+            431,
+            "request_headers_too_large",
+        ),
+        (b"NOT HTTP AT ALL\r\n\r\n", 400, "bad_request"),
+    ],
+)
+def test_requests_the_http_layer_refuses_get_json_errors(
+    api: ApiProcess, request_bytes: bytes, status: int, code: str
+) -> None:
+    sock = _open(api, request_bytes)
+    head, _, body = _read_reply(sock).partition(b"\r\n\r\n")
+    sock.close()
+    assert head.startswith(f"HTTP/1.1 {status}".encode()), head
+    assert b"content-type: application/json" in head.lower()
+    error = json.loads(body)["error"]
+    assert error["code"] == code and error["message"]

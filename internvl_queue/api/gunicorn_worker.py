@@ -1,0 +1,113 @@
+"""gunicorn's asyncio worker, with what its HTTP layer lacks for this API.
+
+- **A deadline for a connection's first request head.** gunicorn waits for the headers of a
+  connection's first request without any timeout (later requests on it are bounded by its
+  keep-alive timer): a client that connects and then sends nothing, or dribbles its headers,
+  holds a socket for ever, and enough of them exhaust the process's file descriptors. Here a
+  connection whose first request head is not complete within ``head_timeout_s``
+  (``INTERNVL_REQUEST_READ_TIMEOUT_S``) gets ``408 request_timeout`` and is closed. (Bodies are
+  timed by ``api/front.py``.)
+- **Errors as JSON.** gunicorn answers what it cannot parse (a request line or header over its
+  limits, a malformed request) in ``text/plain``; here with the API's error body and a stable
+  ``code``, which every client reads the same way.
+
+gunicorn builds its protocol from the name ``ASGIProtocol`` in ``gunicorn.workers.gasgi`` when a
+connection opens; ``ApiWorker`` points that name at ``ApiProtocol`` in its own process (after the
+fork), as the worker has no hook for it. gunicorn is pinned (pyproject.toml): the protocol
+methods used here (``_send_error_response``, ``_safe_write``, ``_close_transport``) are checked
+by the wire tests (tests/api/test_wire.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from http import HTTPStatus
+from typing import Any
+
+from gunicorn.asgi.protocol import ASGIProtocol
+from gunicorn.workers import gasgi
+
+__all__ = ["ApiProtocol", "ApiWorker"]
+
+# gunicorn's refusals, as the API's error codes, each with the sentence that says what to do.
+_REFUSALS = {
+    400: ("bad_request", "the request is not valid HTTP/1.1"),
+    408: ("request_timeout", "the request head did not arrive in time; send it without pausing"),
+    414: ("request_line_too_long", "the request line is too long; send a shorter URL"),
+    431: ("request_headers_too_large", "the request headers are too large; send fewer or smaller"),
+    501: ("not_implemented", "the server does not implement this part of the request"),
+}
+# HTTP/1.1 heads end with an empty line; gunicorn also accepts bare LFs.
+_HEAD_ENDS = (b"\r\n\r\n", b"\n\n")
+
+
+class ApiProtocol(ASGIProtocol):
+    head_timeout_s = 30.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._head_tail = b""  # the last bytes received, to find the head's end across reads
+        self._head_timer: asyncio.TimerHandle | None = self.worker.loop.call_later(
+            self.head_timeout_s, self._head_overdue
+        )
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_timer is not None:
+            seen = self._head_tail + data
+            if any(end in seen for end in _HEAD_ENDS):
+                self._stop_head_timer()
+            else:
+                self._head_tail = seen[-3:]
+        super().data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_overdue(self) -> None:
+        self._head_timer = None
+        if not self._closed:
+            self._send_error_response(408, f"no complete request head in {self.head_timeout_s:g} s")
+            self._close_transport()
+
+    def _send_error_response(self, status: int, message: str, extra_headers: Any = ()) -> None:
+        code, advice = _REFUSALS.get(status, ("bad_request", "the request cannot be served"))
+        if status >= 500 and status != 501:
+            code, advice = "internal_error", "an unexpected error occurred"
+        detail = f"{advice} ({message})" if message else advice
+        body = json.dumps({"error": {"code": code, "message": detail}}).encode()
+        extra = "".join(f"{name}: {value}\r\n" for name, value in extra_headers)
+        head = (
+            f"HTTP/1.1 {status} {_reason(status)}\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            f"{extra}"
+            "Connection: close\r\n"
+            "\r\n"
+        )
+        self._safe_write(head.encode("latin-1"))
+        self._safe_write(body)
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+class ApiWorker(gasgi.ASGIWorker):
+    """``worker_class`` of ``internvl-queue api`` (see the module doc)."""
+
+    def init_process(self) -> None:
+        from ..core.settings import Settings
+
+        ApiProtocol.head_timeout_s = Settings.from_env().request_read_timeout_s
+        gasgi.ASGIProtocol = ApiProtocol
+        super().init_process()

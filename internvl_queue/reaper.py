@@ -10,7 +10,10 @@ in any number of processes at once:
    still ``queued``) sits in kombu's ``unacked`` set of the Redis transport until the visibility
    timeout. An entry older than the lease whose job is still queued and was not dispatched since
    is removed (one ``ZREM`` wins) and the job marked as needing a message.
-3. **Due dispatches.** Jobs marked as needing a message (by 1, 2, or a new job whose sender died
+3. **Overdue queued jobs.** A job still queued past its deadline ends ``failed`` with
+   ``timeout`` (``JobStore.time_out_queued``), so that no job outlives its deadline whatever the
+   backlog, and its record is kept the retention time from then.
+4. **Due dispatches.** Jobs marked as needing a message (by 1, 2, or a new job whose sender died
    before it sent one) get a new Celery message; each entry is taken by one reaper at a time.
 
 A duplicate message is harmless: the claim in the store finds the job terminal, or running under
@@ -47,9 +50,10 @@ class ReapReport:
     requeued: int = 0  # running jobs whose lease lapsed, back in the queue
     orphans: int = 0  # messages taken by a worker that never started them
     dispatched: int = 0  # new messages sent
+    timed_out: int = 0  # queued jobs past their deadline, ended ``timeout``
 
     def __bool__(self) -> bool:
-        return bool(self.requeued or self.orphans or self.dispatched)
+        return bool(self.requeued or self.orphans or self.dispatched or self.timed_out)
 
 
 class Reaper:
@@ -75,6 +79,11 @@ class Reaper:
             1 for job_id in self.store.lapsed_leases(now) if self._requeue(job_id) is not None
         )
         orphans = self._orphaned_messages(now - self.lease_s) + self._lost_messages(now)
+        timed_out = sum(
+            1
+            for job_id in self.store.overdue_queued(now)
+            if self.store.time_out_queued(job_id) is not None
+        )
         dispatched = 0
         for job_id in self.store.take_due_dispatches(now, retry_after_s=self.lease_s):
             job = self.store.get(job_id)
@@ -84,12 +93,12 @@ class Reaper:
             self.dispatch(job_id, job.queue or self.queue)
             self.store.dispatched(job_id)
             dispatched += 1
-        report = ReapReport(requeued, orphans, dispatched)
+        report = ReapReport(requeued, orphans, dispatched, timed_out)
         if report:
             log.warning(
                 "reaper: %d job(s) of dead workers back in the queue, %d orphaned message(s), "
-                "%d message(s) sent",
-                *(requeued, orphans, dispatched),
+                "%d message(s) sent, %d queued job(s) past their deadline ended (timeout)",
+                *(requeued, orphans, dispatched, timed_out),
             )
         return report
 

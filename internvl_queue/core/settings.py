@@ -35,6 +35,11 @@ def _env(name: str, help: str) -> dict[str, str]:
     return {"env": name, "help": help}
 
 
+# A job still queued at its deadline is marked ``timeout`` by a reaper pass (a heartbeat) later;
+# its record must outlive the deadline by more than that.
+RETENTION_MARGIN_S = 60
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = field(
@@ -366,11 +371,12 @@ class Settings:
                 f"INTERNVL_MAX_TIMEOUT_S ({self.max_timeout_s}), or a job still running would be "
                 "handed to a second worker"
             )
-        if self.job_retention_s < self.max_timeout_s:
+        if self.job_retention_s < self.max_timeout_s + RETENTION_MARGIN_S:
             raise SettingsError(
-                f"INTERNVL_JOB_RETENTION_S ({self.job_retention_s}) must be at least "
-                f"INTERNVL_MAX_TIMEOUT_S ({self.max_timeout_s}), or a job could expire before its "
-                "deadline"
+                f"INTERNVL_JOB_RETENTION_S ({self.job_retention_s}) must exceed "
+                f"INTERNVL_MAX_TIMEOUT_S ({self.max_timeout_s}) by at least "
+                f"{RETENTION_MARGIN_S} s, or a job still queued at its deadline could expire "
+                "before it is marked timeout"
             )
 
     def _validate_webhooks(self) -> None:

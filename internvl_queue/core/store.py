@@ -9,6 +9,7 @@ on its pub/sub channel (for long polls), so none of these can disagree with the 
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 import redis
 
 from . import webhook_events
-from .job import Job
+from .job import Job, JobParams
 from .keys import (
     cancel_channel,
     dispatching_key,
@@ -191,6 +192,46 @@ class JobStore:
                 dispatched_at=now,
             )
             return queued, queued
+
+        return self._update(job_id, decide)
+
+    def overdue_queued(self, now: float, oldest: int = 200) -> list[str]:
+        """Queued jobs among the ``oldest`` whose deadline passed by ``now`` (candidates for
+        ``time_out_queued``). The oldest first: whatever the backlog, a job queued longer
+        than the longest deadline is always among them."""
+        found: list[tuple[bytes, float]] = self.redis.zrange(  # type: ignore[assignment]
+            queued_key(), 0, oldest - 1, withscores=True
+        )
+        if not found:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id, _ in found:
+            pipe.hget(job_key(_text(job_id)), "params")
+        return [
+            _text(job_id)
+            for (job_id, created_at), params in zip(found, pipe.execute(), strict=True)
+            if params is not None and created_at + _timeout_s(params) <= now
+        ]
+
+    def time_out_queued(self, job_id: str) -> Job | None:
+        """End a job still queued past its deadline ``failed`` with ``timeout`` (its stale
+        message then finds it finished); the job, or None if it was not (started, finished,
+        or not yet due). So no job outlives its deadline, backlog or no worker."""
+
+        def decide(job: Job | None) -> tuple[Job | None, Job | None]:
+            if job is None or job.status is not JobStatus.QUEUED:
+                return None, None
+            if job.created_at + job.params.timeout_s > time.time():
+                return None, None
+            timed_out = self._ended(
+                job,
+                JobStatus.FAILED,
+                error={
+                    "code": "timeout",
+                    "message": "the job passed its deadline (timeout_s) before it started",
+                },
+            )
+            return timed_out, timed_out
 
         return self._update(job_id, decide)
 
@@ -408,6 +449,10 @@ def _batches(items: Iterator[T], size: int) -> Iterator[list[T]]:
             batch = []
     if batch:
         yield batch
+
+
+def _timeout_s(params: bytes) -> float:
+    return float(JobParams(**json.loads(params)).timeout_s)
 
 
 def _text(key: bytes | str) -> str:

@@ -103,7 +103,16 @@ def test_every_setting_is_documented_in_readme() -> None:
                 "INTERNVL_VISIBILITY_TIMEOUT_S": "100000",
                 "INTERNVL_JOB_RETENTION_S": "90000",
             },
-            "INTERNVL_JOB_RETENTION_S (90000) must be at least INTERNVL_MAX_TIMEOUT_S",
+            "INTERNVL_JOB_RETENTION_S (90000) must exceed INTERNVL_MAX_TIMEOUT_S",
+        ),
+        # A job queued until its deadline would expire before it is marked timeout.
+        (
+            {
+                "INTERNVL_MAX_TIMEOUT_S": "90000",
+                "INTERNVL_VISIBILITY_TIMEOUT_S": "90000",
+                "INTERNVL_JOB_RETENTION_S": "90030",
+            },
+            "INTERNVL_JOB_RETENTION_S (90030) must exceed INTERNVL_MAX_TIMEOUT_S (90000) by at",
         ),
         ({"INTERNVL_DEFAULT_TIMEOUT_S": "0"}, "must be positive"),
     ],

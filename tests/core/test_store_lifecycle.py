@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from internvl_queue.core.job import Job, JobParams
-from internvl_queue.core.keys import event_key, outbox_key, queued_key
+from internvl_queue.core.keys import event_key, job_key, outbox_key, queued_key
 from internvl_queue.core.status import JobStatus
 from internvl_queue.core.store import CancelOutcome, ClaimOutcome, JobStore
 from internvl_queue.core.webhook_events import WebhookEvent
@@ -204,3 +204,30 @@ def test_a_lapsed_lease_puts_the_job_back_once_whatever_the_race(redis_client: r
     again = store.claim(job.id, max_attempts=3)
     assert again.outcome is ClaimOutcome.CLAIMED and again.job is not None
     assert again.job.attempts == 2
+
+
+def test_a_job_queued_past_its_deadline_times_out_once_whatever_the_race(
+    redis_client: redis.Redis,
+) -> None:
+    store = _store(redis_client)
+    hook = {"webhook_url": "https://example.com/hook", "webhook_events": ("job.failed",)}
+    quick = Job.new("q", JobParams(max_new_tokens=8, max_tiles=1, timeout_s=1), 1, **hook)  # type: ignore[arg-type]
+    due = store.create(quick, [b"img"])
+    later = _new(store)  # the default deadline: not due
+    assert store.overdue_queued(time.time()) == []
+    assert store.time_out_queued(due.id) is None  # not yet
+    time.sleep(1.1)
+    assert store.overdue_queued(time.time()) == [due.id]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: store.time_out_queued(due.id), range(8)))
+    assert sum(r is not None for r in results) == 1
+    ended = store.get(due.id)
+    assert ended is not None and ended.status is JobStatus.FAILED
+    assert ended.error is not None and ended.error["code"] == "timeout"
+    assert redis_client.ttl(job_key(due.id)) > 90  # kept the retention time from now
+    assert store.queue_position(due.id) is None and store.queued_count() == 1
+    assert store.images(due.id) == []
+    assert [e.type for e in _outbox(redis_client)] == ["job.failed"]
+    # Its message, when a worker takes it at last, finds it finished.
+    assert store.claim(due.id, max_attempts=3).outcome is ClaimOutcome.ALREADY_TERMINAL
+    assert store.get(later.id).status is JobStatus.QUEUED  # type: ignore[union-attr]

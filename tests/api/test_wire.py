@@ -27,6 +27,7 @@ from urllib3 import encode_multipart_formdata
 
 from internvl_queue.core.apikeys import ApiKeyStore
 from tests.api.api_process import ApiProcess
+from tests.api.raw_http import read_reply
 from tests.conftest import flush_our_keys
 from tests.images import photo
 
@@ -119,26 +120,9 @@ def test_a_client_that_expects_100_continue_gets_the_413_without_sending(api: Ap
             b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: 31457280\r\nExpect: 100-continue\r\n\r\n"
         )
-        head, _, body = _read_reply(sock).partition(b"\r\n\r\n")
+        head, _, body = read_reply(sock).partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413")
     assert json.loads(body)["error"]["code"] == "request_too_large"
-
-
-def _read_reply(sock: socket.socket) -> bytes:
-    """Everything the server sends until it closes the connection or goes quiet."""
-    data = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            return data
-        if not chunk:
-            return data
-        data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        length = [ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length:")]
-        if length and len(body) >= int(length[0].split(b":")[1]):
-            return data
 
 
 def _timed(call: Callable[[], requests.Response]) -> tuple[float, requests.Response]:
@@ -186,7 +170,7 @@ def test_64_stalled_uploads_freeze_nothing_and_are_cut_off(
 
     cut_off = []
     for sock in stalled:
-        head, _, reply_body = _read_reply(sock).partition(b"\r\n\r\n")
+        head, _, reply_body = read_reply(sock).partition(b"\r\n\r\n")
         cut_off.append(time.monotonic() - opened)
         assert head.startswith(b"HTTP/1.1 408"), head
         assert json.loads(reply_body)["error"]["code"] == "request_timeout"
@@ -224,7 +208,7 @@ def _cut_off_heads(api: ApiProcess, stalled: list[socket.socket]) -> None:
     assert max(took for took, _ in health) < 1.0
     cut_off = []
     for sock in stalled:
-        head, _, body = _read_reply(sock).partition(b"\r\n\r\n")
+        head, _, body = read_reply(sock).partition(b"\r\n\r\n")
         cut_off.append(time.monotonic() - opened)
         assert head.startswith(b"HTTP/1.1 408"), head
         assert b"content-type: application/json" in head.lower()
@@ -243,7 +227,7 @@ def test_a_head_sent_slowly_but_completely_is_served(api: ApiProcess) -> None:
     for line in (b"Host: x\r\n", b"Accept: */*\r\n", b"\r\n"):
         time.sleep(READ_TIMEOUT_S / 4)
         sock.sendall(line)
-    head, _, body = _read_reply(sock).partition(b"\r\n\r\n")
+    head, _, body = read_reply(sock).partition(b"\r\n\r\n")
     sock.close()
     assert head.startswith(b"HTTP/1.1 200") and json.loads(body) == {"status": "ok"}
 
@@ -264,7 +248,7 @@ def test_requests_the_http_layer_refuses_get_json_errors(
     api: ApiProcess, request_bytes: bytes, status: int, code: str
 ) -> None:
     sock = _open(api, request_bytes)
-    head, _, body = _read_reply(sock).partition(b"\r\n\r\n")
+    head, _, body = read_reply(sock).partition(b"\r\n\r\n")
     sock.close()
     assert head.startswith(f"HTTP/1.1 {status}".encode()), head
     assert b"content-type: application/json" in head.lower()

@@ -6,7 +6,8 @@
   holds a socket for ever, and enough of them exhaust the process's file descriptors. Here a
   connection whose first request head is not complete within ``head_timeout_s``
   (``INTERNVL_REQUEST_READ_TIMEOUT_S``) gets ``408 request_timeout`` and is closed. (Bodies are
-  timed by ``api/front.py``.)
+  timed by ``api/front.py``.) The API speaks HTTP/1.1 only (gunicorn's default), where a head
+  ends with an empty line.
 - **Errors as JSON.** gunicorn answers what it cannot parse (a request line or header over its
   limits, a malformed request) in ``text/plain``; here with the API's error body and a stable
   ``code``, which every client reads the same way.

@@ -8,6 +8,7 @@ import time
 
 import redis
 
+from .memory import IdleHeapTrimmer
 from .runtime import WorkerRuntime
 
 __all__ = ["Heartbeat"]
@@ -20,6 +21,7 @@ _LOG_EVERY_S = 60.0
 class Heartbeat:
     def __init__(self, runtime: WorkerRuntime) -> None:
         self.runtime = runtime
+        self.trimmer = IdleHeapTrimmer()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
 
@@ -47,6 +49,7 @@ class Heartbeat:
             except redis.RedisError as exc:  # Redis blips must not kill the thread
                 log.warning("heartbeat failed: %s", exc)
                 continue
+            self.trimmer.observe(busy=self.runtime.holds_jobs())
             # The engine's counters in the log too, once a minute while there is work.
             if info.engine and time.monotonic() - last_log >= _LOG_EVERY_S:
                 if info.engine["batched_jobs"] != logged_jobs:

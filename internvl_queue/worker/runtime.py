@@ -190,6 +190,11 @@ class WorkerRuntime:
                 held = dict(self.held)
             return self.store.renew_leases(held, lease_s)
 
+    def holds_jobs(self) -> bool:
+        """Whether a job runs here now (claimed, not yet finished)."""
+        with self._lock:
+            return bool(self.held)
+
     def hand_back(self) -> None:
         """Stopping now: claim nothing more, and end the leases of the jobs in hand so that
         another worker's reaper puts them back in the queue at its next pass, not a lease later."""

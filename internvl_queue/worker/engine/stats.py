@@ -21,6 +21,7 @@ class EngineStats:
         self.tiles = 0
         self.tokens = 0
         self.largest_batch = 0
+        self.largest_batch_tiles = 0  # the most image tiles one batch carried: peak memory
         self.oom_splits = 0
         self.error_splits = 0
         self._recent: deque[tuple[float, int, int]] = deque()  # (finished at, jobs, tokens)
@@ -33,6 +34,7 @@ class EngineStats:
             self.tiles += tiles
             self.tokens += tokens
             self.largest_batch = max(self.largest_batch, jobs)
+            self.largest_batch_tiles = max(self.largest_batch_tiles, tiles)
             self._recent.append((now, jobs, tokens))
             while self._recent and self._recent[0][0] < now - _WINDOW_S:
                 self._recent.popleft()
@@ -55,6 +57,7 @@ class EngineStats:
                 "batched_jobs": self.jobs,
                 "mean_batch_size": round(self.jobs / self.batches, 2) if self.batches else 0,
                 "largest_batch": self.largest_batch,
+                "largest_batch_tiles": self.largest_batch_tiles,
                 "mean_tiles_per_batch": round(self.tiles / self.batches, 2) if self.batches else 0,
                 "jobs_per_s": round(sum(r[1] for r in recent) / span, 2),
                 "tokens_per_s": round(sum(r[2] for r in recent) / span, 1),

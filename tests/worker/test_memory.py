@@ -1,0 +1,55 @@
+"""The idle heap trim: freed C-heap memory goes back to the system once the worker is idle."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from internvl_queue.worker.memory import IdleHeapTrimmer
+
+# In a fresh interpreter: 200 MB of 100 KB buffers (below malloc's mmap threshold, so on the
+# heap), all freed but the last (which pins the heap's top, so free() alone cannot shrink it),
+# then the worker's trimmer as the heartbeat calls it: busy, then idle.
+_PROBE = """
+from pathlib import Path
+from internvl_queue.worker.memory import IdleHeapTrimmer
+
+def rss_mib():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+
+buffers = [bytearray(100_000) for _ in range(2000)]
+pinned = buffers[-1]
+del buffers
+freed = rss_mib()
+trimmer = IdleHeapTrimmer(min_period_s=0)
+trimmer.observe(busy=True)
+trimmed = trimmer.observe(busy=False)
+print(freed, rss_mib(), trimmed)
+"""
+
+
+def test_the_first_idle_heartbeat_after_work_gives_freed_memory_back() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True
+    )
+    freed, trimmed_rss, trimmed = done.stdout.split()
+    print(
+        f"\nRSS after free(): {float(freed):.0f} MiB; after the idle trim: {float(trimmed_rss):.0f}"
+    )
+    assert trimmed == "True"
+    assert float(freed) - float(trimmed_rss) > 100  # most of the 200 MB went back
+
+
+def test_it_trims_once_per_idle_spell_and_not_while_busy() -> None:
+    trimmer = IdleHeapTrimmer(min_period_s=0)
+    assert not trimmer.observe(busy=False)  # no work since start: nothing to give back
+    assert not trimmer.observe(busy=True)
+    assert trimmer.observe(busy=False)
+    assert not trimmer.observe(busy=False)  # still the same idle spell
+    spaced = IdleHeapTrimmer(min_period_s=3600)
+    spaced.observe(busy=True)
+    assert spaced.observe(busy=False)
+    spaced.observe(busy=True)
+    assert not spaced.observe(busy=False)  # within the period

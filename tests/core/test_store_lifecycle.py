@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -26,6 +27,13 @@ def _store(client: redis.Redis) -> JobStore:
 def _new(store: JobStore, **webhook: object) -> Job:
     job = Job.new("what?", PARAMS, image_count=1, **webhook)  # type: ignore[arg-type]
     return store.create(job, [b"img"])
+
+
+def _winners(move: Callable[[], object], racers: int = 8) -> int:
+    """How many of ``racers`` threads calling ``move`` at once got a result (not None)."""
+    with ThreadPoolExecutor(racers) as pool:
+        results = list(pool.map(lambda _: move(), range(racers)))
+    return sum(r is not None for r in results)
 
 
 def _running(store: JobStore, job: Job, lease_s: float = 15.0) -> Job:
@@ -188,9 +196,7 @@ def test_a_lapsed_lease_puts_the_job_back_once_whatever_the_race(redis_client: r
     time.sleep(0.3)  # ... then it stops renewing
     assert store.lapsed_leases(time.time()) == [job.id]
     # Eight reapers at once: exactly one puts it back.
-    with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda _: store.requeue_lapsed(job.id), range(8)))
-    assert sum(r is not None for r in results) == 1
+    assert _winners(lambda: store.requeue_lapsed(job.id)) == 1
     back = store.get(job.id)
     assert back is not None and back.status is JobStatus.QUEUED
     assert (back.attempts, back.attempt_token, back.worker) == (1, "", "")
@@ -218,9 +224,7 @@ def test_a_job_queued_past_its_deadline_times_out_once_whatever_the_race(
     assert store.time_out_queued(due.id) is None  # not yet
     time.sleep(1.1)
     assert store.overdue_queued(time.time()) == [due.id]
-    with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda _: store.time_out_queued(due.id), range(8)))
-    assert sum(r is not None for r in results) == 1
+    assert _winners(lambda: store.time_out_queued(due.id)) == 1
     ended = store.get(due.id)
     assert ended is not None and ended.status is JobStatus.FAILED
     assert ended.error is not None and ended.error["code"] == "timeout"

@@ -9,10 +9,22 @@ from celery import Celery
 
 from .core.settings import Settings
 
-__all__ = ["DELIVER_WEBHOOK_TASK", "RUN_JOB_TASK", "create_celery", "create_webhook_celery"]
+__all__ = [
+    "DELIVER_WEBHOOK_TASK",
+    "RUN_JOB_TASK",
+    "create_celery",
+    "create_webhook_celery",
+    "send_run_job",
+]
 
 RUN_JOB_TASK = "internvl_queue.run_job"
 DELIVER_WEBHOOK_TASK = "internvl_queue.deliver_webhook"
+
+
+def send_run_job(app: Celery, job_id: str, queue: str) -> None:
+    """Send a job's broker message. The job id doubles as the Celery task id, so broker logs
+    and job records line up (and the reapers find a message's job by it)."""
+    app.send_task(RUN_JOB_TASK, args=[job_id], task_id=job_id, queue=queue)
 
 
 def create_celery(settings: Settings) -> Celery:

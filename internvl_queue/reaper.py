@@ -26,11 +26,12 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import redis
 
+from .core.job import Job
 from .core.keys import queued_key
 from .core.status import JobStatus
 from .core.store import JobStore
@@ -112,26 +113,39 @@ class Reaper:
         tags: list[tuple[bytes, float]] = self.redis.zrangebyscore(  # type: ignore[assignment]
             _UNACKED_INDEX, "-inf", delivered_before, start=0, num=1000, withscores=True
         )
-        return sum(self._return_message(tag, delivered_at) for tag, delivered_at in tags)
+        return self._return_messages(tags)
 
     def return_messages(self, delivery_tags: list[str]) -> int:
         """A worker stopping now hands back the messages it took and did not start: their jobs
         get a new message at the next pass of any reaper, not a lease later. How many."""
-        returned = 0
+        pipe = self.redis.pipeline(transaction=False)
         for tag in delivery_tags:
-            delivered_at = self.redis.zscore(_UNACKED_INDEX, tag)
-            if delivered_at is not None:
-                returned += self._return_message(tag, float(delivered_at))
-        return returned
+            pipe.zscore(_UNACKED_INDEX, tag)
+        delivered = zip(delivery_tags, pipe.execute(), strict=True)
+        return self._return_messages([(tag, at) for tag, at in delivered if at is not None])
 
-    def _return_message(self, tag: bytes | str, delivered_at: float) -> bool:
+    def _return_messages(self, entries: Sequence[tuple[bytes | str, float]]) -> int:
+        """``_return_message`` for each ``unacked`` (tag, delivered at), its entry and job read
+        in two round trips for them all. How many were marked."""
+        if not entries:
+            return 0
+        raws: list[bytes | None] = self.redis.hmget(_UNACKED, [t for t, _ in entries])  # type: ignore[assignment]
+        ours = [
+            (tag, float(at), job_id)
+            for (tag, at), raw in zip(entries, raws, strict=True)
+            if (job_id := _job_id(raw)) is not None
+        ]  # not a webhook task's, not gone
+        jobs = self.store.get_many([job_id for _, _, job_id in ours])
+        return sum(
+            self._return_message(tag, at, job_id, job)
+            for (tag, at, job_id), job in zip(ours, jobs, strict=True)
+        )
+
+    def _return_message(
+        self, tag: bytes | str, delivered_at: float, job_id: str, job: Job | None
+    ) -> bool:
         """Drop the ``unacked`` entry ``tag`` and mark its job for a new message, unless the
         job runs (leases decide then) or has a newer message; True if marked."""
-        raw = self.redis.hget(_UNACKED, tag)
-        job_id = _job_id(raw)  # type: ignore[arg-type]
-        if job_id is None:
-            return False  # not one of ours (a webhook task) or already gone
-        job = self.store.get(job_id)
         if job is not None and job.status is JobStatus.RUNNING:
             return False  # its delivery (or a later one) holds a lease: leases decide
         # Removed by one reaper only; kombu's ack or restore of a removed tag does nothing.
@@ -160,7 +174,7 @@ class Reaper:
         )
         if not candidates or int(self.redis.llen(self.queue)) > self.audit_limit:
             return 0
-        jobs = [self.store.get(c.decode()) for c in candidates]
+        jobs = self.store.get_many([c.decode() for c in candidates])
         # Only jobs sent to the list read here: another queue's are in another list.
         waiting = [
             j

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from ..core.settings import Settings
-from ..queue import RUN_JOB_TASK, create_celery
+from ..queue import create_celery, send_run_job
 
 __all__ = ["CeleryDispatcher", "Dispatcher"]
 
@@ -20,5 +20,4 @@ class CeleryDispatcher:
         self.queue = settings.queue_name
 
     def dispatch(self, job_id: str) -> None:
-        # Our own job id doubles as the Celery task id, so broker logs and job records line up.
-        self.celery.send_task(RUN_JOB_TASK, args=[job_id], task_id=job_id, queue=self.queue)
+        send_run_job(self.celery, job_id, self.queue)

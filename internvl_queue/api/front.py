@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 from .waiting import DEFER_ENVIRON_KEY, DeferredWait
 
-__all__ = ["BufferingFront"]
+__all__ = ["BufferingFront", "error_body"]
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class BufferingFront:
                 return
             if settled is None:
                 return  # the client went away: nobody to answer
-            reply = await self._on_thread(lambda: _run_wsgi(settled, environ))
+            reply = _run_wsgi(settled, environ)  # a rendered reply, in memory: no thread needed
         await _send(send, reply)
 
     async def _on_thread(self, call: Callable[[], T]) -> T:
@@ -125,17 +125,12 @@ class BufferingFront:
 
     async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
         declared = _content_length(headers)
-        too_large = _Refused(
-            413,
-            "request_too_large",
-            f"the request body is larger than the limit of {self.max_body_bytes} bytes",
-        )
         if declared is not None and declared > self.max_body_bytes:
             if "100-continue" in headers.get("expect", "").lower():
-                raise too_large  # the client waits for a 100 before sending: it never will
+                raise self._too_large()  # the client waits for a 100 before sending: it never will
             if declared <= self.drain_limit_bytes:
                 await self._drain(receive)
-            raise too_large
+            raise self._too_large()
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -144,10 +139,17 @@ class BufferingFront:
             size += len(chunk)
             if size > self.max_body_bytes:  # a chunked body with no declared length
                 await self._drain(receive, already=size)
-                raise too_large
+                raise self._too_large()
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+    def _too_large(self) -> _Refused:
+        return _Refused(
+            413,
+            "request_too_large",
+            f"the request body is larger than the limit of {self.max_body_bytes} bytes",
+        )
 
     async def _receive(self, receive: Receive) -> Message:
         try:
@@ -265,9 +267,13 @@ def _run_wsgi(app: WsgiApp, environ: dict[str, Any]) -> Reply:
     return int(status.split(" ", 1)[0]), encoded, body
 
 
+def error_body(code: str, message: str) -> bytes:
+    """The API's JSON error body (``api/errors.py`` makes the same through Flask)."""
+    return json.dumps({"error": {"code": code, "message": message}}).encode()
+
+
 def _error_reply(status: int, code: str, message: str) -> Reply:
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    return status, [(b"content-type", b"application/json")], body
+    return status, [(b"content-type", b"application/json")], error_body(code, message)
 
 
 _INTERNAL_ERROR = _error_reply(500, "internal_error", "an unexpected error occurred")

@@ -22,12 +22,13 @@ by the wire tests (tests/api/test_wire.py).
 from __future__ import annotations
 
 import asyncio
-import json
 from http import HTTPStatus
 from typing import Any
 
 from gunicorn.asgi.protocol import ASGIProtocol
 from gunicorn.workers import gasgi
+
+from .front import error_body
 
 __all__ = ["ApiProtocol", "ApiWorker"]
 
@@ -82,7 +83,7 @@ class ApiProtocol(ASGIProtocol):
         if status >= 500 and status != 501:
             code, advice = "internal_error", "an unexpected error occurred"
         detail = f"{advice} ({message})" if message else advice
-        body = json.dumps({"error": {"code": code, "message": detail}}).encode()
+        body = error_body(code, detail)
         extra = "".join(f"{name}: {value}\r\n" for name, value in extra_headers)
         head = (
             f"HTTP/1.1 {status} {_reason(status)}\r\n"

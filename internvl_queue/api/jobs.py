@@ -138,13 +138,11 @@ def _submitted(svc: Services, job: Job, headers: dict[str, str]) -> Response | R
         return _view(svc, job), 202, headers
 
     def render(found: Job, waited: bool) -> Response:
-        reply = _view(svc, found)
+        reply = _polled_view(svc, found, waited)
         reply.status_code = 200 if found.status.is_terminal else 202
         reply.headers.update(headers)
         if waited:
             reply.headers["Preference-Applied"] = f"wait={wait:g}"
-        else:  # this process holds as many long polls as it may: poll again soon
-            reply.headers["Retry-After"] = WAITERS_FULL_RETRY_AFTER
         return reply
 
     return wait_for_job(job, wait, lambda: svc.store.get(job.id), render)
@@ -156,14 +154,9 @@ def read(job_id: str) -> Response:
     wait = query_wait(request.args.get("wait"))
     job = _own_job(svc, job_id)
     if wait > 0 and not job.status.is_terminal:
-
-        def render(found: Job, waited: bool) -> Response:
-            reply = _view(svc, found)
-            if not waited:  # this process holds as many long polls as it may: poll again soon
-                reply.headers["Retry-After"] = WAITERS_FULL_RETRY_AFTER
-            return reply
-
-        return wait_for_job(job, wait, lambda: svc.store.get(job_id), render)
+        return wait_for_job(
+            job, wait, lambda: svc.store.get(job_id), lambda f, w: _polled_view(svc, f, w)
+        )
     return _view(svc, job)
 
 
@@ -202,6 +195,15 @@ def _own_job(svc: Services, job_id: str) -> Job:
     if job is None or job.owner != current_owner():
         raise JobNotFound(f"no job with id {job_id!r} (unknown, or expired)")
     return job
+
+
+def _polled_view(svc: Services, job: Job, waited: bool) -> Response:
+    """The job after a long poll; one that was not waited for (this process holds as many long
+    polls as it may) says when to poll again."""
+    reply = _view(svc, job)
+    if not waited:
+        reply.headers["Retry-After"] = WAITERS_FULL_RETRY_AFTER
+    return reply
 
 
 def _view(svc: Services, job: Job) -> Response:

@@ -21,42 +21,31 @@ from typing import TextIO
 
 import redis
 
-from ..core.keys import worker_key, workers_key
-from ..core.workers import WorkerState
+from ..core.workers import WorkerRegistry, WorkerState
 from .local_service import redis_url
 
-__all__ = ["KINDS", "run_healthcheck", "webhook_worker_health", "worker_health"]
+__all__ = ["run_healthcheck", "webhook_worker_health", "worker_health"]
 
 # A health check must answer within the check's own timeout, even if Redis hangs.
 _TIMEOUT_S = 3.0
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def worker_health(client: redis.Redis, host: str) -> tuple[bool, str]:
     """(healthy, why): whether a worker named ``<host>:<pid>`` has a live ``ready`` heartbeat.
 
-    Read-only (a health check runs every few seconds and must change nothing): a heartbeat is
-    live while its hash exists, since the hash expires with it.
+    Read-only (a health check runs every few seconds and must change nothing).
     """
-    names = sorted(_text(n) for n in client.smembers(workers_key()))
     ready: list[str] = []
     other: list[str] = []
-    for name in (n for n in names if n.startswith(f"{host}:")):
-        model, device, state, error = client.hmget(
-            worker_key(name), ["model", "device", "state", "error"]
-        )
-        if model is None:
-            continue  # expired
-        state_text = _text(state or WorkerState.READY.value)
-        if state_text == WorkerState.READY.value:
-            ready.append(f"{name} ({_text(model)} on {_text(device or b'?')})")
-        elif state_text == WorkerState.FAILED.value:
-            other.append(f"{name} could not load {_text(model)}: {_text(error or b'?')}")
+    for worker in WorkerRegistry(client).live(forget=False):
+        if not worker.name.startswith(f"{host}:"):
+            continue
+        if worker.state is WorkerState.READY:
+            ready.append(f"{worker.name} ({worker.model} on {worker.device})")
+        elif worker.state is WorkerState.FAILED:
+            other.append(f"{worker.name} could not load {worker.model}: {worker.error or '?'}")
         else:
-            other.append(f"{name} is {state_text} {_text(model)}")
+            other.append(f"{worker.name} is {worker.state.value} {worker.model}")
     if ready:
         return True, f"worker ready: {', '.join(ready)}"
     if other:
@@ -70,9 +59,6 @@ def worker_health(client: redis.Redis, host: str) -> tuple[bool, str]:
 def webhook_worker_health(client: redis.Redis) -> tuple[bool, str]:
     client.ping()
     return True, "webhook worker: Redis answers"
-
-
-KINDS = ("worker", "webhook-worker")
 
 
 def _where(client: redis.Redis) -> str:

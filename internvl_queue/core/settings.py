@@ -328,7 +328,7 @@ class Settings:
                 "INTERNVL_DEFAULT_MAX_NEW_TOKENS must be in 1..INTERNVL_MAX_NEW_TOKENS"
             )
         if self.lease_s < 2 * self.heartbeat_interval_s:
-            raise ValueError(
+            raise SettingsError(
                 "INTERNVL_LEASE_S must be at least twice INTERNVL_HEARTBEAT_S (the heartbeat "
                 "renews the leases; about three heartbeats is right)"
             )

@@ -125,6 +125,13 @@ class JobStore:
         raw = self.redis.hgetall(job_key(job_id))
         return Job.from_hash(raw) if raw else None  # type: ignore[arg-type]
 
+    def get_many(self, job_ids: list[str]) -> list[Job | None]:
+        """``get`` of each id, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(job_key(job_id))
+        return [Job.from_hash(raw) if raw else None for raw in pipe.execute()]
+
     def images(self, job_id: str) -> list[bytes]:
         return self.redis.lrange(images_key(job_id), 0, -1)  # type: ignore[return-value]
 

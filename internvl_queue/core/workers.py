@@ -110,8 +110,9 @@ class WorkerRegistry:
         """Live workers with their model loaded (taking jobs)."""
         return [w for w in self.live() if w.state is WorkerState.READY]
 
-    def live(self) -> list[WorkerInfo]:
-        """Workers whose heartbeat has not expired, by name; forgets the ones that have."""
+    def live(self, *, forget: bool = True) -> list[WorkerInfo]:
+        """Workers whose heartbeat has not expired, by name; forgets the ones that have
+        (unless ``forget`` is False: a read-only look, such as a health check's)."""
         names = sorted(n.decode() for n in self.redis.smembers(workers_key()))  # type: ignore[union-attr]
         pipe = self.redis.pipeline(transaction=False)
         for name in names:
@@ -120,6 +121,6 @@ class WorkerRegistry:
         for name, raw in zip(names, pipe.execute(), strict=True):
             if raw:
                 found.append(_decode(raw))
-            else:
+            elif forget:
                 self.redis.srem(workers_key(), name)
         return found

@@ -23,7 +23,7 @@ from celery.exceptions import Reject
 from ..core.data_dir import default_data_dir
 from ..core.settings import Settings
 from ..core.workers import WorkerState
-from ..queue import RUN_JOB_TASK, create_celery
+from ..queue import RUN_JOB_TASK, create_celery, send_run_job
 from ..reaper import Reaper, ReaperThread
 from .answer import WorkerDefunct
 from .heartbeat import Heartbeat
@@ -43,7 +43,7 @@ _heartbeat = Heartbeat(runtime)
 
 
 def _dispatch(job_id: str, queue: str) -> None:
-    app.send_task(RUN_JOB_TASK, args=[job_id], task_id=job_id, queue=queue)
+    send_run_job(app, job_id, queue)
 
 
 # Every worker reaps (see reaper.py): the jobs of a dead worker come back within a lease.

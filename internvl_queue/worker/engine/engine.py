@@ -289,9 +289,7 @@ class Engine:
         while not self._stopping and self.dead is None:
             time.sleep(min(stall_s / 4, 1.0))
             with self._wakeup:
-                pending = [*self._running, *self._waiting, *self._incoming]
-                if self._admitting is not None:
-                    pending.append(self._admitting)
+                pending = self._held()
                 if not pending:
                     continue
                 # Work that arrived while the engine idled counts from its arrival.
@@ -305,15 +303,20 @@ class Engine:
                     f"job(s) in hand (INTERNVL_ENGINE_STALL_S={stall_s:g}): the GPU hangs"
                 )
 
+    def _held(self) -> list[Any]:
+        """Every request the engine holds, in any stage (call under ``_wakeup``)."""
+        held = [*self._running, *self._waiting, *self._incoming]
+        if self._admitting is not None:
+            held.append(self._admitting)
+        return held
+
     def _die(self, reason: str) -> None:
         """Stop serving: every held request gets ``EngineDead``; then tell the owner."""
         with self._wakeup:
             if self.dead is not None:
                 return
             self.dead = reason
-            held = [*self._running, *self._waiting, *self._incoming]
-            if self._admitting is not None:
-                held.append(self._admitting)
+            held = self._held()
             self._waiting.clear()
             self._incoming.clear()
             self._wakeup.notify_all()

@@ -25,7 +25,7 @@ _STICKY_MARKERS = (
 )
 
 # What torch's CPU allocator says when the host is out of memory.
-_HOST_OOM_MARKERS = ("DefaultCPUAllocator: can't allocate memory", "can't allocate memory")
+_HOST_OOM_MARKERS = ("can't allocate memory",)  # torch's DefaultCPUAllocator says so too
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

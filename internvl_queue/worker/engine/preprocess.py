@@ -42,7 +42,6 @@ class Prepared:
     input_ids: torch.Tensor  # [prompt_len], long
     pixel_values: torch.Tensor  # [tiles, 3, H, W], model dtype
     preprocess_ms: float
-    question_tokens: int = 0
 
 
 def default_processes(device_type: str) -> int:
@@ -76,7 +75,6 @@ def prepare(
         input_ids=inputs["input_ids"][0],
         pixel_values=inputs["pixel_values"].to(dtype),
         preprocess_ms=(time.perf_counter() - started) * 1000,
-        question_tokens=count,
     )
 
 

@@ -27,7 +27,15 @@ from tests.conftest import WorkerProcess, close_app, serving, worker_env
 from tests.images import photo
 from tests.processes import CommandProcess
 
-__all__ = ["Burst", "Stack", "WebhookWorker", "running_stack", "wait_for"]
+__all__ = [
+    "Burst",
+    "Stack",
+    "WebhookWorker",
+    "fault_settings",
+    "running_stack",
+    "stack_env",
+    "wait_for",
+]
 
 TERMINAL = {s.value for s in JobStatus if s.is_terminal}
 
@@ -116,6 +124,28 @@ def stack_env(settings: Settings) -> dict[str, str]:
     }
 
 
+def fault_settings(redis_url: str, model: str, **overrides: Any) -> Settings:
+    """Settings with compressed timings (heartbeat 0.5 s, lease 3 s), signed webhooks to
+    loopback receivers, and no API keys; ``overrides`` replace any of them."""
+    return replace(
+        Settings(
+            redis_url=redis_url,
+            model=model,
+            device="cpu",
+            heartbeat_interval_s=0.5,
+            lease_s=3.0,
+            default_max_new_tokens=8,
+            webhook_secrets=generate_secret(),
+            webhook_allowed_cidrs="127.0.0.0/8",
+            webhook_retry_schedule="0.2,0.5,1,2,4,8,16,32,64",
+            webhook_poll_s=0.1,
+            webhook_timeout_s=2.0,
+            auth="open",  # these tests are about faults, not keys
+        ),
+        **overrides,
+    )
+
+
 @contextmanager
 def running_stack(tmp: Path, model: str, **overrides: Any) -> Iterator[Stack]:
     """Redis (AOF, fsync every second) in ``tmp`` and the API on it, for the block; workers are
@@ -125,23 +155,7 @@ def running_stack(tmp: Path, model: str, **overrides: Any) -> Iterator[Stack]:
     with ExitStack() as stack_exit:
         server = start_redis(tmp / "redis", persistent=True)
         stack_exit.callback(server.stop)
-        settings = replace(
-            Settings(
-                redis_url=server.url,
-                model=model,
-                device="cpu",
-                heartbeat_interval_s=0.5,
-                lease_s=3.0,
-                default_max_new_tokens=8,
-                webhook_secrets=generate_secret(),
-                webhook_allowed_cidrs="127.0.0.0/8",
-                webhook_retry_schedule="0.2,0.5,1,2,4,8,16,32,64",
-                webhook_poll_s=0.1,
-                webhook_timeout_s=2.0,
-                auth="open",  # these tests are about faults, not keys
-            ),
-            **overrides,
-        )
+        settings = fault_settings(server.url, model, **overrides)
         app = create_app(settings)
         stack_exit.callback(close_app, app)
         api = stack_exit.enter_context(serving(app))

@@ -19,6 +19,7 @@ from ..core.status import JobStatus
 from ..core.store import CancelOutcome
 from ..core.submission import Submission, prepare_job
 from .auth import current_owner
+from .fault_hook import kill_api_at
 from .parsing import parse_submission
 from .services import Services, services
 from .waiting import prefer_wait, prefers_respond_async, query_wait, wait_for_job
@@ -46,6 +47,7 @@ def submit() -> Response | Reply:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         job = _accept(svc, submission, owner)
+        kill_api_at("before-reply")
         return _submitted(svc, job, {})
     check_key(key)
     fingerprint = submission.fingerprint()
@@ -77,6 +79,7 @@ def submit() -> Response | Reply:
         svc.idempotency.release(owner, key)
         raise
     svc.idempotency.complete(owner, key, fingerprint, job.id)
+    kill_api_at("before-reply")
     return _submitted(svc, job, {})
 
 
@@ -101,16 +104,19 @@ def _accept(svc: Services, submission: Submission, owner: str) -> Job:
                 code="queue_full",
                 retry_after=QUEUE_FULL_RETRY_AFTER_S,
             )
+        kill_api_at("before-store")
         job = svc.store.create(job, submission.images)
     except redis.RedisError as exc:
         log.error("could not store job: %s", exc)
         raise ServiceUnavailable("the job store is unavailable; try again") from None
+    kill_api_at("after-store")
     try:
         svc.dispatcher.dispatch(job.id)
     except Exception as exc:  # the broker refused: leave nothing behind
         log.error("could not dispatch job %s: %s", job.id, exc)
         svc.store.discard(job.id)
         raise ServiceUnavailable("the job queue is unavailable; try again") from None
+    kill_api_at("after-dispatch")
     try:
         svc.store.dispatched(job.id)
     except redis.RedisError as exc:  # a reaper sends a duplicate message later: harmless

@@ -30,6 +30,7 @@ __all__ = ["API_KILL_STEPS", "ApiGroup", "Fault", "Faults"]
 # The steps of a submit at which the test fault hook (INTERNVL_TEST_FAULTS=1, request header
 # ``X-Test-Fault: kill-api-at=<step>``) makes the API process SIGKILL itself.
 API_KILL_STEPS = ("before-store", "after-store", "after-dispatch", "before-reply")
+RECENT = 200
 
 
 class ApiGroup(ApiProcess):
@@ -81,23 +82,36 @@ class Faults:
         self._hooked: list[threading.Thread] = []
 
     # -- in flight ----------------------------------------------------------------------------
+    def _recent(self) -> list[str]:
+        """The last jobs accepted: where work in flight is (reading all would load Redis)."""
+        return self.client.accepted()[-RECENT:]
+
     def _unfinished(self) -> list[str]:
-        return self.stack.unfinished(self.client.accepted())
+        return self.stack.unfinished(self._recent())
 
     def _volley(self, count: int = 6, max_new_tokens: str = "24") -> None:
-        """A few longer jobs at once, so that a fault finds work running."""
-        threads = [
-            threading.Thread(target=self.client.submit, kwargs={"max_new_tokens": max_new_tokens})
-            for _ in range(count)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
+        """A few longer jobs at once, so that a fault finds work running (not waited for: the
+        faults that need some wait for it to be in flight, see ``_in_flight``)."""
+        for _ in range(count):
+            threading.Thread(
+                target=self.client.submit, kwargs={"max_new_tokens": max_new_tokens}, daemon=True
+            ).start()
+
+    def _in_flight(self, count: int = 4, max_new_tokens: str = "24") -> list[str]:
+        """Accepted jobs not yet ended, after a volley: the fault may strike now."""
+        self._volley(count, max_new_tokens)
+        found: list[str] = []
+
+        def some() -> bool:
+            found[:] = self._unfinished()
+            return bool(found)
+
+        wait_for(some, 30, "accepted jobs in flight")
+        return found
 
     def _running_by_worker(self) -> dict[str, list[str]]:
         found: dict[str, list[str]] = {}
-        for job_id, job in self.stack.jobs(self.client.accepted()).items():
+        for job_id, job in self.stack.jobs(self._recent()).items():
             if job["status"] == "running":
                 found.setdefault(job["worker"], []).append(job_id)
         return found
@@ -187,10 +201,8 @@ class Faults:
     # -- the webhook worker -------------------------------------------------------------------
     def webhook_worker_sigkill(self) -> None:
         """Recovered: a webhook reaches the receiver again after the worker was killed."""
-        self._volley(4, "8")
+        unfinished = len(self._in_flight(4, "8"))
         pending = self.stack.client.zcard("iq:outbox")
-        unfinished = len(self._unfinished())
-        assert pending or unfinished, "no webhook pending and no job that will send one"
         self.webhooks.kill()
         killed_at = time.monotonic()
         seen = len(self.receiver.received)
@@ -203,12 +215,12 @@ class Faults:
 
     # -- Redis ---------------------------------------------------------------------------------
     def redis_kill(self) -> None:
-        """kill -9, down for 1-5 s, restarted (AOF). Recovered: the API reads a job again."""
-        self._volley(4, "16")
-        unfinished = self._unfinished()
-        assert unfinished, "nothing in flight at the Redis crash"
+        """kill -9, down for 1-5 s, restarted (AOF). Recovered (from the kill): the API reads a
+        job again."""
+        unfinished = self._in_flight()
         outage = self.rng.uniform(1.0, 5.0)
         self.stack.redis.kill()
+        killed_at = time.monotonic()
         time.sleep(outage)
         self.stack.redis.restart()
         job_url = f"{self.api.url}/v1/jobs/{unfinished[0]}"
@@ -219,8 +231,9 @@ class Faults:
             except requests.RequestException:
                 return False
 
-        took = wait_for(answered, 60, "the API to read a job after Redis restarted")
-        detail = f"(down {outage:.1f} s; time after the restart)"
+        after_restart = wait_for(answered, 60, "the API to read a job after Redis restarted")
+        took = time.monotonic() - killed_at
+        detail = f"(down {outage:.1f} s; API answers {after_restart:.1f} s after the restart)"
         self._record(Fault("Redis kill -9", f"{len(unfinished)} jobs unfinished", took, detail))
 
     # -- the API ----------------------------------------------------------------------------------
@@ -228,11 +241,12 @@ class Faults:
         """The API process SIGKILLs itself at ``step`` of a submit (test fault hook); the client
         retries with the same key. Recovered: that logical submit was accepted (the retry ends
         in a background thread; its time is read at the end, see ``hooked_recoveries``)."""
-        unfinished = len(self._unfinished())
+        unfinished = len(self._in_flight())
         key = uuid.uuid4().hex
         thread = threading.Thread(
             target=self.client.submit,
             kwargs={"first_headers": {"X-Test-Fault": f"kill-api-at={step}"}, "key": key},
+            daemon=True,
         )
         thread.start()
         self._hooked.append(thread)
@@ -260,16 +274,18 @@ class Faults:
                 record = self.client.submits[fault.detail]
                 assert record.first_failure is not None
                 took = (record.accepted_at or float("nan")) - record.first_failure
-                fault = Fault(fault.kind, fault.in_flight, took, f"({record.in_flight} x 409)")
+                detail = f"(retried {record.no_answer + record.unavailable + record.in_flight} "
+                detail += f"times, {record.in_flight} x 409; replayed: {bool(record.replayed)})"
+                fault = Fault(fault.kind, fault.in_flight, took, detail)
             done.append(fault)
         return done
 
     def api_master_sigkill(self) -> None:
         """The whole API (gunicorn master and workers) SIGKILLed while submits are on the wire,
         then started again. Recovered: ``/healthz`` answers again."""
+        unfinished = len(self._in_flight())
         wait_for(lambda: self.client.on_wire > 0, 10, "a submit on the wire")
         on_wire = self.client.on_wire
-        unfinished = len(self._unfinished())
         self.api.kill()
         killed_at = time.monotonic()
         time.sleep(self.rng.uniform(0.2, 2.0))

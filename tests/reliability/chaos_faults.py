@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import requests
@@ -116,10 +117,10 @@ class Faults:
                 found.setdefault(job["worker"], []).append(job_id)
         return found
 
-    def _busiest_worker(self) -> tuple[WorkerProcess, str, list[str]]:
+    def _busiest_worker(self) -> tuple[WorkerProcess, str]:
         """The ready worker running the most jobs (aimed: the fault costs the most there)."""
-        self._volley()
-        best: list[tuple[WorkerProcess, str, list[str]]] = []
+        self._volley(6, "48")
+        best: list[tuple[WorkerProcess, str, int]] = []
 
         def some_running() -> bool:
             running = self._running_by_worker()
@@ -130,12 +131,35 @@ class Faults:
                         name = worker.info().name
                     except LookupError:
                         continue  # starting again after an earlier fault
-                    best.append((worker, name, running.get(name, [])))
-            best.sort(key=lambda found: len(found[2]), reverse=True)
+                    best.append((worker, name, len(running.get(name, []))))
+            best.sort(key=lambda found: found[2], reverse=True)
             return bool(best and best[0][2])
 
         wait_for(some_running, 30, "a worker running jobs")
-        return best[0]
+        return best[0][0], best[0][1]
+
+    def _strike(
+        self, blow: Callable[[WorkerProcess], None], undo: Callable[[WorkerProcess], None]
+    ) -> tuple[WorkerProcess, list[str], float]:
+        """``blow`` to the busiest worker: (it, the jobs it was running then, when).
+
+        The jobs are read after the blow (a killed or stopped worker changes none of them), so
+        the fault is known to have met work. If they all ended in the instant between the choice
+        and the blow, ``undo`` puts the worker back and the next busiest one is struck.
+        """
+        for _ in range(3):
+            victim, name = self._busiest_worker()
+            blow(victim)
+            struck_at = time.monotonic()
+            running = [
+                i
+                for i, job in self.stack.jobs(self._recent()).items()
+                if job["status"] == "running" and job["worker"] == name
+            ]
+            if running:
+                return victim, running, struck_at
+            undo(victim)
+        raise AssertionError("three times, a worker's jobs all ended just as it was struck")
 
     def _all_terminal(self, ids: list[str]) -> bool:
         return all(j["status"] in TERMINAL for j in self.stack.jobs(ids).values())
@@ -152,20 +176,26 @@ class Faults:
     def worker_sigkill(self) -> None:
         """Recovered: every job it was running is terminal (run again elsewhere after its lease);
         the worker is started again at once, as a supervisor would."""
-        victim, _, running = self._busiest_worker()
-        victim.kill()
-        killed_at = time.monotonic()
+
+        def start_again(victim: WorkerProcess) -> None:
+            victim.restart().wait_ready(60)
+
+        victim, running, killed_at = self._strike(WorkerProcess.kill, start_again)
         victim.restart()
-        took = wait_for(lambda: self._all_terminal(running), 60, "the killed worker's jobs")
+        wait_for(lambda: self._all_terminal(running), 60, "the killed worker's jobs")
+        took = time.monotonic() - killed_at
         self._record(Fault("worker SIGKILL", f"{len(running)} jobs running on it", took))
         victim.wait_ready(60)
-        assert time.monotonic() - killed_at < 90
 
     def worker_sigterm(self) -> None:
-        """Recovered: the worker finished the jobs in hand and exited (a warm shutdown)."""
-        victim, _, running = self._busiest_worker()
-        started = time.monotonic()
-        code = victim.terminate(60)
+        """Recovered: the worker finished the jobs in hand and exited 0 (a warm shutdown)."""
+
+        def start_again(victim: WorkerProcess) -> None:
+            victim.process.wait(60)
+            victim.restart().wait_ready(60)
+
+        victim, running, started = self._strike(lambda w: w.process.terminate(), start_again)
+        code = victim.process.wait(60)  # not terminate(): a second SIGTERM stops it at once
         took = time.monotonic() - started
         assert code == 0, f"SIGTERM: the worker exited with {code}\n{victim.log()}"
         jobs = self.stack.jobs(running)
@@ -177,22 +207,27 @@ class Faults:
     def worker_sigstop(self) -> None:
         """Stopped past its lease, then continued. Recovered: every job it was running is
         terminal (taken over by the others; its own late results must not count twice)."""
-        victim, _, running = self._busiest_worker()
+
+        def cont(victim: WorkerProcess) -> None:
+            os.kill(victim.process.pid, signal.SIGCONT)
+
+        def stop(victim: WorkerProcess) -> None:
+            os.kill(victim.process.pid, signal.SIGSTOP)
+
         stopped_for = self.rng.uniform(4.0, 8.0)
-        os.kill(victim.process.pid, signal.SIGSTOP)
-        stopped_at = time.monotonic()
+        victim, running, stopped_at = self._strike(stop, cont)
         continued = False
         try:
             deadline = stopped_at + 60
             while not (continued and self._all_terminal(running)):
                 assert time.monotonic() < deadline, "the stopped worker's jobs did not finish"
                 if not continued and time.monotonic() - stopped_at >= stopped_for:
-                    os.kill(victim.process.pid, signal.SIGCONT)
+                    cont(victim)
                     continued = True
                 time.sleep(0.1)
         finally:
             if not continued:
-                os.kill(victim.process.pid, signal.SIGCONT)
+                cont(victim)
         took = time.monotonic() - stopped_at
         detail = f"(stopped {stopped_for:.1f} s)"
         self._record(Fault("worker SIGSTOP+SIGCONT", f"{len(running)} jobs running", took, detail))

@@ -43,7 +43,7 @@ from tests.reliability.harness import (
 )
 
 WORKERS = 3
-CHAOS_S = 120  # under faults: with the service's start and the checks, about three minutes
+CHAOS_S = 135  # under faults: with the service's start and the checks, about three minutes
 TERMINAL_EVENTS = {"job.succeeded": "succeeded", "job.canceled": "canceled", "job.failed": "failed"}
 
 
@@ -271,7 +271,7 @@ def _summary(
         "",
         f"chaos summary (seed {seed}): service ready in {ready_s:.0f} s, faults for "
         f"{chaos_s:.0f} s, {total_s:.0f} s in all",
-        f"  {'count':<44}{'':>8}",
+        f"  {'count':<44}{'n':>8}",
     ]
     lines += [f"  {name:<44}{value:>8}" for name, value in counts.items()]
     lines += [f"  {name:<44}{len(found):>8}" for name, found in problems.items()]

@@ -80,6 +80,7 @@ class ChaosClient:
         self._on_wire = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._abandon = threading.Event()  # the test failed: stop retrying too
         self._threads = [
             threading.Thread(target=self._run, args=(seed * 100 + n,), daemon=True)
             for n in range(threads)
@@ -131,6 +132,9 @@ class ChaosClient:
                     return record
                 if record.first_failure is None:
                     record.first_failure = time.monotonic()
+                if self._abandon.is_set():
+                    record.gave_up = "abandoned: the test is ending"
+                    return record
                 if time.monotonic() - record.started > RETRY_FOR_S:
                     record.gave_up = f"not accepted within {RETRY_FOR_S} s"
                     self._unexpected(f"{record.key}: {record.gave_up}")
@@ -212,14 +216,22 @@ class ChaosClient:
             thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is None:
+            self.stop()
+        else:
+            self.abandon()
 
     def stop(self, timeout: float = RETRY_FOR_S + 30) -> None:
         """Stop starting submits; the ones under way finish (accepted or given up)."""
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout)
+
+    def abandon(self) -> None:
+        """Stop at once, retries included (the test is failing: its processes are going)."""
+        self._abandon.set()
+        self.stop(timeout=5)
 
 
 def _error_code(reply: requests.Response) -> str | None:

@@ -6,12 +6,9 @@ was) and how long the service took to recover from it, for the run's summary tab
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -20,43 +17,18 @@ from dataclasses import dataclass
 
 import requests
 
-from tests.api.api_process import ApiProcess
 from tests.conftest import WorkerProcess
 from tests.receiver import Receiver
 from tests.reliability.chaos_client import ChaosClient
+from tests.reliability.chaos_processes import ApiGroup
 from tests.reliability.harness import TERMINAL, Stack, WebhookWorker, wait_for
 
-__all__ = ["API_KILL_STEPS", "ApiGroup", "Fault", "Faults"]
+__all__ = ["API_KILL_STEPS", "Fault", "Faults"]
 
 # The steps of a submit at which the test fault hook (INTERNVL_TEST_FAULTS=1, request header
 # ``X-Test-Fault: kill-api-at=<step>``) makes the API process SIGKILL itself.
 API_KILL_STEPS = ("before-store", "after-store", "after-dispatch", "before-reply")
 RECENT = 200
-
-
-class ApiGroup(ApiProcess):
-    """``internvl-queue api`` (gunicorn) in a process group of its own, so that the whole API,
-    master and workers, can be killed at once, as a crashed container is, and nothing is left."""
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "internvl_queue", *self.args],
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):  # nothing left of it
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-
-    def healthy(self) -> bool:
-        try:
-            return requests.get(f"{self.url}/healthz", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,8 @@ from internvl_queue.cli.redis_server import start_redis
 from internvl_queue.core.settings import Settings
 from tests.receiver import Receiver
 from tests.reliability.chaos_client import ChaosClient, submit_key_of
-from tests.reliability.chaos_faults import API_KILL_STEPS, ApiGroup, Fault, Faults
+from tests.reliability.chaos_faults import API_KILL_STEPS, Fault, Faults
+from tests.reliability.chaos_processes import ApiGroup, TiedWebhookWorker, TiedWorker
 from tests.reliability.harness import (
     TERMINAL,
     Stack,
@@ -70,9 +71,10 @@ def test_chaos_every_fault_kind_while_busy_loses_nothing_and_runs_nothing_twice(
         cleanup.callback(api.kill)
         stack = Stack(server, settings, api.url, tmp_path, env)
         cleanup.callback(stack.close)
-        for _ in range(WORKERS):
-            stack.start_worker()
-        webhooks = stack.start_webhook_worker()
+        for n in range(WORKERS):
+            stack.workers.append(TiedWorker(settings, tmp_path / f"worker-{n}.log", **env))
+        webhooks = TiedWebhookWorker(env, tmp_path / "webhooks.log")
+        stack.others.append(webhooks)
         api.wait_ready(120)
         webhooks.wait_ready(120)
         for worker in stack.workers:
@@ -80,7 +82,7 @@ def test_chaos_every_fault_kind_while_busy_loses_nothing_and_runs_nothing_twice(
         ready_s = time.monotonic() - started
 
         client = ChaosClient(api.url, receiver.url, seed=seed)
-        cleanup.callback(client.stop, 5)
+        cleanup.callback(client.abandon)
         faults = Faults(stack, api, webhooks, client, receiver, rng)
         schedule = _schedule(faults, rng)
         with capsys.disabled():

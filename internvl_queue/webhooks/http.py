@@ -158,19 +158,15 @@ def post(
     """
     deadline = _Deadline(timeout_s)
     try:
-        parts = parse_webhook_url(url)
+        webhook = parse_webhook_url(url)
     except WebhookUrlNotAllowed as exc:
         raise AddressRefused(str(exc)) from None
-    assert parts.hostname is not None
-    https = parts.scheme == "https"
-    port = parts.port or (443 if https else 80)
-    kind = GuardedHTTPSConnection if https else GuardedHTTPConnection
-    connection = kind(parts.hostname, port, deadline=deadline, allowed=allowed)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    kind = GuardedHTTPSConnection if webhook.https else GuardedHTTPConnection
+    connection = kind(webhook.host, webhook.port, deadline=deadline, allowed=allowed)
     timed_out = f"timed out: no complete reply within {timeout_s:g} s (WEBHOOK_TIMEOUT_S)"
     try:
         with _CutOff(connection):
-            connection.request("POST", target, body=body, headers=dict(headers))
+            connection.request("POST", webhook.target, body=body, headers=dict(headers))
             response = connection.getresponse()
             response.read(_DRAIN_BYTES)
             if deadline.passed:

@@ -2,10 +2,11 @@
 
 The URL was checked when the job was submitted, but DNS can change in between (or be made to:
 DNS rebinding). So the connection classes below resolve the host themselves, refuse it if any
-address is loopback/private/link-local/multicast/reserved and not allowlisted, and connect to
-one of exactly the addresses that were checked. HTTPS is wrapped afterwards with the URL's host
-name for SNI and certificate checks (the default SSL context). Redirects are never followed and
-proxies from the environment are never used (``http.client`` knows neither).
+address is not public (``core/special_addresses``) and not allowlisted, with the function the
+submit uses, and connect to one of exactly the addresses that were checked. HTTPS is wrapped
+afterwards with the URL's host name for SNI and certificate checks (the default SSL context).
+Redirects are never followed and proxies from the environment are never used (``http.client``
+knows neither).
 
 An attempt has one absolute deadline, ``timeout_s`` after it starts, for all of it: the DNS
 lookup, connecting, TLS, sending and reading the reply. Socket timeouts alone bound each read,

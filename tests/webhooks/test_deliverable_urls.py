@@ -4,6 +4,7 @@ The delivery (``webhooks/http.py``) resolves the host with ``getaddrinfo`` (whic
 host with the ``idna`` codec), sends the request through ``http.client`` (whose
 ``GuardedHTTPConnection`` overrides only ``connect``) and, for https, names the host to ``ssl``.
 Each accepted URL goes through each of these here; the IP-address ones are also really sent.
+And what the submit refuses, a delivery refuses too, by the same function.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import ssl
 import pytest
 
 from internvl_queue.core.webhook_url import parse_webhook_url
-from internvl_queue.webhooks.http import post
-from tests.core.ssrf_matrix import ACCEPTED, ROWS
+from internvl_queue.webhooks.http import AddressRefused, post
+from tests.core.ssrf_matrix import ACCEPTED, ROWS, Row
 from tests.receiver import Receiver
 
 # Hosts that are names are not resolved here (no DNS in tests): their syntax is what counts.
@@ -95,3 +96,15 @@ def test_what_is_refused_as_invalid_http_client_cannot_send(target: str) -> None
     connection = _Captured("127.0.0.1", 9)
     with pytest.raises((http.client.InvalidURL, UnicodeEncodeError)):
         connection.putrequest("POST", target)
+
+
+REFUSED = [row for row in ROWS if row.outcome != ACCEPTED]
+
+
+@pytest.mark.parametrize("row", REFUSED, ids=[row.id for row in REFUSED])
+def test_the_delivery_refuses_what_the_submit_refuses_with_the_same_sentence(row: Row) -> None:
+    # A URL stored before the guard knew better (or by a bug) is refused when it connects.
+    allowed = [ipaddress.ip_network(c, strict=False) for c in row.allowed.split(",") if c]
+    with pytest.raises(AddressRefused) as refused:
+        post(row.url, b"{}", {}, timeout_s=2, allowed=allowed)
+    assert row.says in str(refused.value)

@@ -297,6 +297,24 @@ def test_a_client_that_hangs_up_mid_body_is_logged_as_its_hang_up_not_a_500(
     assert requests.get(f"{api.url}/healthz", timeout=5).status_code == 200
 
 
+def test_a_client_that_hangs_up_during_a_long_poll_is_logged_as_its_hang_up(
+    api: ApiProcess, key: str
+) -> None:
+    """The job stays queued (no worker here), so the poll is still waiting when the client
+    leaves: no reply is sent, and the access line says so with 499."""
+    job = _form_submit(api, key, [("question", "q"), ("image", ("a.jpg", JPEG, "image/jpeg"))])
+    assert job.status_code == 202, job.text
+    path = f"/v1/jobs/{job.json()['id']}?wait=30"
+    since = api.log_path.stat().st_size
+    with socket.create_connection(("127.0.0.1", api.port), timeout=10) as sock:
+        sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
+        )
+        time.sleep(0.5)  # the poll is waiting
+    access = _new_log_lines(api, since, lambda line: f'"GET {path} HTTP/1.1"' in line)
+    assert len(access) == 1 and f'"GET {path} HTTP/1.1" 499 ' in access[0], api.log()
+
+
 @pytest.mark.parametrize("path", ["/healthz", "/v1/jobs", "/nowhere"])
 @pytest.mark.parametrize("version", ["13", "8"])
 def test_a_websocket_handshake_gets_a_json_refusal(

@@ -43,13 +43,13 @@ __all__ = ["ApiProtocol", "ApiWorker"]
 # gunicorn's refusals, as the API's error codes, each with the sentence that says what to do.
 _REFUSALS = {
     400: ("bad_request", "the request is not valid HTTP/1.1"),
-    408: ("request_timeout", "the request head did not arrive in time; send it without pausing"),
-    414: ("request_line_too_long", "the request line is too long; send a shorter URL"),
     403: (
         "websocket_not_supported",
         "this API does not speak WebSocket: send plain HTTP requests (wait for a job with "
         "GET /v1/jobs/<id>?wait=30, or have a webhook_url called)",
     ),
+    408: ("request_timeout", "the request head did not arrive in time; send it without pausing"),
+    414: ("request_line_too_long", "the request line is too long; send a shorter URL"),
     431: ("request_headers_too_large", "the request headers are too large; send fewer or smaller"),
     501: ("not_implemented", "the server does not implement this part of the request"),
 }
@@ -80,7 +80,8 @@ class ApiProtocol(ASGIProtocol):
     head_timeout_s = 30.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.client_gone = False  # set once the connection is lost (the client hung up)
+        # Set once the connection is lost: a request still in hand has nobody to answer.
+        self.client_gone = False
         self.log = _ConnectionLog(self.worker.log, self)
         self._head_tail = b""  # the last bytes received, to find the head's end across reads
         self._head_timer: asyncio.TimerHandle | None = self.worker.loop.call_later(
@@ -103,6 +104,8 @@ class ApiProtocol(ASGIProtocol):
         super().connection_lost(exc)
 
     async def _handle_websocket(self, request: Any, sockname: Any, peername: Any) -> None:
+        # Refused here, whatever its path or version: the app serves no websocket scope, and
+        # gunicorn's refusal on its behalf is an empty 403.
         self._callback_parser = None  # as gunicorn's: nothing more is read as HTTP
         self._send_error_response(403, "")
         self._close_transport()

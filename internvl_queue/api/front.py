@@ -102,7 +102,9 @@ class BufferingFront:
         except _Refused as refused:
             await _send(send, refused.reply)
             return
-        except _Gone:
+        except _Gone:  # the client's doing, so not an error; the access line says 499
+            method, path = scope["method"], scope["path"]
+            log.info("%s %s: the client hung up before its body was complete", method, path)
             return
         environ = _environ(scope, headers, body)
         deferred: list[DeferredWait] = []

@@ -12,13 +12,19 @@ import redis
 from flask import Blueprint, Response, jsonify, request
 
 from ..core.errors import Conflict, JobNotFound, ServiceUnavailable, ValidationFailed
-from ..core.idempotency import ReservationOutcome, check_key
+from ..core.idempotency import (
+    KeyAlreadyBound,
+    KeyClaim,
+    check_key,
+    request_fingerprint,
+)
 from ..core.image_budget import ImageBudget
 from ..core.job import Job
 from ..core.status import JobStatus
 from ..core.store import CancelOutcome
-from ..core.submission import Submission, prepare_job
+from ..core.submission import prepare_job
 from .auth import current_owner
+from .fault_hook import kill_api_at
 from .parsing import parse_submission
 from .services import Services, services
 from .waiting import prefer_wait, prefers_respond_async, query_wait, wait_for_job
@@ -44,46 +50,56 @@ def submit() -> Response | Reply:
     svc.rate_limiter.check(owner)
     submission = parse_submission(request)
     key = request.headers.get("Idempotency-Key")
+    if key is not None:
+        check_key(key)
+    # Validated before the key is read: a refused request holds no key, and the fingerprint is
+    # the validated request's (the same request as JSON or as a form matches).
+    job = prepare_job(submission, svc.settings, owner=owner)
     if key is None:
-        job = _accept(svc, submission, owner)
-        return _submitted(svc, job, {})
-    check_key(key)
-    fingerprint = submission.fingerprint()
-    reservation = svc.idempotency.reserve(owner, key, fingerprint)
-    if reservation.outcome is ReservationOutcome.MISMATCH:
-        raise ValidationFailed(
-            "this Idempotency-Key was already used for a different request",
-            code="idempotency_key_reused",
-        )
-    if reservation.outcome is ReservationOutcome.REPLAY:
-        assert reservation.job_id is not None
-        original = svc.store.get(reservation.job_id)
-        if original is not None:
+        job = _accept(svc, job, submission.images)
+    else:
+        job, replayed = _accept_once(svc, job, submission.images, owner, key)
+        if replayed:
             # A replay answers as the original did (202), whatever the job's state now: the
             # caller reads the outcome from the job object or by polling.
-            headers = {"Idempotency-Replayed": "true", "Location": f"/v1/jobs/{original.id}"}
-            return _view(svc, original), 202, headers
-        # The job expired before its key did: the key is free again.
-        svc.idempotency.release(owner, key)
-        reservation = svc.idempotency.reserve(owner, key, fingerprint)
-    if reservation.outcome is not ReservationOutcome.NEW:
-        raise Conflict(
-            "a request with this Idempotency-Key is still being processed; retry shortly",
-            code="idempotency_key_in_flight",
-        )
-    try:
-        job = _accept(svc, submission, owner)
-    except Exception:
-        svc.idempotency.release(owner, key)
-        raise
-    svc.idempotency.complete(owner, key, fingerprint, job.id)
+            headers = {"Idempotency-Replayed": "true", "Location": f"/v1/jobs/{job.id}"}
+            return _view(svc, job), 202, headers
+    kill_api_at("before-reply")
     return _submitted(svc, job, {})
 
 
-def _accept(svc: Services, submission: Submission, owner: str) -> Job:
-    """Validate, store and dispatch a new job; raises a ``ServiceError`` saying why not."""
-    job = prepare_job(submission, svc.settings, owner=owner)
+def _accept_once(
+    svc: Services, job: Job, images: list[bytes], owner: str, key: str
+) -> tuple[Job, bool]:
+    """The job ``key`` is bound to and True (a retry), or ``job`` accepted with ``key`` bound to
+    it and False; a 422 if the key is bound to a different request's job."""
+    fingerprint = request_fingerprint(job, images)
+    bound = svc.idempotency.lookup(owner, key)
+    # A second round is rare, a third rarer: the job a key is bound to may expire between two
+    # reads of it (the key is then free again).
+    for _ in range(3):
+        if bound is not None and (original := svc.store.get(bound.job_id)) is not None:
+            if bound.fingerprint != fingerprint:
+                raise ValidationFailed(
+                    "this Idempotency-Key was already used for a different request; send a "
+                    "new request with a new key",
+                    code="idempotency_key_reused",
+                )
+            return original, True
+        try:
+            claim = svc.idempotency.claim(owner, key, fingerprint)
+            return _accept(svc, job, images, claim), False
+        except KeyAlreadyBound as taken:  # a request with the same key got there first
+            bound = taken.binding
+    raise ServiceUnavailable("the Idempotency-Key's job expired while it was read; try again")
+
+
+def _accept(svc: Services, job: Job, images: list[bytes], key: KeyClaim | None = None) -> Job:
+    """Store a validated new job (its Idempotency-Key bound to it in the same transaction) and
+    dispatch it; raises a ``ServiceError`` saying why not, or ``KeyAlreadyBound``."""
     cap = svc.settings.max_queued_jobs
+    size = sum(len(image) for image in images)
+    budget = ImageBudget(svc.store.redis, svc.settings.max_queued_bytes)
     try:
         # Approximate under concurrent submits (checked, then added): a few jobs over is fine.
         if cap and svc.store.queued_count() >= cap:
@@ -92,8 +108,6 @@ def _accept(svc: Services, submission: Submission, owner: str) -> Job:
                 code="queue_full",
                 retry_after=QUEUE_FULL_RETRY_AFTER_S,
             )
-        size = sum(len(image) for image in submission.images)
-        budget = ImageBudget(svc.store.redis, svc.settings.max_queued_bytes)
         if not budget.has_room(size):
             raise ServiceUnavailable(
                 "the queued jobs' images already fill INTERNVL_MAX_QUEUED_BYTES "
@@ -101,22 +115,27 @@ def _accept(svc: Services, submission: Submission, owner: str) -> Job:
                 code="queue_full",
                 retry_after=QUEUE_FULL_RETRY_AFTER_S,
             )
-        job = svc.store.create(job, submission.images)
+        kill_api_at("before-store")
+        job = svc.store.create(job, images, key=key)
     except redis.RedisError as exc:
         log.error("could not store job: %s", exc)
         raise ServiceUnavailable("the job store is unavailable; try again") from None
+    kill_api_at("after-store")
+    # From here the job is accepted: stored, and bound to its key. Whatever fails now, a reaper
+    # sends its message if this process does not say it did (``JobStore.create``); refusing it
+    # would make a caller without a key submit it again, and both would run.
     try:
         svc.dispatcher.dispatch(job.id)
-    except Exception as exc:  # the broker refused: leave nothing behind
-        log.error("could not dispatch job %s: %s", job.id, exc)
-        svc.store.discard(job.id)
-        raise ServiceUnavailable("the job queue is unavailable; try again") from None
+    except Exception as exc:
+        log.error("job %s: stored, but could not send its message (a reaper will): %s", job.id, exc)
+    else:
+        kill_api_at("after-dispatch")
+        try:
+            svc.store.dispatched(job.id)
+        except redis.RedisError as exc:  # a reaper sends a duplicate message later: harmless
+            log.warning("job %s: dispatched, but could not record it: %s", job.id, exc)
     try:
-        svc.store.dispatched(job.id)
-    except redis.RedisError as exc:  # a reaper sends a duplicate message later: harmless
-        log.warning("job %s: dispatched, but could not record it: %s", job.id, exc)
-    try:
-        budget.add(job.id, size)  # once dispatched: a discarded job leaves nothing behind
+        budget.add(job.id, size)
     except redis.RedisError as exc:  # the job is accepted; it merely goes uncounted
         log.warning("could not count job %s in the image byte budget: %s", job.id, exc)
     return job

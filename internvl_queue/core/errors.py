@@ -4,7 +4,7 @@
     ├── BadRequest               400  malformed request (bad JSON, bad base64, missing field)
     ├── Unauthorized             401  missing, unknown or revoked API key
     ├── JobNotFound              404  unknown or expired job id (or another key's job)
-    ├── Conflict                 409  the job already finished; an Idempotency-Key still in flight
+    ├── Conflict                 409  the job already finished
     ├── PayloadTooLarge          413  body over the byte limit, image over the pixel limit
     ├── UnsupportedMediaType     415  request or file type we do not accept
     ├── ValidationFailed         422  well-formed but invalid values
@@ -89,7 +89,7 @@ class JobNotFound(ServiceError):
 
 
 class Conflict(ServiceError):
-    """Raised when a request conflicts with the current state (a finished job, a key in flight)."""
+    """Raised when a request conflicts with the current state (a job that already finished)."""
 
     http_status = 409
     default_code = "conflict"

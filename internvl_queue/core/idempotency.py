@@ -1,9 +1,13 @@
 """Idempotency-Key for submits (IETF draft; Stripe's rules): a retried submit finds its job.
 
-A key is reserved with ``SET NX`` before the job is created, then bound to the job's id. Another
-request with the same key meets the reservation and gets the original job (same payload), a 422
-(different payload) or a 409 (the first request is still being processed). Keys are scoped to the
-API key that sent them.
+A key is bound to the job it created in the same Redis transaction that creates the job
+(``JobStore.create`` with a ``KeyClaim``): there is never a job without its key, nor a key
+without its job, so a retry after a crash at any point either finds the job or creates the only
+one, and nothing has to be reserved (or expire) in between. Two requests racing with one key:
+the transaction of one commits, the other's sees the key bound and gets that job instead.
+
+A binding whose job no longer exists (the job's record expired before the key did) is free: a
+new request with that key creates a new job. Keys are scoped to the API key that sent them.
 """
 
 from __future__ import annotations
@@ -11,32 +15,58 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from enum import StrEnum
 
 import redis
 
 from .errors import BadRequest
+from .job import Job
 from .keys import idempotency_key
 
-__all__ = ["IdempotencyStore", "Reservation", "ReservationOutcome", "check_key"]
+__all__ = [
+    "Binding",
+    "IdempotencyStore",
+    "KeyAlreadyBound",
+    "KeyClaim",
+    "check_key",
+    "request_fingerprint",
+]
 
 MAX_KEY_CHARS = 255
-# A reservation whose request died (a crashed API process) frees itself after this long, instead
-# of answering 409 for the whole retention time.
-_IN_FLIGHT_TTL_S = 60
-
-
-class ReservationOutcome(StrEnum):
-    NEW = "new"  # the key is ours: create the job, then ``complete``
-    REPLAY = "replay"  # the same payload was accepted before: ``job_id`` is its job
-    MISMATCH = "mismatch"  # the key was used for a different payload
-    IN_FLIGHT = "in_flight"  # the first request with this key has not finished
 
 
 @dataclass(frozen=True)
-class Reservation:
-    outcome: ReservationOutcome
-    job_id: str | None = None
+class Binding:
+    """A key bound to the job it created, and the fingerprint of the request that created it."""
+
+    job_id: str
+    fingerprint: str
+
+    def to_json(self) -> str:
+        return json.dumps({"job_id": self.job_id, "fingerprint": self.fingerprint})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str | None) -> Binding | None:
+        if raw is None:
+            return None
+        record = json.loads(raw)
+        return cls(job_id=record["job_id"], fingerprint=record["fingerprint"])
+
+
+@dataclass(frozen=True)
+class KeyClaim:
+    """A key to bind to a new job in the job's create transaction (``JobStore.create``)."""
+
+    name: str  # the Redis key
+    fingerprint: str
+    ttl_s: int
+
+
+class KeyAlreadyBound(Exception):
+    """The key was bound to another existing job before this request's job could be created."""
+
+    def __init__(self, binding: Binding) -> None:
+        super().__init__(f"the key is bound to job {binding.job_id}")
+        self.binding = binding
 
 
 def check_key(key: str) -> str:
@@ -49,37 +79,37 @@ def check_key(key: str) -> str:
     return key
 
 
+def request_fingerprint(job: Job, images: list[bytes]) -> str:
+    """A digest of a validated request (what the caller asked of the new job, and its images), to
+    tell a retried request from a different one under the same key.
+
+    Taken after validation, so the same request in another form (JSON ``2`` or a form's ``"2"``,
+    a default written out or left out, events in another order) has the same fingerprint.
+    """
+    fields = {
+        "question": job.question,
+        "params": job.params.to_dict(),
+        "metadata": job.metadata,
+        "webhook_url": job.webhook_url,
+        "webhook_events": list(job.webhook_events),
+        "images": [hashlib.sha256(data).hexdigest() for data in images],
+    }
+    canonical = json.dumps(fields, sort_keys=True).encode()
+    return hashlib.sha256(canonical).hexdigest()
+
+
 class IdempotencyStore:
     def __init__(self, client: redis.Redis, *, ttl_s: int) -> None:
         self.redis = client
         self.ttl_s = ttl_s
 
-    def reserve(self, owner: str, key: str, fingerprint: str) -> Reservation:
-        name = self._name(owner, key)
-        mine = json.dumps({"state": "in_flight", "fingerprint": fingerprint})
-        for _ in range(3):  # the record may expire between SET NX and GET: try again
-            if self.redis.set(name, mine, nx=True, ex=_IN_FLIGHT_TTL_S):
-                return Reservation(ReservationOutcome.NEW)
-            raw = self.redis.get(name)
-            if raw is None:
-                continue
-            record = json.loads(raw)
-            if record["fingerprint"] != fingerprint:
-                return Reservation(ReservationOutcome.MISMATCH, record.get("job_id"))
-            if record["state"] == "in_flight":
-                return Reservation(ReservationOutcome.IN_FLIGHT)
-            return Reservation(ReservationOutcome.REPLAY, record["job_id"])
-        return Reservation(ReservationOutcome.IN_FLIGHT)
+    def lookup(self, owner: str, key: str) -> Binding | None:
+        """The job ``owner``'s ``key`` is bound to, if it is bound (that job may have expired)."""
+        return Binding.from_json(self.redis.get(self._name(owner, key)))
 
-    def complete(self, owner: str, key: str, fingerprint: str, job_id: str) -> None:
-        """Bind the key to the job it created, for the whole retention time."""
-        record = {"state": "done", "fingerprint": fingerprint, "job_id": job_id}
-        self.redis.set(self._name(owner, key), json.dumps(record), ex=self.ttl_s)
-
-    def release(self, owner: str, key: str) -> None:
-        """Forget a reservation whose request created no job (it was refused), so a corrected
-        retry under the same key is not held to the refused payload."""
-        self.redis.delete(self._name(owner, key))
+    def claim(self, owner: str, key: str, fingerprint: str) -> KeyClaim:
+        """What ``JobStore.create`` needs to bind ``key`` to the job it creates."""
+        return KeyClaim(self._name(owner, key), fingerprint, self.ttl_s)
 
     @staticmethod
     def _name(owner: str, key: str) -> str:

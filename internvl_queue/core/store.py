@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import redis
 
 from . import webhook_events
+from .idempotency import Binding, KeyAlreadyBound, KeyClaim
 from .job import Job, JobParams
 from .keys import (
     cancel_channel,
@@ -77,32 +78,41 @@ class JobStore:
             client, retention_s=settings.job_retention_s, event_ttl_s=settings.webhook_window_s
         )
 
-    def create(self, job: Job, images: list[bytes]) -> Job:
-        """Store a new job and its images atomically, both expiring after the retention time."""
+    def create(self, job: Job, images: list[bytes], *, key: KeyClaim | None = None) -> Job:
+        """Store a new job and its images atomically, both expiring after the retention time.
+
+        With ``key``, the same transaction binds that Idempotency-Key to the job, unless the key
+        is already bound to a job that exists: then nothing is written and ``KeyAlreadyBound``
+        says which job. (A binding whose job expired is overwritten.)
+        """
         job = replace(
             job, expires_at=job.created_at + self.retention_s, dispatched_at=job.created_at
         )
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(job_key(job.id), mapping=job.to_hash())
-        pipe.rpush(images_key(job.id), *images)
-        pipe.expire(job_key(job.id), self.retention_s)
-        pipe.expire(images_key(job.id), self.retention_s)
-        pipe.zadd(queued_key(), {job.id: job.created_at})
-        # The caller dispatches the job at once and says so (``dispatched``); if it dies first,
-        # a reaper sends the message once this entry is due.
-        pipe.zadd(dispatching_key(), {job.id: job.created_at + DISPATCH_GRACE_S})
-        # Entries of jobs that expired while queued (their worker never came) go too.
-        pipe.zremrangebyscore(queued_key(), "-inf", job.created_at - self.retention_s)
-        pipe.execute()
-        return job
 
-    def discard(self, job_id: str) -> None:
-        """Remove a job that was never dispatched (the broker refused it)."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(job_key(job_id), images_key(job_id))
-        pipe.zrem(queued_key(), job_id)
-        pipe.zrem(dispatching_key(), job_id)
-        pipe.execute()
+        def write(pipe: redis.client.Pipeline) -> None:
+            if key is not None:
+                # Read under WATCH: a request that binds the key meanwhile makes EXEC fail, and
+                # this runs again and finds its binding.
+                bound = Binding.from_json(pipe.get(key.name))
+                if bound is not None and pipe.exists(job_key(bound.job_id)):
+                    raise KeyAlreadyBound(bound)
+            pipe.multi()
+            pipe.hset(job_key(job.id), mapping=job.to_hash())
+            pipe.rpush(images_key(job.id), *images)
+            pipe.expire(job_key(job.id), self.retention_s)
+            pipe.expire(images_key(job.id), self.retention_s)
+            pipe.zadd(queued_key(), {job.id: job.created_at})
+            # The caller dispatches the job at once and says so (``dispatched``); if it dies
+            # first, a reaper sends the message once this entry is due.
+            pipe.zadd(dispatching_key(), {job.id: job.created_at + DISPATCH_GRACE_S})
+            # Entries of jobs that expired while queued (their worker never came) go too.
+            pipe.zremrangebyscore(queued_key(), "-inf", job.created_at - self.retention_s)
+            if key is not None:
+                binding = Binding(job.id, key.fingerprint)
+                pipe.set(key.name, binding.to_json(), ex=key.ttl_s)
+
+        self.redis.transaction(write, *([key.name] if key is not None else []))
+        return job
 
     def dispatched(self, job_id: str) -> None:
         """The job's broker message was sent: no reaper needs to send one."""

@@ -6,7 +6,6 @@ one place. Cheap checks run first; images are decoded last.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import unicodedata
@@ -40,22 +39,6 @@ class Submission:
     metadata: Any = None
     webhook_url: Any = None
     webhook_events: Any = None
-
-    def fingerprint(self) -> str:
-        """A digest of everything the caller sent, to tell a retried request from a different one
-        under the same Idempotency-Key."""
-        fields = {
-            "question": self.question,
-            "max_new_tokens": self.max_new_tokens,
-            "max_tiles": self.max_tiles,
-            "timeout_s": self.timeout_s,
-            "metadata": self.metadata,
-            "webhook_url": self.webhook_url,
-            "webhook_events": self.webhook_events,
-            "images": [hashlib.sha256(data).hexdigest() for data in self.images],
-        }
-        canonical = json.dumps(fields, sort_keys=True, default=str).encode()
-        return hashlib.sha256(canonical).hexdigest()
 
 
 def prepare_job(submission: Submission, settings: Settings, *, owner: str = "") -> Job:

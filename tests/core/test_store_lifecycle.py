@@ -98,7 +98,7 @@ def test_queue_positions_follow_submission_order(redis_client: redis.Redis) -> N
     assert store.queue_position(first.id) is None
     assert store.queue_position(second.id) == 1
     assert store.queued_count() == 1
-    store.discard(second.id)
+    store.cancel(second.id)
     assert redis_client.zcard(queued_key()) == 0
 
 

@@ -1,0 +1,67 @@
+"""The test-only fault hook (``X-Test-Fault: kill-api-at=<step>``) on a real ``internvl-queue api``:
+it kills the process handling the submit only where ``INTERNVL_TEST_FAULTS=1``, and gunicorn
+starts another, so the API answers again."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+
+from internvl_queue.core.keys import queued_key
+from tests.api.api_process import ApiProcess
+from tests.images import photo
+
+FORM = {"question": "What is in the picture?"}
+
+
+def _submit(api: ApiProcess, step: str) -> requests.Response:
+    return requests.post(
+        f"{api.url}/v1/jobs",
+        data=FORM,
+        files=[("image", ("a.jpg", photo(64, 48, seed=1), "image/jpeg"))],
+        headers={"X-Test-Fault": f"kill-api-at={step}"},
+        timeout=30,
+    )
+
+
+def _answers_again(api: ApiProcess, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{api.url}/healthz", timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"the API did not answer again\n{api.log()}")
+
+
+@pytest.mark.parametrize("faults_on", [True, False])
+def test_the_fault_header_kills_the_api_only_where_faults_are_on(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path, faults_on: bool
+) -> None:
+    env = {"INTERNVL_TEST_FAULTS": "1"} if faults_on else {}
+    api = ApiProcess(redis_url, tmp_path / "api.log", **env)
+    try:
+        api.wait_ready()
+        if not faults_on:
+            reply = _submit(api, "before-store")
+            assert reply.status_code == 202, reply.text
+            assert redis_client.zcard(queued_key()) == 1
+            return
+        with pytest.raises(requests.ConnectionError):
+            _submit(api, "before-store")
+        assert redis_client.zcard(queued_key()) == 0  # killed before anything was stored
+        _answers_again(api)  # gunicorn's master started another worker process
+        assert api.process.poll() is None
+        assert "test fault: killing API process" in api.log()
+        with pytest.raises(requests.ConnectionError):
+            _submit(api, "after-store")
+        assert redis_client.zcard(queued_key()) == 1  # this one was stored before the kill
+        _answers_again(api)
+    finally:
+        api.stop()

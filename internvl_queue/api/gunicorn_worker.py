@@ -8,6 +8,13 @@
   (``INTERNVL_REQUEST_READ_TIMEOUT_S``) gets ``408 request_timeout`` and is closed. (Bodies are
   timed by ``api/front.py``.) The API speaks HTTP/1.1 only (gunicorn's default), where a head
   ends with an empty line.
+- **A quick graceful stop.** On ``SIGTERM`` gunicorn's worker only marks itself not alive, sees
+  that at its next once-a-second check, and then waits for every open connection up to
+  ``graceful_timeout``: a long poll held there got an empty reply after 10 s, and connections made
+  meanwhile were reset. Here the worker stops accepting at once (taking in first the connections
+  the kernel already accepted for it, which closing the socket would reset; later ones are
+  refused) and the front answers every open long poll at once with its job as it is; requests in
+  hand finish as before.
 - **Errors as JSON.** gunicorn answers what it cannot parse (a request line or header over its
   limits, a malformed request) in ``text/plain``; here with the API's error body and a stable
   ``code``, which every client reads the same way. That includes a WebSocket handshake (any
@@ -30,13 +37,14 @@ by the wire tests (tests/api/test_wire.py), as are ``_handle_websocket``, ``log.
 from __future__ import annotations
 
 import asyncio
+import socket
 from http import HTTPStatus
 from typing import Any
 
 from gunicorn.asgi.protocol import ASGIProtocol, ASGIResponseInfo
 from gunicorn.workers import gasgi
 
-from .front import error_body
+from .front import BufferingFront, error_body
 
 __all__ = ["ApiProtocol", "ApiWorker"]
 
@@ -155,4 +163,40 @@ class ApiWorker(gasgi.ASGIWorker):
 
         ApiProtocol.head_timeout_s = Settings.from_env().request_read_timeout_s
         gasgi.ASGIProtocol = ApiProtocol
+        self._taken_in: set[asyncio.Task[Any]] = set()
         super().init_process()
+
+    def handle_exit_signal(self) -> None:
+        """SIGTERM, on the event loop's thread: stop accepting and answer the long polls now."""
+        super().handle_exit_signal()
+        for listener in self.sockets:
+            if listener.sock.fileno() != -1:  # not closed by an earlier SIGTERM
+                self._take_in_accepted(listener.sock)
+        for server in self.servers:
+            server.close()  # gunicorn's own shutdown closes them again: a no-op then
+        if isinstance(self.asgi, BufferingFront):
+            self.asgi.stop_waiting()
+
+    def _take_in_accepted(self, listening: socket.socket) -> None:
+        """Serve the connections waiting in ``listening``'s accept queue: closing it would reset
+        them, after their clients had sent a request. (The socket is non-blocking: asyncio's.)"""
+        while True:
+            try:
+                connection, _ = listening.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # closed already, or out of descriptors: nothing more to take
+                self.log.warning("stopping: could not take in a waiting connection: %s", exc)
+                return
+            task = self.loop.create_task(
+                self.loop.connect_accepted_socket(lambda: ApiProtocol(self), connection)
+            )
+            self._taken_in.add(task)  # held until it ran: the loop keeps only weak references
+            task.add_done_callback(self._taken_in_done)
+
+    def _taken_in_done(self, task: asyncio.Task[Any]) -> None:
+        self._taken_in.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # the client left already
+            self.log.debug(
+                "stopping: a waiting connection could not be served: %s", task.exception()
+            )

@@ -59,6 +59,9 @@ class WorkerRuntime:
         self.state, self.state_since = WorkerState.LOADING, time.time()
         self.error: str | None = None  # why the model could not be loaded, or the worker died
         self.on_defunct: Callable[[str], None] | None = None  # how the entry point steps aside
+        # Whether the Celery consumer is connected to the broker (set by worker/consumer_state.py);
+        # None outside a Celery worker.
+        self.consuming: bool | None = None
         self._lock = threading.Lock()
         self.counters = {"jobs_succeeded": 0, "jobs_failed": 0, "redeliveries_ignored": 0}
         # The deliveries this worker runs now (job id -> attempt token): the heartbeat renews
@@ -169,6 +172,8 @@ class WorkerRuntime:
             since=self.state_since,
             error=self.error,
             threads=thread_count(),
+            queue=self.settings.queue_name,
+            consuming=self.consuming,
             **counters,
         )
 

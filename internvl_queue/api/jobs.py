@@ -19,6 +19,7 @@ from ..core.status import JobStatus
 from ..core.store import CancelOutcome
 from ..core.submission import Submission, prepare_job
 from .auth import current_owner
+from .errors import redis_outage
 from .parsing import parse_submission
 from .services import Services, services
 from .waiting import prefer_wait, prefers_respond_async, query_wait, wait_for_job
@@ -103,7 +104,7 @@ def _accept(svc: Services, submission: Submission, owner: str) -> Job:
             )
         job = svc.store.create(job, submission.images)
     except redis.RedisError as exc:
-        log.error("could not store job: %s", exc)
+        redis_outage().failed(exc, "storing a job")
         raise ServiceUnavailable("the job store is unavailable; try again") from None
     try:
         svc.dispatcher.dispatch(job.id)

@@ -314,7 +314,8 @@ class WorkerRuntime:
             log.warning("job %s: another delivery owns it now; outcome discarded", job.id)
             return None
         self._count("jobs_succeeded" if status is JobStatus.SUCCEEDED else "jobs_failed")
-        log.info(
+        # DEBUG: a line per job is hundreds a second on a GPU; the heartbeat logs a summary.
+        log.debug(
             "job %s %s in %.0f ms%s",
             job.id,
             status.value,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import redis
 
@@ -12,7 +13,7 @@ from ..core.workers import WorkerInfo
 from .memory import IdleHeapTrimmer
 from .runtime import WorkerRuntime
 
-__all__ = ["Heartbeat"]
+__all__ = ["Heartbeat", "Summary"]
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class Heartbeat:
             log.warning("could not remove heartbeat: %s", exc)
 
     def _loop(self) -> None:
-        summary = _Summary(self.runtime.info())
+        summary = Summary(self.runtime.info())
         failing = False
         while not self._stop.wait(self.runtime.settings.heartbeat_interval_s):
             try:
@@ -60,16 +61,23 @@ class Heartbeat:
             summary.maybe_log(info)
 
 
-class _Summary:
+class Summary:
     """The worker's INFO log of its jobs: one line a minute while there is work (the per-job
     lines are at DEBUG: at GPU rates one line per job would be hundreds a second)."""
 
-    def __init__(self, start: WorkerInfo) -> None:
-        self.last, self.at = start, time.monotonic()
+    def __init__(
+        self,
+        start: WorkerInfo,
+        *,
+        every_s: float = _LOG_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.every_s, self.clock = every_s, clock
+        self.last, self.at = start, clock()
 
     def maybe_log(self, info: WorkerInfo) -> None:
-        elapsed = time.monotonic() - self.at
-        if elapsed < _LOG_EVERY_S:
+        elapsed = self.clock() - self.at
+        if elapsed < self.every_s:
             return
         done = info.jobs_done - self.last.jobs_done
         if done or info.redeliveries_ignored != self.last.redeliveries_ignored:
@@ -83,4 +91,4 @@ class _Summary:
                 info.redeliveries_ignored - self.last.redeliveries_ignored,
                 info.engine,
             )
-        self.last, self.at = info, time.monotonic()
+        self.last, self.at = info, self.clock()

@@ -2,9 +2,9 @@
 
 While Redis is down every request of the API and every poll of the webhook worker fails; logging
 each failure (with a traceback) buries the log under hundreds of identical lines an outage. An
-``Outage`` logs the first failure at ERROR, the rest at DEBUG, and the end of the outage at INFO
-with how long it lasted and how many calls failed meanwhile. Thread-safe: the API's threads and a
-worker's threads share one.
+``Outage`` logs the first failure at ERROR (or the level given), the rest at DEBUG, and the end
+of the outage at INFO with how long it lasted and how many calls failed meanwhile. Thread-safe:
+the API's threads and a worker's threads share one.
 """
 
 from __future__ import annotations
@@ -19,10 +19,16 @@ __all__ = ["Outage"]
 
 class Outage:
     def __init__(
-        self, log: logging.Logger, what: str, *, clock: Callable[[], float] = time.monotonic
+        self,
+        log: logging.Logger,
+        what: str,
+        *,
+        level: int = logging.ERROR,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.log = log
         self.what = what  # "Redis at host:port", say
+        self.level = level  # of the outage's first line
         self.clock = clock
         self._lock = threading.Lock()
         self._since: float | None = None
@@ -40,8 +46,12 @@ class Outage:
                 self.log.debug("%s still unreachable (%s: %s)", self.what, doing, exc)
                 return
             self._since = self.clock()
-        self.log.error(
-            "%s unreachable (%s: %s); logged once until it answers again", self.what, doing, exc
+        self.log.log(
+            self.level,
+            "%s unreachable (%s: %s); logged once until it answers again",
+            self.what,
+            doing,
+            exc,
         )
 
     def answered(self) -> None:

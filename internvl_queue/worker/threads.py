@@ -1,6 +1,6 @@
 """Bounded threads and no orphans: limits for the worker's helper processes, and counting threads.
 
-Torch-free on purpose: a preprocessing child (``engine/pool_child.py``) applies the limits below
+Torch-free on purpose: a preprocessing child (``preprocess_child.py``) applies the limits below
 before it imports torch, so that they hold whatever the environment says (OpenMP, MKL and
 OpenBLAS read their thread counts once, when loaded). Each child then runs one job at a time on
 one thread; parallelism comes from the number of children. This module imports nothing of the

@@ -30,7 +30,7 @@ import torch
 from ...core.errors import InferenceError, JobTimedOut, PromptTooLong
 from ...core.images import decode_rgb
 from ..model import build_inputs, question_tokens
-from .pool_child import child_processor, init_preprocess_child
+from ..preprocess_child import child_processor, init_preprocess_child
 
 __all__ = ["Prepared", "Preprocessor", "default_processes", "prepare"]
 

@@ -1,7 +1,7 @@
 """A preprocessing pool's child process: its limits first, then its processor.
 
-The pool's initializer lives here, apart from ``preprocess.py`` (which imports torch when
-imported): a spawned child unpickles the initializer by importing this module, which imports
+The pool's initializer lives here, outside the ``engine`` package (whose ``__init__`` imports
+torch): a spawned child unpickles the initializer by importing this module, which imports
 neither torch nor transformers until ``init_preprocess_child`` has set the one-thread limits
 (OpenMP, MKL and OpenBLAS read their thread counts once, when loaded).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..threads import SINGLE_THREAD_ENV, die_with_parent
+from .threads import SINGLE_THREAD_ENV, die_with_parent
 
 __all__ = ["child_processor", "init_preprocess_child"]
 

@@ -24,6 +24,7 @@ from ..core.status import JobStatus
 from ..core.store import CancelOutcome
 from ..core.submission import prepare_job
 from .auth import current_owner
+from .errors import redis_outage
 from .fault_hook import kill_api_at
 from .parsing import parse_submission
 from .services import Services, services
@@ -118,7 +119,7 @@ def _accept(svc: Services, job: Job, images: list[bytes], key: KeyClaim | None =
         kill_api_at("before-store")
         job = svc.store.create(job, images, key=key)
     except redis.RedisError as exc:
-        log.error("could not store job: %s", exc)
+        redis_outage().failed(exc, "storing a job")
         raise ServiceUnavailable("the job store is unavailable; try again") from None
     kill_api_at("after-store")
     # From here the job is accepted: stored, and bound to its key. Whatever fails now, a reaper

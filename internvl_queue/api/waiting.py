@@ -33,6 +33,7 @@ from flask import Flask, Response, current_app, request
 from ..core.errors import ValidationFailed
 from ..core.job import Job
 from ..core.keys import done_channel
+from ..core.outage import Outage
 
 __all__ = [
     "DEFER_ENVIRON_KEY",
@@ -188,6 +189,8 @@ class JobWaiters:
     def _listen(self) -> None:
         pattern = done_channel("*")
         prefix = len(done_channel(""))
+        # One line an outage, not one a second (a WARNING: the request handlers' is the ERROR).
+        outage = Outage(log, "Redis (long-poll listener)", level=logging.WARNING)
         while not self._closed.is_set():
             pubsub = self.redis.pubsub()
             try:
@@ -199,6 +202,7 @@ class JobWaiters:
                     if self._closed.is_set():
                         return
                 self._listening.set()
+                outage.answered()
                 self._wake_all()  # a finish may have been missed while (re)subscribing
                 while not self._closed.is_set():
                     message = pubsub.get_message(timeout=1.0)
@@ -208,7 +212,7 @@ class JobWaiters:
                 self._listening.clear()
                 if self._closed.is_set():
                     return
-                log.warning("long-poll listener lost Redis (%s); resubscribing", exc)
+                outage.failed(exc, "resubscribing")
                 self._wake_all()  # waiters re-read (and fail or time out) instead of hanging
                 time.sleep(1.0)
             finally:

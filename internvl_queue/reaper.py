@@ -8,8 +8,9 @@ in any number of processes at once:
    transaction on the job record, so exactly one reaper wins) with its attempt counted.
 2. **Orphaned messages.** A message a worker took from the broker but never started (its job is
    still ``queued``) sits in kombu's ``unacked`` set of the Redis transport until the visibility
-   timeout. An entry older than the lease whose job is still queued and was not dispatched since
-   is removed (one ``ZREM`` wins) and the job marked as needing a message.
+   timeout (``broker_layout`` reads kombu's keys). An entry older than the lease whose job is
+   still queued and was not dispatched since is removed (one ``ZREM`` wins) and the job marked
+   as needing a message.
 3. **Overdue queued jobs.** A job still queued past its deadline ends ``failed`` with
    ``timeout`` (``JobStore.time_out_queued``), so that no job outlives its deadline whatever the
    backlog, and its record is kept the retention time from then.
@@ -22,7 +23,6 @@ a live lease, and changes nothing. A stale delivery cannot store an outcome (att
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import redis
 
+from . import broker_layout as broker
 from .core.job import Job
 from .core.keys import queued_key
 from .core.status import JobStatus
@@ -40,10 +41,6 @@ from .queue import RUN_JOB_TASK
 __all__ = ["ReapReport", "Reaper", "ReaperThread"]
 
 log = logging.getLogger(__name__)
-
-# kombu's Redis transport: the hash of messages delivered and not yet acked (tag -> JSON
-# [message, exchange, routing key]) and its index (tag -> when delivered).
-_UNACKED, _UNACKED_INDEX = "unacked", "unacked_index"
 
 
 @dataclass(frozen=True)
@@ -110,18 +107,14 @@ class Reaper:
         return job
 
     def _orphaned_messages(self, delivered_before: float) -> int:
-        tags: list[tuple[bytes, float]] = self.redis.zrangebyscore(  # type: ignore[assignment]
-            _UNACKED_INDEX, "-inf", delivered_before, start=0, num=1000, withscores=True
-        )
-        return self._return_messages(tags)
+        return self._return_messages(broker.unacked_delivered_before(self.redis, delivered_before))
 
     def return_messages(self, delivery_tags: list[str]) -> int:
         """A worker stopping now hands back the messages it took and did not start: their jobs
         get a new message at the next pass of any reaper, not a lease later. How many."""
-        pipe = self.redis.pipeline(transaction=False)
-        for tag in delivery_tags:
-            pipe.zscore(_UNACKED_INDEX, tag)
-        delivered = zip(delivery_tags, pipe.execute(), strict=True)
+        delivered = zip(
+            delivery_tags, broker.unacked_delivered_at(self.redis, delivery_tags), strict=True
+        )
         return self._return_messages([(tag, at) for tag, at in delivered if at is not None])
 
     def _return_messages(self, entries: Sequence[tuple[bytes | str, float]]) -> int:
@@ -129,11 +122,11 @@ class Reaper:
         in two round trips for them all. How many were marked."""
         if not entries:
             return 0
-        raws: list[bytes | None] = self.redis.hmget(_UNACKED, [t for t, _ in entries])  # type: ignore[assignment]
+        envelopes = broker.unacked_envelopes(self.redis, [t for t, _ in entries])
         ours = [
             (tag, float(at), job_id)
-            for (tag, at), raw in zip(entries, raws, strict=True)
-            if (job_id := _job_id(raw)) is not None
+            for (tag, at), envelope in zip(entries, envelopes, strict=True)
+            if (job_id := _job_id_of(envelope)) is not None
         ]  # not a webhook task's, not gone
         jobs = self.store.get_many([job_id for _, _, job_id in ours])
         return sum(
@@ -149,10 +142,7 @@ class Reaper:
         if job is not None and job.status is JobStatus.RUNNING:
             return False  # its delivery (or a later one) holds a lease: leases decide
         # Removed by one reaper only; kombu's ack or restore of a removed tag does nothing.
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.zrem(_UNACKED_INDEX, tag)
-        pipe.hdel(_UNACKED, tag)
-        removed, _ = pipe.execute()
+        removed = broker.forget_unacked(self.redis, tag)
         if not removed or job is None or job.status is not JobStatus.QUEUED:
             return False  # someone else's, or a stale copy for a finished or unknown job
         if job.dispatched_at > delivered_at:
@@ -172,7 +162,7 @@ class Reaper:
         candidates: list[bytes] = self.redis.zrangebyscore(  # type: ignore[assignment]
             queued_key(), "-inf", cutoff, start=0, num=1000
         )
-        if not candidates or int(self.redis.llen(self.queue)) > self.audit_limit:
+        if not candidates or broker.queue_length(self.redis, self.queue) > self.audit_limit:
             return 0
         jobs = self.store.get_many([c.decode() for c in candidates])
         # Only jobs sent to the list read here: another queue's are in another list.
@@ -186,9 +176,11 @@ class Reaper:
         ]
         if not waiting:
             return 0
-        listed: list[bytes] = self.redis.lrange(self.queue, 0, -1)  # type: ignore[assignment]
-        held: list[bytes] = self.redis.hvals(_UNACKED)  # type: ignore[assignment]
-        present = {_job_id_of(json.loads(m)) for m in listed} | {_job_id(raw) for raw in held}
+        present = {
+            _job_id_of(envelope)
+            for envelope in broker.waiting_envelopes(self.redis, self.queue)
+            + broker.unacked_envelopes(self.redis)
+        }
         lost = [j.id for j in waiting if j.id not in present]
         for job_id in lost:
             log.warning("job %s: its message was lost with a killed worker; sent again", job_id)
@@ -196,25 +188,10 @@ class Reaper:
         return len(lost)
 
 
-def _job_id(raw: bytes | None) -> str | None:
-    """The job id of an ``unacked`` entry ([message, exchange, routing key]); None if not ours."""
-    if raw is None:
-        return None
-    try:
-        return _job_id_of(json.loads(raw)[0])
-    except (ValueError, LookupError, TypeError):
-        return None
-
-
-def _job_id_of(message: object) -> str | None:
-    """The job id a Celery message (protocol 2) carries; None if it is not a run-job task."""
-    try:
-        headers = message["headers"]  # type: ignore[index]
-        if headers.get("task") != RUN_JOB_TASK:
-            return None
-        return str(headers["id"])
-    except (ValueError, LookupError, TypeError):
-        return None
+def _job_id_of(envelope: object) -> str | None:
+    """The job id a broker message carries (its task id); None if it is not a run-job task."""
+    task = broker.task_of(envelope)
+    return task[1] if task is not None and task[0] == RUN_JOB_TASK else None
 
 
 class ReaperThread:

@@ -6,9 +6,11 @@
 #      (for pytorch/pytorch), a Redis from Debian's package (for redis:7);
 #   3. the project's three images (compose/Dockerfile) on those bases;
 #   4. the stack (docker-compose.yml + compose/cpu.yml: tiny model, no GPU) under a private project
-#      name: a job through the published API port gets the reference answer; with the worker
-#      stopped, a queued job survives a Redis crash (AOF on the volume) and is answered once the
-#      worker is back; the API image has no torch;
+#      name, started and used with the README's own commands ("Without a GPU", run as written):
+#      a job through the published API port gets the reference answer; with the worker stopped,
+#      a long poll on a queued job is answered at once by `docker-compose restart api`, and the
+#      job survives a Redis crash (AOF on the volume) and is answered once the worker is back; the
+#      API image has no torch;
 #   5. everything torn down (containers, networks, volumes), on failure too; images stay cached.
 # Run as root (or with sudo at hand). Prints one PASS/FAIL line per check; exits non-zero on any FAIL.
 set -euo pipefail
@@ -172,9 +174,29 @@ build_images() {
 
 # -- 4. the stack --------------------------------------------------------------------------------
 
+# The project name and the settings reach docker-compose through the environment, so that the
+# README's commands run here as written.
 project="internvl-compose-test-$$"
-stack="$state/stack-$project.yml"
-compose() { docker-compose -p "$project" -f "$stack" "$@"; }
+export COMPOSE_PROJECT_NAME=$project
+compose_files=(-f docker-compose.yml -f compose/cpu.yml)
+compose() { docker-compose "${compose_files[@]}" "$@"; }
+stack_started=""
+
+# The line of the README's "Without a GPU" commands that starts with $1, as written there.
+readme_command() {
+    awk -v start="$1" '/^### Without a GPU/ { section = 1; next } /^##/ { section = 0 }
+        section && index($0, start) == 1 { print; found = 1; exit } END { exit !found }' README.md ||
+        die "the README's \"Without a GPU\" section has no command starting with: $1"
+}
+
+# Runs a README command as written, but for the API's address: this stack publishes a free port.
+run_readme_command() {
+    local line
+    line=$(readme_command "$1") || return 1
+    line=${line//http:\/\/localhost:8000/$api}
+    say "README: $line" >&2
+    NO_PROXY='*' no_proxy='*' eval "$line"
+}
 
 # A small HTTP client of the API (Python's standard library only): submits a job as JSON, reads
 # a job's status, waits for its answer.
@@ -219,6 +241,11 @@ if command == "submit":  # API IMAGE QUESTION MAX_NEW_TOKENS MAX_TILES -> the jo
 elif command == "refused":  # API -> the status and code of a keyless read
     status, body = call("GET", f"{args[0]}/v1/jobs/none")
     print(status, body["error"]["code"])
+elif command == "long-poll":  # API ID WAIT_S -> HTTP status, job status, seconds taken
+    api, job_id, wait = args
+    started = time.monotonic()
+    status, found = call("GET", f"{api}/v1/jobs/{job_id}?wait={wait}")
+    print(status, found["status"], f"{time.monotonic() - started:.1f}")
 elif command == "status":  # API ID
     print(job(*args)["status"])
 elif command == "answer":  # API ID TIMEOUT_S -> the answer, once the job succeeded
@@ -236,25 +263,14 @@ PY
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-# docker-compose.yml + compose/cpu.yml, resolved, less the worker's GPU reservation: an override
-# cannot remove it (compose merges device lists) and this machine's Docker has no GPU driver.
-resolve_stack() {
+# What .env would hold: this run's images and bases, a free API port, a webhook secret.
+configure_stack() {
     export INTERNVL_IMAGE_TAG=$IMAGE_TAG REDIS_IMAGE=$REDIS_BASE INTERNVL_API_PORT=$api_port
+    export PYTHON_IMAGE=$PYTHON_BASE BASE_IMAGE=$TORCH_BASE
+    # `up --build` finds the images built above in the classic builder's cache (no BuildKit here).
+    export DOCKER_BUILDKIT=0 COMPOSE_DOCKER_CLI_BUILD=0
     WEBHOOK_SECRETS="whsec_$(head -c 32 /dev/urandom | base64 -w0)"
     export WEBHOOK_SECRETS
-    docker-compose -p "$project" -f docker-compose.yml -f compose/cpu.yml config >"$stack.in"
-    /usr/bin/python3 - "$stack.in" "$stack" <<'PY'
-import sys
-
-import yaml  # docker-compose's own dependency
-
-config = yaml.safe_load(open(sys.argv[1]))
-worker = config["services"]["worker"]
-assert worker["deploy"]["resources"]["reservations"]["devices"], "the worker reserves a GPU"
-del worker["deploy"]
-yaml.safe_dump(config, open(sys.argv[2], "w"), sort_keys=False)
-PY
-    rm -f "$stack.in"
 }
 
 container() { compose ps -q "$1"; }
@@ -290,12 +306,11 @@ show_logs() {
 
 teardown() {
     local code=$?
-    if [ -f "$stack" ]; then
+    if [ -n "$stack_started" ]; then
         [ "$failures" -gt 0 ] && show_logs
         say "tearing down $project (containers, networks, volumes)"
         compose down --volumes --remove-orphans --timeout 30 >"$state/down.log" 2>&1 ||
             say "compose down failed; see $state/down.log"
-        rm -f "$stack"
     fi
     say "images:"
     docker images --format '    {{.Repository}}:{{.Tag}}  {{.Size}}' |
@@ -345,10 +360,39 @@ redis_is_durable() {
 # exists; a key made with `internvl-queue keys create` in the api container is accepted.
 keys_required() { [ "$(API_KEY='' client refused "$api")" = "401 unauthorized" ]; }
 
+# The README's own line: KEY=$(docker-compose ... exec -T api internvl-queue keys create ...)
 make_key() {
-    API_KEY=$(compose exec -T api internvl-queue keys create --name compose-test | tail -1 | tr -d '\r')
-    export API_KEY
+    run_readme_command 'KEY=$(' >"$state/keys.log" 2>&1 || return 1
+    export API_KEY=$KEY
     [[ "$API_KEY" == iq_* ]]
+}
+
+# The README's curl, as written (with this stack's port): a JSON job, queued, running or done.
+readme_curl_submits() {
+    local reply
+    reply=$(run_readme_command 'curl ') || return 1
+    say "the README's curl got: $reply"
+    python3 -c 'import json, sys; job = json.loads(sys.argv[1]); assert job["id"] and job["status"] in ("queued", "running", "succeeded"), job' "$reply"
+}
+
+# `docker-compose restart api` with a long poll open on a queued job: the poll gets the job as it
+# is (200, queued) at once, not an empty reply after gunicorn's 10 s graceful timeout.
+long_poll_survives_api_restart() {
+    local job_id=$1 poll_pid took status job_status seconds
+    client long-poll "$api" "$job_id" 30 >"$state/long-poll.out" 2>&1 &
+    poll_pid=$!
+    sleep 2 # the poll is held
+    took=$SECONDS
+    compose restart api >"$state/restart-api.log" 2>&1 || return 1
+    took=$((SECONDS - took))
+    wait "$poll_pid" || {
+        say "the long poll failed: $(cat "$state/long-poll.out")"
+        return 1
+    }
+    read -r status job_status seconds <"$state/long-poll.out"
+    say "restart api took ${took}s; the long poll got $status $job_status after ${seconds}s"
+    [ "$status" = 200 ] && [ "$job_status" = queued ] &&
+        python3 -c 'import sys; sys.exit(float(sys.argv[1]) >= 9)' "$seconds"
 }
 
 same_answer() { [ -n "$1" ] && [ "$1" = "$2" ]; }
@@ -376,9 +420,11 @@ main() {
 
     api_port=$(free_port)
     api="http://127.0.0.1:$api_port"
-    resolve_stack
-    say "starting the stack $project (API on port $api_port)"
-    compose up -d --no-build >"$state/up.log" 2>&1 || die "compose up failed; see $state/up.log"
+    configure_stack
+    say "starting the stack $project (API on port $api_port) with the README's command"
+    stack_started=1
+    run_readme_command 'docker-compose -f docker-compose.yml -f compose/cpu.yml up -d' \
+        >"$state/up.log" 2>&1 || die "compose up failed; see $state/up.log"
     if wait_healthy 300 redis api webhook-worker worker; then
         pass "every service healthy (redis, api, webhook-worker, worker)"
     else
@@ -392,7 +438,8 @@ main() {
     check "the webhook-worker image has no torch" no_torch_in webhook-worker
     check "a request without an API key is refused (401): keys are required by default" \
         keys_required
-    check "internvl-queue keys create works in the api container" make_key
+    check "the README's keys create (exec -T, no terminal) makes a key" make_key
+    check "the README's curl, with that key, submits a job" readme_curl_submits
     check "Redis: AOF on, appendfsync everysec, data in /data" redis_is_durable
     check "the worker logs to the logs volume" worker_logs_on_volume
     check "the worker ran internvl-queue doctor at start (a worker could start)" doctor_ran_first
@@ -420,6 +467,10 @@ print(resolve_model(os.environ["INTERNVL_MODEL"], default_data_dir()))' | tail -
     job_id=$(client submit "$api" "$image" "$question" 12 12)
     sleep 2 # longer than appendfsync everysec
     check "with no worker, job $job_id is queued" test "$(client status "$api" "$job_id")" = queued
+    say "restarting the API with a long poll open on job $job_id"
+    check "docker-compose restart api answers the open long poll at once (200, queued)" \
+        long_poll_survives_api_restart "$job_id"
+    wait_healthy 120 api || fail "the API did not come back"
     say "killing Redis (SIGKILL: no shutdown save) and starting it again"
     compose kill -s SIGKILL redis >/dev/null 2>&1
     compose start redis >/dev/null 2>&1

@@ -1,7 +1,8 @@
 """Unusual but valid image files, and files that only look like images, made on the fly.
 
 Each valid one must pass the API's checks and decode to RGB in the worker; each of the others
-must be refused with a stable code.
+must be refused with a stable code: files that are not images, and images in formats Pillow could
+read but the service does not accept (``core.images.FORMATS``), PostScript above all.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import io
 
 from PIL import Image
 
-__all__ = ["NOT_IMAGES", "odd_images"]
+__all__ = ["EPS", "NOT_IMAGES", "PDF", "SVG", "odd_images", "other_formats"]
 
 
 def _save(image: Image.Image, fmt: str, **options: object) -> bytes:
@@ -46,7 +47,27 @@ def odd_images() -> dict[str, bytes]:
         "bmp": _save(_gradient("RGB", (40, 30)), "BMP"),
         "tiff-rgb": _save(_gradient("RGB", (40, 30)), "TIFF"),
         "tiff-lzw": _save(_gradient("RGB", (40, 30)), "TIFF", compression="tiff_lzw"),
-        "ico": _save(_gradient("RGB", (32, 32)), "ICO"),
+    }
+
+
+# PostScript that Pillow identifies as EPS by its first line; its decoder would hand the file
+# to Ghostscript, which runs the program (here a harmless line).
+EPS = (
+    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 40 30\n"
+    b"newpath 0 0 moveto 40 30 lineto stroke showpage\n%%EOF\n"
+)
+
+
+def other_formats() -> dict[str, bytes]:
+    """Images Pillow reads, in formats the service refuses (415 ``unsupported_image``)."""
+    gradient = _gradient("RGB", (32, 32))
+    return {
+        "eps": EPS,
+        "eps-by-pillow": _save(gradient, "EPS"),
+        "ico": _save(gradient, "ICO"),
+        "ppm": _save(gradient, "PPM"),
+        "tga": _save(gradient, "TGA"),
+        "pcx": _save(gradient, "PCX"),
     }
 
 

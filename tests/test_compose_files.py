@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from internvl_queue.core.settings import Settings
 
@@ -40,3 +43,69 @@ def test_only_the_api_port_is_published() -> None:
         '      - "${INTERNVL_API_PORT:-8000}:8000"\n'
     ]
     assert "expose:" not in compose
+
+
+def _compose_file(path: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / path).read_text())
+    return loaded
+
+
+def _readme_section(title: str) -> str:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index(f"\n{title}\n")
+    level = title.split(" ", 1)[0]
+    ends = [readme.find(f"\n{h} ", start + 1) for h in ("#" * n for n in range(1, len(level) + 1))]
+    return readme[start : min([e for e in ends if e != -1] or [len(readme)])]
+
+
+def _shell_lines(markdown: str) -> list[str]:
+    """The lines of the ```sh blocks in ``markdown``."""
+    return [
+        line
+        for block in re.findall(r"^```sh\n(.*?)^```", markdown, re.MULTILINE | re.DOTALL)
+        for line in block.splitlines()
+    ]
+
+
+def test_the_gpu_reservation_has_a_file_of_its_own() -> None:
+    # An override cannot remove a device reservation, and Docker refuses to start a container
+    # reserving a driver it lacks: docker-compose.yml + compose/cpu.yml must reserve nothing.
+    for path in ("docker-compose.yml", "compose/cpu.yml"):
+        assert "deploy" not in str(_compose_file(path)["services"]), path
+    worker = _compose_file("compose/gpu.yml")["services"]["worker"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+    # A plain `docker compose up -d` with .env copied from .env.example uses the GPU file.
+    example = (ROOT / ".env.example").read_text()
+    assert re.findall(r"^COMPOSE_FILE=(.*)$", example, re.MULTILINE) == [
+        "docker-compose.yml:compose/gpu.yml"
+    ]
+
+
+def test_the_readme_compose_commands_work_outside_a_terminal_and_carry_the_key() -> None:
+    lines = _shell_lines(_readme_section("## Deploy with docker compose"))
+    execs = [line for line in lines if re.search(r"docker[ -]compose .*\bexec\b", line)]
+    curls = [line for line in lines if line.startswith("curl ") and "/v1/" in line]
+    assert execs and curls
+    for line in execs:  # without -T, exec wants a terminal: a script or CI has none
+        assert re.search(r"\bexec -T\b", line), line
+    for line in curls:  # API keys are required by default: a keyless request gets 401
+        assert '-H "Authorization: Bearer $KEY"' in line, line
+    prose = _readme_section("## Deploy with docker compose")
+    assert "compose exec api" not in prose, "an exec without -T in the README's prose"
+
+
+def test_the_compose_test_runs_the_readme_cpu_commands_as_written() -> None:
+    """scripts/test-compose.sh finds these commands in the README by how they start and runs
+    them as written; the documented CPU start is the plain pair of files, no edited config."""
+    commands = _shell_lines(_readme_section("### Without a GPU"))
+    script = (ROOT / "scripts" / "test-compose.sh").read_text()
+    run = re.findall(r"run_readme_command '([^']+)'", script)
+    assert sorted(run) == sorted(
+        ["docker-compose -f docker-compose.yml -f compose/cpu.yml up -d", "KEY=$(", "curl "]
+    )
+    for start in run:
+        assert [c for c in commands if c.startswith(start)], f"no README command starts {start!r}"
+    assert commands[0] == "docker-compose -f docker-compose.yml -f compose/cpu.yml up -d --build"
+    # No `compose ... config` whose output is edited and run instead (the old GPU workaround).
+    assert not re.search(r"(cpu\.yml|\bcompose) config\b", script)

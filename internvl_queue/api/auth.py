@@ -24,6 +24,7 @@ from flask import Flask, g, request
 from ..core.apikeys import ApiKeyStore, parse_key
 from ..core.errors import ServiceUnavailable, Unauthorized
 from ..core.settings import AuthMode
+from .errors import redis_outage
 from .services import services
 
 __all__ = ["auth_state", "current_owner", "register_auth", "warn_if_no_key"]
@@ -93,7 +94,7 @@ def _authenticate() -> None:
         # Asked only when no key authenticated: a valid key is proof enough that keys are on.
         any_key = keys.any_active()
     except redis.RedisError as exc:
-        log.error("API key check failed: %s", exc)
+        redis_outage().failed(exc, "checking an API key")
         raise ServiceUnavailable("cannot check API keys right now; try again") from None
     if not any_key and mode == "open":
         g.owner = ""

@@ -1,16 +1,26 @@
-"""Every error leaves the API as ``{"error": {"code", "message"}}`` with a stable code."""
+"""Every error leaves the API as ``{"error": {"code", "message"}}`` with a stable code.
+
+While Redis is down every request fails with ``503``; the log says so once per outage (ERROR),
+and once when Redis answers again (INFO), not once per request: see ``redis_outage``.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 
 import redis
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, current_app, jsonify
 from werkzeug.exceptions import HTTPException
 
 from ..core.errors import ServiceError
+from ..core.outage import Outage
+from .services import services
 
-__all__ = ["error_response", "register_error_handlers"]
+__all__ = ["error_response", "redis_outage", "register_error_handlers"]
+
+_OUTAGE = "internvl_queue.redis_outage"
+_PROBE_EVERY_S = 1.0  # during an outage, how often a finished request asks Redis if it is back
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +39,30 @@ def error_response(status: int, code: str, message: str) -> tuple[Response, int]
     return jsonify({"error": {"code": code, "message": message}}), status
 
 
+def redis_outage() -> Outage:
+    """The app's Redis outage log: call ``failed`` instead of logging a Redis error yourself."""
+    found: Outage = current_app.extensions[_OUTAGE]
+    return found
+
+
 def register_error_handlers(app: Flask) -> None:
+    app.extensions[_OUTAGE] = outage = Outage(log, "Redis")
+    last_probe = [0.0]
+
+    @app.after_request
+    def _end_of_outage(response: Response) -> Response:
+        # Whether Redis is back is asked (a PING, at most once a second) only during an outage.
+        now = time.monotonic()
+        if outage.down and now - last_probe[0] >= _PROBE_EVERY_S:
+            last_probe[0] = now
+            try:
+                services().store.redis.ping()
+            except redis.RedisError:
+                pass
+            else:
+                outage.answered()
+        return response
+
     @app.errorhandler(ServiceError)
     def _service_error(exc: ServiceError) -> tuple[Response, int]:
         response, status = error_response(exc.http_status, exc.code, exc.message)
@@ -51,7 +84,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(redis.RedisError)
     def _redis_down(exc: redis.RedisError) -> tuple[Response, int]:
         # Redis restarting or unreachable: nothing the caller did; the same request later works.
-        log.warning("Redis error: %s", exc)
+        outage.failed(exc, "answering a request")
         response, status = error_response(
             503, "service_unavailable", "the job store is unavailable; try again shortly"
         )

@@ -18,6 +18,9 @@ buffer, never a thread:
 - A long poll holds no thread either: the view hands its wait over (``environ[DEFER_ENVIRON_KEY]``,
   see ``api/waiting.py``), the loop awaits it, and its reply is rendered on a thread when the
   job finished or the wait ended. A client that disconnects meanwhile ends its wait.
+- When the process stops (``stop_waiting``, on gunicorn's ``SIGTERM``) every long poll is answered
+  at once with its job as it is (``Retry-After: 1``), so that a restart or an upgrade costs its
+  callers one quick re-poll; requests in hand finish as usual.
 """
 
 from __future__ import annotations
@@ -77,6 +80,12 @@ class BufferingFront:
         # connection is closed instead (and such a client may see a reset).
         self.drain_limit_bytes = drain_limit_bytes or 4 * max_body_bytes
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="api")
+        self._stopping = asyncio.Event()  # bound to the event loop that first waits on it
+
+    def stop_waiting(self) -> None:
+        """Answer every long poll now, and any later one at once: this process is stopping.
+        Call it on the event loop's thread."""
+        self._stopping.set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -102,7 +111,9 @@ class BufferingFront:
         except _Refused as refused:
             await _send(send, refused.reply)
             return
-        except _Gone:
+        except _Gone:  # the client's doing, so not an error; the access line says 499
+            method, path = scope["method"], scope["path"]
+            log.info("%s %s: the client hung up before its body was complete", method, path)
             return
         environ = _environ(scope, headers, body)
         deferred: list[DeferredWait] = []
@@ -110,7 +121,9 @@ class BufferingFront:
         reply = await self._on_thread(lambda: _run_wsgi(self.wsgi_app, environ))
         if deferred:  # a long poll: the view's reply comes once its wait is over
             try:
-                settled = await _unless_gone(deferred[0].reply(self._on_thread), receive)
+                settled = await _unless_gone(
+                    deferred[0].reply(self._on_thread, self._stopping), receive
+                )
             except Exception:  # a bug: the view's error handlers already had their turn
                 log.exception("a long poll failed")
                 await _send(send, _INTERNAL_ERROR)

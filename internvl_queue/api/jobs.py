@@ -13,7 +13,6 @@ from flask import Blueprint, Response, jsonify, request
 
 from ..core.errors import Conflict, JobNotFound, ServiceUnavailable, ValidationFailed
 from ..core.idempotency import (
-    Binding,
     KeyAlreadyBound,
     KeyClaim,
     check_key,
@@ -25,6 +24,7 @@ from ..core.status import JobStatus
 from ..core.store import CancelOutcome
 from ..core.submission import prepare_job
 from .auth import current_owner
+from .errors import redis_outage
 from .fault_hook import kill_api_at
 from .parsing import parse_submission
 from .services import Services, services
@@ -59,39 +59,40 @@ def submit() -> Response | Reply:
     if key is None:
         job = _accept(svc, job, submission.images)
     else:
-        fingerprint = request_fingerprint(job, submission.images)
-        claim = svc.idempotency.claim(owner, key, fingerprint)
-        bound = svc.idempotency.lookup(owner, key)
-        # A second round is rare, a third rarer: the job a key is bound to may expire between
-        # two reads of it (then the key is free again).
-        for _ in range(3):
-            original = svc.store.get(bound.job_id) if bound is not None else None
-            if bound is not None and original is not None:
-                return _replay(svc, original, bound, fingerprint)
-            try:  # a key bound to a job that expired is free again
-                job = _accept(svc, job, submission.images, claim)
-                break
-            except KeyAlreadyBound as taken:  # a request with the same key got there first
-                bound = taken.binding
-        else:
-            raise ServiceUnavailable("the Idempotency-Key's job expired while read; try again")
+        job, replayed = _accept_once(svc, job, submission.images, owner, key)
+        if replayed:
+            # A replay answers as the original did (202), whatever the job's state now: the
+            # caller reads the outcome from the job object or by polling.
+            headers = {"Idempotency-Replayed": "true", "Location": f"/v1/jobs/{job.id}"}
+            return _view(svc, job), 202, headers
     kill_api_at("before-reply")
     return _submitted(svc, job, {})
 
 
-def _replay(svc: Services, original: Job, bound: Binding, fingerprint: str) -> Reply:
-    """The job a key is bound to, for a retry of the request that created it; a 422 for another
-    request under the same key."""
-    if bound.fingerprint != fingerprint:
-        raise ValidationFailed(
-            "this Idempotency-Key was already used for a different request; send a new "
-            "request with a new key",
-            code="idempotency_key_reused",
-        )
-    # A replay answers as the original did (202), whatever the job's state now: the caller
-    # reads the outcome from the job object or by polling.
-    headers = {"Idempotency-Replayed": "true", "Location": f"/v1/jobs/{original.id}"}
-    return _view(svc, original), 202, headers
+def _accept_once(
+    svc: Services, job: Job, images: list[bytes], owner: str, key: str
+) -> tuple[Job, bool]:
+    """The job ``key`` is bound to and True (a retry), or ``job`` accepted with ``key`` bound to
+    it and False; a 422 if the key is bound to a different request's job."""
+    fingerprint = request_fingerprint(job, images)
+    bound = svc.idempotency.lookup(owner, key)
+    # A second round is rare, a third rarer: the job a key is bound to may expire between two
+    # reads of it (the key is then free again).
+    for _ in range(3):
+        if bound is not None and (original := svc.store.get(bound.job_id)) is not None:
+            if bound.fingerprint != fingerprint:
+                raise ValidationFailed(
+                    "this Idempotency-Key was already used for a different request; send a "
+                    "new request with a new key",
+                    code="idempotency_key_reused",
+                )
+            return original, True
+        try:
+            claim = svc.idempotency.claim(owner, key, fingerprint)
+            return _accept(svc, job, images, claim), False
+        except KeyAlreadyBound as taken:  # a request with the same key got there first
+            bound = taken.binding
+    raise ServiceUnavailable("the Idempotency-Key's job expired while it was read; try again")
 
 
 def _accept(svc: Services, job: Job, images: list[bytes], key: KeyClaim | None = None) -> Job:
@@ -118,7 +119,7 @@ def _accept(svc: Services, job: Job, images: list[bytes], key: KeyClaim | None =
         kill_api_at("before-store")
         job = svc.store.create(job, images, key=key)
     except redis.RedisError as exc:
-        log.error("could not store job: %s", exc)
+        redis_outage().failed(exc, "storing a job")
         raise ServiceUnavailable("the job store is unavailable; try again") from None
     kill_api_at("after-store")
     # From here the job is accepted: stored, and bound to its key. Whatever fails now, a reaper

@@ -1,4 +1,7 @@
-"""Read a submit request, multipart or JSON, into a core ``Submission`` (no validation here)."""
+"""Read a submit request, multipart or JSON, into a core ``Submission`` (no validation here).
+
+Both paths read text the same way: UTF-8 or refused (``400 invalid_utf8``), never repaired.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from flask import Request
 from ..core import strict_json
 from ..core.errors import BadRequest, UnsupportedMediaType, ValidationFailed
 from ..core.submission import Submission
+from .form_body import not_utf8, read_form
 
 __all__ = ["parse_submission"]
 
@@ -29,12 +33,12 @@ def parse_submission(request: Request) -> Submission:
 
 
 def _from_form(request: Request) -> Submission:
-    images = [upload.read() for upload in request.files.getlist("image")]
-    fields = {name: request.form.get(name) for name in _OPTIONAL}
+    form = read_form(request.get_data(cache=False), request.mimetype, request.mimetype_params)
+    fields = {name: form.fields.get(name) for name in _OPTIONAL}
     return Submission(
-        question=request.form.get("question"),
-        images=images,
-        webhook_events=_form_events(request.form.getlist("webhook_events")),
+        question=form.fields.get("question"),
+        images=form.files.getlist("image"),
+        webhook_events=_form_events(form.fields.getlist("webhook_events")),
         **fields,
     )
 
@@ -65,8 +69,15 @@ def _form_events(values: list[str]) -> list[Any] | None:
 
 
 def _from_json(request: Request) -> Submission:
+    data = request.get_data(cache=False)
     try:
-        body = strict_json.parse(request.get_data(cache=False))
+        # RFC 8259 section 8.1: JSON exchanged between systems is UTF-8 (Python's json would also
+        # take UTF-16 and UTF-32). A leading byte order mark is ignored, as that section allows.
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise not_utf8("the JSON body", exc) from None
+    try:
+        body = strict_json.parse(text)
         if not isinstance(body, dict):
             raise strict_json.NotStrictJson("it is not an object")
         for name, value in body.items():

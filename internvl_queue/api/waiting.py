@@ -10,6 +10,10 @@ the view waits on its thread. Either way each API process holds at most ``INTERN
 long polls at once (``JobWaiters``); one more is answered at once with the job as it is (and
 ``Retry-After: 1``). The waiters of a process share one Redis pub/sub listener (a thread
 subscribed to every job's "done" channel) instead of opening a subscription each.
+
+When the process stops (``SIGTERM``: a restart, an upgrade) the front sets its ``stopping`` event:
+every long poll it holds is answered at once with its job as it is then, as one not waited for
+(``Retry-After: 1``: poll again), and one that arrives later is not held at all.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from flask import Flask, Response, current_app, request
 from ..core.errors import ValidationFailed
 from ..core.job import Job
 from ..core.keys import done_channel
+from ..core.outage import Outage
 
 __all__ = [
     "DEFER_ENVIRON_KEY",
@@ -55,7 +60,8 @@ T = TypeVar("T")
 RunOnThread = Callable[[Callable[[], T]], Awaitable[T]]
 ReadJob = Callable[[], Job | None]
 # The view's reply for the job as found (terminal, or as it was when the wait ended), and
-# whether it was waited for (False: this process held as many long polls as it may).
+# whether it was waited for (False: this process held as many long polls as it may, or is
+# stopping; either way the caller should poll again).
 RenderJob = Callable[[Job, bool], Response]
 
 
@@ -183,6 +189,8 @@ class JobWaiters:
     def _listen(self) -> None:
         pattern = done_channel("*")
         prefix = len(done_channel(""))
+        # One line an outage, not one a second (a WARNING: the request handlers' is the ERROR).
+        outage = Outage(log, "Redis (long-poll listener)", level=logging.WARNING)
         while not self._closed.is_set():
             pubsub = self.redis.pubsub()
             try:
@@ -194,6 +202,7 @@ class JobWaiters:
                     if self._closed.is_set():
                         return
                 self._listening.set()
+                outage.answered()
                 self._wake_all()  # a finish may have been missed while (re)subscribing
                 while not self._closed.is_set():
                     message = pubsub.get_message(timeout=1.0)
@@ -203,7 +212,7 @@ class JobWaiters:
                 self._listening.clear()
                 if self._closed.is_set():
                     return
-                log.warning("long-poll listener lost Redis (%s); resubscribing", exc)
+                outage.failed(exc, "resubscribing")
                 self._wake_all()  # waiters re-read (and fail or time out) instead of hanging
                 time.sleep(1.0)
             finally:
@@ -241,28 +250,42 @@ class DeferredWait:
         self.waiters, self.job, self.timeout_s = waiters, job, timeout_s
         self.read, self.render = read, render
 
-    async def reply(self, run: RunOnThread[Any]) -> Response:
-        """The view's reply once the job is terminal or the wait is over; Redis reads and the
-        rendering run on the front's threads (``run``), the wait itself on none."""
+    async def reply(self, run: RunOnThread[Any], stopping: asyncio.Event) -> Response:
+        """The view's reply once the job is terminal, the wait is over or ``stopping`` is set;
+        Redis reads and the rendering run on the front's threads (``run``), the wait itself on
+        none."""
+        if stopping.is_set():
+            return await run(lambda: self.render(self.job, False))
         wake = _LoopWake(asyncio.get_running_loop())
         deadline = time.monotonic() + self.timeout_s
         if not await run(self.waiters.listening) or not self.waiters.enter(self.job.id, wake):
             return await run(lambda: self.render(self.job, False))
+        waited = True
         try:
             current = await run(self.read)  # after entering: a finish from now on wakes us
             while current is not None and not current.status.is_terminal:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                try:
-                    await asyncio.wait_for(wake.event.wait(), left)
-                except TimeoutError:
+                if stopping.is_set():  # the job was read after the stop began: as it is now
+                    waited = False
                     break
+                await _until_set((wake.event, stopping), left)
                 wake.event.clear()
                 current = await run(self.read)
         finally:
             self.waiters.leave(self.job.id, wake)
-        return await run(lambda: self.render(current or self.job, True))
+        return await run(lambda: self.render(current or self.job, waited))
+
+
+async def _until_set(events: tuple[asyncio.Event, ...], timeout_s: float) -> None:
+    """Returns once any of ``events`` is set, or after ``timeout_s``."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 def wait_for_job(job: Job, timeout_s: float, read: ReadJob, render: RenderJob) -> Response:

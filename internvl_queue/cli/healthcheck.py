@@ -4,7 +4,9 @@ Made for container health checks (docker compose runs it inside the container ev
 it prints one line saying why, and exits 0 when healthy, 1 when not.
 
 - ``worker``: a worker of this host has a live heartbeat in Redis in the ``ready`` state (model
-  loaded, taking jobs). A worker names its heartbeat ``"<host name>:<pid>"``, publishes it from
+  loaded) whose Celery consumer is connected to the broker (``consuming``: after a Redis restart
+  the process and its heartbeat are back before its consumer is, and until then it takes no
+  job). A worker names its heartbeat ``"<host name>:<pid>"``, publishes it from
   the start of loading (``loading``; ``failed`` if the model cannot load) and refreshes it every
   few seconds; a hung or dead one lets it expire. In a container the host name is the
   container's own, so this asks "is the worker of *this* container ready", not "is some worker
@@ -40,7 +42,12 @@ def worker_health(client: redis.Redis, host: str) -> tuple[bool, str]:
     for worker in WorkerRegistry(client).live(forget=False):
         if not worker.name.startswith(f"{host}:"):
             continue
-        if worker.state is WorkerState.READY:
+        if worker.state is WorkerState.READY and worker.consuming is False:
+            other.append(
+                f"{worker.name} has {worker.model} loaded but its broker consumer is not "
+                "connected (reconnecting to Redis): it takes no job"
+            )
+        elif worker.state is WorkerState.READY:
             ready.append(f"{worker.name} ({worker.model} on {worker.device})")
         elif worker.state is WorkerState.FAILED:
             other.append(f"{worker.name} could not load {worker.model}: {worker.error or '?'}")

@@ -40,6 +40,9 @@ class RunningService:
     pid: int
     redis_url: str
     api_url: str
+    # The model its worker serves (``INTERNVL_MODEL`` as ``up`` resolved it; "demo" with
+    # ``--demo``): what ``doctor`` checks when it is not told a model. "" from an older ``up``.
+    model: str = ""
 
     def write(self, data_dir: Path) -> None:
         path = data_dir / _SERVICE_FILE
@@ -67,7 +70,9 @@ def running_service(data_dir: Path | None = None) -> RunningService | None:
     path = (data_dir or default_data_dir()) / _SERVICE_FILE
     try:
         raw = json.loads(path.read_text())
-        found = RunningService(int(raw["pid"]), str(raw["redis_url"]), str(raw["api_url"]))
+        found = RunningService(
+            int(raw["pid"]), str(raw["redis_url"]), str(raw["api_url"]), str(raw.get("model", ""))
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return found if _alive(found.pid) else None

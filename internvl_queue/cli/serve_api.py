@@ -4,7 +4,8 @@ gunicorn's ``asgi`` worker (``api.gunicorn_worker``: with a deadline for request
 refusals in JSON) reads every connection in one event loop per process, and
 ``api.front.BufferingFront`` hands Flask only requests whose body is complete, on a pool of
 ``threads`` threads: a slow or stalled upload holds a socket, never a thread, so it cannot starve
-``/healthz`` or other callers (see ``api/front.py``).
+``/healthz`` or other callers (see ``api/front.py``). On ``SIGTERM`` it stops accepting at once,
+answers its long polls with their jobs as they are, and finishes the requests in hand.
 """
 
 from __future__ import annotations
@@ -65,12 +66,15 @@ def serve_api(host: str, port: int, *, workers: int = 2, threads: int = 8) -> No
         {
             "bind": f"{host}:{port}",
             "workers": workers,
-            # gunicorn's asgi worker, with a deadline for request heads and JSON refusals.
+            # gunicorn's asgi worker, with a deadline for request heads, JSON refusals and a quick
+            # graceful stop (long polls answered at once on SIGTERM).
             "worker_class": "internvl_queue.api.gunicorn_worker.ApiWorker",
             "asgi_loop": "asyncio",
             # gunicorn's own wait for body data: past ours, so that the front answers 408 first.
             "timeout": max(60, int(read_timeout_s) + 10),
             "accesslog": "-",
+            # After SIGTERM: the most the requests in hand (uploads, submits) get to finish;
+            # long polls do not wait for it (api/gunicorn_worker.py).
             "graceful_timeout": 10,
             "on_starting": _warn_once_if_open,
             # gunicorn's control socket defaults to one path per user ($HOME/.gunicorn): two

@@ -163,7 +163,7 @@ def _run_up(host: str, port: int, data_dir: Path, demo: bool, stop: StopRequest)
             f"maxmemory {limit // 1024**2} MiB, noeviction)"
         )
     try:
-        return _supervise(host, port, data_dir, env, stop)
+        return _supervise(host, port, data_dir, env, settings.model, stop)
     finally:
         if redis_server is not None:
             _say("stopping redis-server")
@@ -171,7 +171,9 @@ def _run_up(host: str, port: int, data_dir: Path, demo: bool, stop: StopRequest)
         _say("stopped")
 
 
-def _supervise(host: str, port: int, data_dir: Path, env: dict[str, str], stop: StopRequest) -> int:
+def _supervise(
+    host: str, port: int, data_dir: Path, env: dict[str, str], model: str, stop: StopRequest
+) -> int:
     api_url = f"http://{host}:{port}"
     supervisor = Supervisor(_say)
     # Stopped in this order: the API first (no new jobs), Redis (after this returns) last.
@@ -187,8 +189,7 @@ def _supervise(host: str, port: int, data_dir: Path, env: dict[str, str], stop: 
                 supervisor.add(child)
         if stop.requested:
             return 0
-        RunningService(os.getpid(), env["REDIS_URL"], api_url).write(data_dir)
-        model = env.get("INTERNVL_MODEL") or "OpenGVLab/InternVL3-1B-hf"
+        RunningService(os.getpid(), env["REDIS_URL"], api_url, model).write(data_dir)
         _say(f"API on {api_url}; the worker is loading {model}. Ctrl-C stops everything")
         registry = WorkerRegistry(connect(env["REDIS_URL"], max_connections=1))
         exit_code = 0

@@ -9,6 +9,7 @@
     ├── UnsupportedMediaType     415  request or file type we do not accept
     ├── ValidationFailed         422  well-formed but invalid values
     │   └── WebhookUrlNotAllowed 422  a webhook_url the SSRF guard refuses
+    │       └── WebhookUrlInvalid 422  a webhook_url that could never be delivered
     ├── TooManyRequests          429  the API key's submit rate limit (with Retry-After)
     ├── ServiceUnavailable       503  Redis or the broker does not answer; the queue is full
     └── JobFailure               the reason stored on a failed job (no HTTP status of its own)
@@ -43,6 +44,7 @@ __all__ = [
     "Unauthorized",
     "UnsupportedMediaType",
     "ValidationFailed",
+    "WebhookUrlInvalid",
     "WebhookUrlNotAllowed",
 ]
 
@@ -174,3 +176,10 @@ class JobCanceled(JobFailure):
     """Raised when a running job is canceled; the job ends ``canceled``, not ``failed``."""
 
     default_code = "canceled"
+
+
+class WebhookUrlInvalid(WebhookUrlNotAllowed):
+    """Raised when a webhook_url could never be delivered: control characters, whitespace,
+    non-ASCII, a host or port the HTTP client cannot use."""
+
+    default_code = "webhook_url_invalid"

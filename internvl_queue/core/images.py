@@ -5,8 +5,9 @@ image does not decode with ``image_decode_error``). A request thread that decode
 of 40 MP each would spend seconds of CPU on one 50 KB PNG of a single colour. Instead it checks,
 per image, what costs little:
 
-- the header (``Image.open`` reads only that): a known format, and the pixel limits (per image and
-  for the whole request) before any pixel is decoded, so a decompression bomb costs a few bytes;
+- the header (``Image.open`` reads only that): one of ``FORMATS``, and the pixel limits (per
+  image and for the whole request) before any pixel is decoded, so a decompression bomb costs a
+  few bytes;
 - integrity without decoding pixels where the format allows: PNG's chunk checksums up to
   ``IEND`` (``verify()``); a JPEG decoded at 1/8 scale (``draft``), which reads every entropy-coded
   segment, so a truncated or damaged file is caught at 1/64 of the pixel work;
@@ -29,7 +30,14 @@ from .errors import (
     ValidationFailed,
 )
 
-__all__ = ["ImageInfo", "check_total_pixels", "decode_rgb", "inspect_image"]
+__all__ = ["FORMATS", "ImageInfo", "check_total_pixels", "decode_rgb", "inspect_image"]
+
+# The only formats Pillow may open, here and in the worker (``Image.open(..., formats=...)``):
+# without the list Pillow tries each of its ~40 plugins, EPS among them, whose decoder runs
+# Ghostscript on the file: untrusted PostScript executed. These six cover photos, screenshots
+# and scans; a JPEG with a multi-picture extension (a phone's MPO) opens through JPEG's plugin.
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+_FORMAT_NAMES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
 
 
 @dataclass(frozen=True)
@@ -53,7 +61,7 @@ def inspect_image(data: bytes, *, max_pixels: int, label: str = "image") -> Imag
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(io.BytesIO(data), formats=FORMATS) as image:
                 width, height = image.size
                 info = ImageInfo(format=image.format or "unknown", width=width, height=height)
                 _check_pixels(width, height, max_pixels, label)
@@ -61,7 +69,7 @@ def inspect_image(data: bytes, *, max_pixels: int, label: str = "image") -> Imag
                 return info
         except UnidentifiedImageError:
             raise UnsupportedMediaType(
-                f"{label} is not an image format we can read (JPEG, PNG, WebP, GIF, BMP, TIFF...)",
+                f"{label} is not an image in a format we accept: send it as {_FORMAT_NAMES}",
                 code="unsupported_image",
             ) from None
         except Image.DecompressionBombError as exc:  # Pillow's own, larger limit tripped first
@@ -107,13 +115,21 @@ def _check_pixels(width: int, height: int, max_pixels: int, label: str) -> None:
 
 
 def decode_rgb(data: bytes, *, max_pixels: int) -> Image.Image:
-    """Decode a validated image to RGB, upright per its EXIF orientation (first frame only)."""
+    """Decode a validated image to RGB, upright per its EXIF orientation (first frame only).
+
+    Opened with the same ``FORMATS`` as the API's check: a stored file that is anything else
+    (an API before this check, a job written to Redis by other means) is not decoded at all."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(io.BytesIO(data), formats=FORMATS) as image:
                 _check_pixels(image.width, image.height, max_pixels, "image")
                 upright = ImageOps.exif_transpose(image)
                 return upright.convert("RGB")
+        except UnidentifiedImageError:
+            raise ImageDecodeError(
+                f"a stored image is not in a format the worker accepts ({_FORMAT_NAMES}); "
+                "submit it in one of those"
+            ) from None
         except Exception as exc:
             raise ImageDecodeError(f"a stored image does not decode: {exc}") from None

@@ -7,10 +7,15 @@ next attempt is due) in the same transaction as the job's new state. From there:
    ``now + lease_s`` and writes a fresh ``lease_token`` into it. Two webhook workers polling
    at once never lease the same event; an event whose worker died becomes due again when its
    lease runs out, and is tried again under the same ``webhook-id`` (at-least-once).
-2. The delivery makes its attempt and calls ``record_attempt`` with its token. One WATCH/MULTI
-   transaction appends the attempt to the job's delivery log and either reschedules the event
-   or finishes it, and only if the token still matches: a delivery whose lease ran out (and was
-   taken over) cannot record over the newer one.
+2. Before it sends, the delivery numbers its attempt (``begin_attempt``: the event's ``sent``
+   counter, under its lease token), so that the delivery log stays honest when an attempt's
+   outcome is never recorded: a receiver that got attempt 1 (its 204 lost with a Redis that died
+   that instant) and then the re-send sees the re-send logged as attempt 2, and the missing
+   number says an attempt was made whose outcome is unknown.
+3. The delivery makes its attempt and calls ``record_attempt`` with its token and number. One
+   WATCH/MULTI transaction appends the attempt to the job's delivery log and either reschedules
+   the event or finishes it, and only if the token still matches: a delivery whose lease ran out
+   (and was taken over) cannot record over the newer one.
 
 A delivery never touches the job record: an unreachable endpoint cannot change a job.
 """
@@ -85,6 +90,18 @@ return leased
 """
 
 
+# KEYS[1] event; ARGV[1] lease token. The attempt's number (1 for the first send), or 0 if the
+# lease is no longer the caller's. Never below ``attempts`` + 1 (events staged before ``sent``).
+_BEGIN_ATTEMPT = """
+if redis.call('HGET', KEYS[1], 'lease_token') ~= ARGV[1] then return 0 end
+local sent = tonumber(redis.call('HGET', KEYS[1], 'sent') or '0') or 0
+local recorded = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') or 0
+if sent < recorded then sent = recorded end
+redis.call('HSET', KEYS[1], 'sent', sent + 1)
+return sent + 1
+"""
+
+
 class Outbox:
     def __init__(self, client: redis.Redis, *, lease_s: float, retention_s: int) -> None:
         self.redis = client
@@ -92,6 +109,7 @@ class Outbox:
         # How long the delivery log of a job, and a finished event, are kept after an attempt.
         self.retention_s = retention_s
         self._lease_due = client.register_script(_LEASE_DUE)
+        self._begin_attempt = client.register_script(_BEGIN_ATTEMPT)
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Settings) -> Outbox:
@@ -117,8 +135,16 @@ class Outbox:
         score = self.redis.zscore(outbox_key(), event_id)
         return None if score is None else float(score)
 
-    def record_attempt(self, event_id: str, lease_token: str, attempt: Attempt) -> bool:
-        """Log the attempt and reschedule or finish the event; False if the lease was lost."""
+    def begin_attempt(self, event_id: str, lease_token: str) -> int:
+        """Number the attempt about to be sent (counting every send begun, recorded or not);
+        0 if the lease is no longer ``lease_token``'s (send nothing then)."""
+        return int(self._begin_attempt(keys=[event_key(event_id)], args=[lease_token]))
+
+    def record_attempt(
+        self, event_id: str, lease_token: str, attempt: Attempt, number: int | None = None
+    ) -> bool:
+        """Log the attempt (as attempt ``number``, from ``begin_attempt``) and reschedule or
+        finish the event; False if the lease was lost."""
         key = event_key(event_id)
         recorded = [False]
 
@@ -131,12 +157,13 @@ class Outbox:
             if event.outcome or event.lease_token != lease_token:
                 return  # another delivery took the event over (or finished it) meanwhile
             ttl = int(pipe.ttl(key))
-            number = event.attempts + 1
             log = deliveries_key(event.job_id)
             pipe.multi()
-            pipe.rpush(log, json.dumps(_entry(event, number, attempt)))
+            logged = max(number or 0, event.attempts + 1)
+            pipe.rpush(log, json.dumps(_entry(event, logged, attempt)))
             pipe.expire(log, self.retention_s)
-            fields: HashFields = {"attempts": str(number), "lease_token": ""}
+            # ``attempts`` counts the recorded ones (the retry schedule's step).
+            fields: HashFields = {"attempts": str(event.attempts + 1), "lease_token": ""}
             if attempt.outcome is DeliveryOutcome.RETRYING:
                 assert attempt.next_attempt_at is not None
                 pipe.hset(key, mapping=fields)

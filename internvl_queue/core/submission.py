@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,7 +154,46 @@ def _question(raw: Any, settings: Settings) -> str:
             f"{settings.max_question_tokens} tokens: shorten it",
             code="question_too_long",
         )
+    if not _has_visible_character(raw):
+        raise ValidationFailed(
+            "the question has no visible character (only spaces, control or invisible "
+            "formatting characters such as U+200B): write the question in words",
+            code="invalid_question",
+        )
     return raw
+
+
+# Characters that show nothing: controls (Cc), format characters (Cf: zero-width space and
+# joiners, U+FEFF, bidirectional marks, tag characters), separators (Z*: spaces, line and
+# paragraph separators) and unassigned code points (Cn). (A lone surrogate is refused before
+# this check, with its own message.)
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cn", "Zs", "Zl", "Zp"})
+# Unicode's other default-ignorable code points (DerivedCoreProperties.txt), outside those
+# categories: a combining grapheme joiner, Hangul fillers, Khmer inherent vowels, Mongolian
+# and other variation selectors. Each renders as nothing.
+_IGNORABLE_RANGES = (
+    (0x034F, 0x034F),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFFA0, 0xFFA0),
+    (0xE0100, 0xE01EF),
+)
+
+
+def _has_visible_character(text: str) -> bool:
+    """Whether ``text`` holds a character that shows: one rule for every way a question comes
+    in (JSON or form), so that a question of zero-width spaces is refused like one of spaces."""
+    return any(_visible(char) for char in text)
+
+
+def _visible(char: str) -> bool:
+    if char.isspace() or unicodedata.category(char) in _INVISIBLE_CATEGORIES:
+        return False
+    code = ord(char)
+    return not any(low <= code <= high for low, high in _IGNORABLE_RANGES)
 
 
 def max_question_bytes(settings: Settings) -> int:

@@ -1,22 +1,36 @@
-"""The SSRF guard for webhook URLs: http(s) only, and only public addresses unless allowlisted.
+"""The SSRF guard for webhook URLs: deliverable http(s) URLs to public addresses only.
 
 A URL is checked when a job is submitted (a refused one is a 422) and again, against every
 address its host resolves to, each time a delivery connects: DNS may have changed in between.
+Which addresses are public is decided in ``special_addresses``, from explicit tables.
+
+A URL is also refused when the delivery could never send it (``webhook_url_invalid``): the
+delivery (``webhooks/http.py``) sends the host and the request target through ``http.client``,
+which refuses control characters and spaces and cannot encode non-ASCII, and resolves the host
+with ``getaddrinfo``, which takes names through Python's IDNA 2003 codec (that maps some
+international names to other hosts than IDNA 2008 does). So a URL must be printable ASCII, its
+host a DNS name (letters, digits, hyphens, underscores) or an IP address, and its port 1-65535.
+Standard library only, like ``special_addresses``.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
+import unicodedata
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import SplitResult, urlsplit
+from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-from .errors import WebhookUrlNotAllowed
+from .errors import WebhookUrlInvalid, WebhookUrlNotAllowed
+from .special_addresses import Address, embedding, not_a_destination, refusal
 
 __all__ = [
     "HostDoesNotResolve",
     "Network",
+    "WebhookUrl",
     "check_webhook_url",
     "parse_webhook_url",
     "permitted_addresses",
@@ -25,89 +39,181 @@ __all__ = [
 ]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MAX_URL_CHARS = 2048
 
 # How long a lookup may take when nothing tighter is given (a submit, in the API's request thread).
 DNS_TIMEOUT_S = 3.0
 
+_WHAT_TO_DO = (
+    "use a public receiver (an operator can allow internal networks with WEBHOOK_ALLOWED_CIDRS)"
+)
+
 
 class HostDoesNotResolve(WebhookUrlNotAllowed):
     """Raised when a webhook host has no address now (refused at submit, retried at delivery)."""
 
 
-def parse_webhook_url(url: str) -> SplitResult:
-    """The URL split into parts; ``WebhookUrlNotAllowed`` unless it is a plain http(s) URL."""
+@dataclass(frozen=True)
+class WebhookUrl:
+    """What a delivery needs of a webhook URL, parsed once, the same way at submit and delivery."""
+
+    https: bool
+    host: str  # a DNS name (lower case) or an IP address, IPv6 without brackets
+    port: int
+    target: str  # the request target: the path ("/" if none) and the query
+
+
+def _refuse_characters(url: str) -> None:
+    for index, char in enumerate(url):
+        if " " < char < "\x7f":
+            continue
+        name = f"U+{ord(char):04X}"
+        where = f"at position {index + 1}"
+        if unicodedata.category(char) == "Cc":
+            raise WebhookUrlInvalid(
+                f"webhook_url contains a control character ({name}) {where}; remove it"
+            )
+        if char.isspace():
+            raise WebhookUrlInvalid(
+                f"webhook_url contains whitespace ({name}) {where}; percent-encode it (%20) "
+                "or remove it"
+            )
+        raise WebhookUrlInvalid(
+            f"webhook_url contains the non-ASCII character {char!r} ({name}) {where}; "
+            "percent-encode it in the path or query, and write an international host name in "
+            "its ASCII (xn--) form"
+        )
+
+
+# A DNS label as the resolver and http.client take it. Underscores are not hostname syntax
+# (RFC 1123) but are valid DNS and sent as they are, so they are allowed.
+_LABEL = re.compile(r"[a-z0-9_-]{1,63}\Z")
+# A last label that URL parsers (WHATWG) and inet_aton read as a number: 127.1, 0x7f.1, 2130706433.
+_NUMERIC = re.compile(r"(0x[0-9a-f]*|[0-9]+)\Z")
+
+
+def _port(text: str) -> int | None:
+    if text == "":
+        return None
+    if not (text.isascii() and text.isdigit() and len(text) <= 5 and 1 <= int(text) <= 65535):
+        raise WebhookUrlInvalid(f"webhook_url's port {text!r} is not a number from 1 to 65535")
+    return int(text)
+
+
+def _bracketed(netloc: str) -> tuple[str, int | None]:
+    end = netloc.find("]")
+    literal, rest = netloc[1:end], netloc[end + 1 :]
+    if end < 0 or not (rest == "" or rest.startswith(":")):
+        raise WebhookUrlInvalid(f"webhook_url's host {netloc!r} is not a bracketed IPv6 address")
+    if "%" in literal:
+        raise WebhookUrlInvalid(
+            f"webhook_url's host [{literal}] has a zone (%), which a webhook cannot use"
+        )
+    try:
+        ipaddress.IPv6Address(literal)
+    except ValueError:
+        raise WebhookUrlInvalid(f"webhook_url's host [{literal}] is not an IPv6 address") from None
+    return literal.lower(), _port(rest[1:])
+
+
+def _named(netloc: str) -> tuple[str, int | None]:
+    host, _, port = netloc.partition(":")
+    if ":" in port:
+        raise WebhookUrlInvalid(
+            f"webhook_url's host {netloc!r} has more than one ':'; write an IPv6 address in "
+            "brackets, like http://[2001:db8::1]/"
+        )
+    host = host.lower()
+    if not host:
+        raise WebhookUrlInvalid("webhook_url has no host")
+    labels = (host[:-1] if host.endswith(".") else host).split(".")
+    if _NUMERIC.match(labels[-1]):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise WebhookUrlInvalid(
+                f"webhook_url's host {host!r} is neither a DNS name nor an IPv4 address in "
+                "dotted-decimal form (like 192.0.2.1)"
+            ) from None
+        return host, _port(port)
+    if len(host) > 253 or not all(_LABEL.match(label) for label in labels):
+        raise WebhookUrlInvalid(
+            f"webhook_url's host {host!r} is not a valid DNS name: labels of 1 to 63 letters, "
+            "digits, hyphens or underscores, separated by dots"
+        )
+    return host, _port(port)
+
+
+def _host_and_port(netloc: str) -> tuple[str, int | None]:
+    return _bracketed(netloc) if netloc.startswith("[") else _named(netloc)
+
+
+# The authority (host and port) of a URL, as urlsplit finds it (RFC 3986 §3.2).
+_AUTHORITY = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://([^/?#]*)")
+
+
+def parse_webhook_url(url: str) -> WebhookUrl:
+    """``url`` parsed for a delivery; ``WebhookUrlNotAllowed`` unless it is a plain http(s) URL
+    (its subclass ``WebhookUrlInvalid`` if it could never be sent)."""
     if len(url) > MAX_URL_CHARS:
         raise WebhookUrlNotAllowed(f"webhook_url is longer than {MAX_URL_CHARS} characters")
+    # First, so that urlsplit (which drops tabs and newlines, and strips leading control
+    # characters and spaces, differently across patch releases) sees only printable ASCII.
+    _refuse_characters(url)
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 (raises ValueError for a bad port)
     except ValueError:
-        raise WebhookUrlNotAllowed("webhook_url is not a valid URL") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+        # urlsplit refuses some bracketed hosts, which ones depending on the patch release:
+        # name the fault the same way everywhere.
+        authority = _AUTHORITY.match(url)
+        if authority:
+            _host_and_port(authority.group(1))
+        raise WebhookUrlInvalid("webhook_url is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.netloc:
         raise WebhookUrlNotAllowed("webhook_url must be an http:// or https:// URL with a host")
-    if parts.username or parts.password:
+    if "@" in parts.netloc:
         raise WebhookUrlNotAllowed("webhook_url must not carry credentials")
-    return parts
+    https = parts.scheme == "https"
+    host, port = _host_and_port(parts.netloc)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return WebhookUrl(https, host, port or (443 if https else 80), target)
 
 
-# NAT64's well-known prefix (RFC 6052): the last 32 bits are an IPv4 address a NAT64 gateway
-# connects to, so 64:ff9b::a9fe:a9fe reaches 169.254.169.254.
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+def _allowed(address: Address, allowed: Sequence[Network]) -> bool:
+    return any(address in network for network in allowed)
 
 
-def _wrapped(address: Address) -> list[Address]:
-    """The IPv4 addresses an IPv6 address carries and may be routed to: IPv4-mapped, 6to4
-    (2002::/16), Teredo (2001::/32: its server and its client) and NAT64."""
-    if not isinstance(address, ipaddress.IPv6Address):
-        return []
-    inner: list[Address] = []
-    if address.ipv4_mapped is not None:
-        inner.append(address.ipv4_mapped)
-    if address.sixtofour is not None:
-        inner.append(address.sixtofour)
-    if address.teredo is not None:
-        inner.extend(address.teredo)
-    if address in _NAT64:
-        inner.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
-    return inner
+def refused_address(address: Address, allowed: Sequence[Network]) -> str | None:
+    """Why a webhook may not connect to ``address`` (one phrase naming its class), or None.
 
-
-def refused_address(address: Address, allowed: Sequence[Network]) -> bool:
-    """Whether a webhook may not connect to ``address``.
-
-    Only globally routable addresses are allowed (``is_global``): that leaves out loopback,
-    private, link-local, carrier-grade NAT (100.64.0.0/10, where cloud metadata services such as
-    100.100.100.200 live), documentation, benchmarking, reserved and multicast ranges. An IPv6
-    address that wraps an IPv4 one is refused if the wrapped one is. ``allowed`` networks (the
-    operator's ``WEBHOOK_ALLOWED_CIDRS``) are always permitted.
+    Only public unicast addresses (``special_addresses``) are permitted, and ``allowed``
+    networks (the operator's ``WEBHOOK_ALLOWED_CIDRS``): an address in one of them, or an IPv6
+    address whose wrapped IPv4 addresses all are (``::ffff:127.0.0.1`` when ``127.0.0.0/8`` is
+    allowed). Multicast, broadcast and unspecified addresses are refused even then.
     """
-    if any(address in network for network in allowed):
-        return False
-    inner = _wrapped(address)
-    if inner and all(any(i in network for network in allowed) for i in inner):
-        return False  # e.g. ::ffff:127.0.0.1 when 127.0.0.0/8 is allowed
-    if address.is_multicast or not address.is_global:
-        return True
-    return any(refused_address(i, allowed) for i in inner)
+    never = not_a_destination(address)
+    if never:
+        return never
+    if _allowed(address, allowed):
+        return None
+    wrapping = embedding(address)
+    if wrapping and wrapping.allowlist_by_ipv4:
+        inner = wrapping.decode(int(address))
+        if all(_allowed(ipv4, allowed) for ipv4 in inner):
+            return None
+    return refusal(address)
 
 
-def _kind(address: Address) -> str:
-    """A word for why an address is refused, for the message."""
-    inner = _wrapped(address)
-    if inner and address.is_global:
-        return f"{_kind(inner[0])} (wrapped in IPv6)"
-    for kind in ("loopback", "link_local", "multicast", "unspecified", "private", "reserved"):
-        if getattr(address, f"is_{kind}"):
-            return kind.replace("_", "-")
-    if address in _SHARED:
-        return "carrier-grade NAT"
-    return "special-purpose"
-
-
-_SHARED = ipaddress.IPv4Network("100.64.0.0/10")
+def _refused(host: str, address: Address, why: str, literal: bool) -> WebhookUrlNotAllowed:
+    said = (
+        f"webhook_url's address {address} is"
+        if literal
+        else (f"the webhook host {host!r} resolves to {address},")
+    )
+    if not_a_destination(address):
+        return WebhookUrlNotAllowed(f"{said} {why}, which takes no webhook connection")
+    return WebhookUrlNotAllowed(f"{said} {why}, not a public address; {_WHAT_TO_DO}")
 
 
 # getaddrinfo cannot be interrupted, so lookups run here and the caller stops waiting at its
@@ -132,30 +238,35 @@ def resolve(host: str, port: int, timeout_s: float) -> list[str]:
         raise HostDoesNotResolve(f"the webhook host {host!r} does not resolve: {exc}") from None
 
 
+def _literal(host: str) -> Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
 def permitted_addresses(
     host: str, port: int, allowed: Sequence[Network], *, timeout_s: float = DNS_TIMEOUT_S
 ) -> list[str]:
     """Every address ``host`` resolves to, if all are permitted; else ``WebhookUrlNotAllowed``.
 
     All of them are checked, not only the first, so a name with one public and one private
-    address cannot be used to reach the private one. The lookup is given up after ``timeout_s``.
+    address cannot be used to reach the private one. The lookup is given up after ``timeout_s``;
+    an IP address is not looked up.
     """
-    addresses = resolve(host, port, timeout_s)
+    literal = _literal(host)
+    addresses = [host] if literal else resolve(host, port, timeout_s)
     for text in addresses:
-        address = ipaddress.ip_address(text.split("%", 1)[0])
-        if refused_address(address, allowed):
-            raise WebhookUrlNotAllowed(
-                f"the webhook host {host!r} resolves to {address}, a {_kind(address)} "
-                "address, not a public (globally routable) one; use a public receiver (an "
-                "operator can allow internal networks with WEBHOOK_ALLOWED_CIDRS)"
-            )
+        address = literal or ipaddress.ip_address(text.split("%", 1)[0])
+        why = refused_address(address, allowed)
+        if why:
+            raise _refused(host, address, why, literal is not None)
     return addresses
 
 
 def check_webhook_url(url: str, allowed: Sequence[Network]) -> str:
-    """``url`` if it may be used as a webhook now; raises ``WebhookUrlNotAllowed`` otherwise."""
-    parts = parse_webhook_url(url)
-    assert parts.hostname is not None
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    permitted_addresses(parts.hostname, port, allowed)
+    """``url`` if it may be used as a webhook now; raises ``WebhookUrlNotAllowed`` otherwise
+    (``WebhookUrlInvalid`` if it could never be delivered)."""
+    webhook = parse_webhook_url(url)
+    permitted_addresses(webhook.host, webhook.port, allowed)
     return url

@@ -49,6 +49,12 @@ class WorkerInfo:
     since: float = 0.0  # when the worker entered its state
     error: str | None = None  # why a failed worker failed
     threads: int = 0  # the worker process's threads (bounded whatever its concurrency)
+    # The broker queue it consumes (its INTERNVL_QUEUE): an API is ready only when a worker of
+    # its own queue is. None from a worker that predates the field.
+    queue: str | None = None
+    # Whether its Celery consumer is connected to the broker now (False while it reconnects after
+    # a Redis restart: loaded, but taking no job). None: not known (a worker outside Celery).
+    consuming: bool | None = None
 
     @property
     def jobs_done(self) -> int:
@@ -82,6 +88,8 @@ def _decode(raw: dict[bytes, bytes]) -> WorkerInfo:
             values[f.name] = float(text or 0)
         elif f.name == "engine":
             values[f.name] = json.loads(text) if text else None
+        elif f.name == "consuming":
+            values[f.name] = {"True": True, "False": False}.get(text)
         elif f.name == "state":
             values[f.name] = WorkerState(text or WorkerState.READY.value)
         else:
@@ -106,9 +114,13 @@ class WorkerRegistry:
         pipe.srem(workers_key(), name)
         pipe.execute()
 
-    def ready(self) -> list[WorkerInfo]:
-        """Live workers with their model loaded (taking jobs)."""
-        return [w for w in self.live() if w.state is WorkerState.READY]
+    def ready(self, queue: str | None = None) -> list[WorkerInfo]:
+        """Live workers with their model loaded (taking jobs); of ``queue`` only, if given."""
+        return [
+            w
+            for w in self.live()
+            if w.state is WorkerState.READY and (queue is None or w.queue == queue)
+        ]
 
     def live(self, *, forget: bool = True) -> list[WorkerInfo]:
         """Workers whose heartbeat has not expired, by name; forgets the ones that have

@@ -19,8 +19,11 @@ import random
 import time
 from collections.abc import Callable
 
+import redis
+
 from .. import __version__
 from ..core.backoff import next_attempt_at, parse_retry_after
+from ..core.outage import Outage
 from ..core.outbox import Attempt, DeliveryOutcome, Outbox
 from ..core.settings import Settings
 from ..core.signing import signature_header
@@ -45,9 +48,11 @@ class WebhookDelivery:
         *,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        outage: Outage | None = None,
     ) -> None:
         self.settings = settings
         self.outbox = outbox
+        self.outage = outage or Outage(log, "Redis")  # shared with the pump: one line an outage
         self.clock = clock
         self.rng = rng
 
@@ -55,6 +60,9 @@ class WebhookDelivery:
         """Make one attempt for a leased event; its outcome, or None if there was nothing to do."""
         try:
             return self._deliver(event_id, lease_token)
+        except redis.RedisError as exc:  # its lease runs out and another attempt is made then
+            self.outage.failed(exc, f"delivering webhook {event_id}")
+            return None
         except Exception:
             # Most likely Redis: the lease runs out and another attempt is made then.
             log.exception("webhook %s: attempt failed unexpectedly; it will be retried", event_id)
@@ -76,6 +84,7 @@ class WebhookDelivery:
             return None
         started = self.clock()
         clock_start = time.monotonic()
+        number: int | None = None  # the attempt's number, once it is about to be sent
         reply: HttpReply | None = None
         error: str | None = None
         refused = False
@@ -95,6 +104,9 @@ class WebhookDelivery:
             # Never send an unsigned webhook. The API refuses webhook_url without a secret, so
             # this is a worker started without WEBHOOK_SECRETS: retry, in case it is fixed.
             error = "no WEBHOOK_SECRETS configured on the webhook worker: not sent unsigned"
+        elif not (number := self.outbox.begin_attempt(event_id, lease_token)):
+            log.info("webhook %s: lease no longer ours; skipped", event_id)
+            return None
         else:
             try:
                 reply = post(
@@ -110,13 +122,13 @@ class WebhookDelivery:
                 error = str(exc)
         duration_ms = (time.monotonic() - clock_start) * 1000
         attempt = self._classify(event, started, duration_ms, reply, error, refused)
-        if self.outbox.record_attempt(event_id, lease_token, attempt):
+        if self.outbox.record_attempt(event_id, lease_token, attempt, number):
             log.info(
                 "webhook %s (%s, job %s) attempt %d: %s%s",
                 event_id,
                 event.type,
                 event.job_id,
-                event.attempts + 1,
+                number or event.attempts + 1,
                 attempt.outcome.value,
                 f" ({attempt.status_code or attempt.error})",
             )

@@ -2,10 +2,11 @@
 
 The URL was checked when the job was submitted, but DNS can change in between (or be made to:
 DNS rebinding). So the connection classes below resolve the host themselves, refuse it if any
-address is loopback/private/link-local/multicast/reserved and not allowlisted, and connect to
-one of exactly the addresses that were checked. HTTPS is wrapped afterwards with the URL's host
-name for SNI and certificate checks (the default SSL context). Redirects are never followed and
-proxies from the environment are never used (``http.client`` knows neither).
+address is not public (``core/special_addresses``) and not allowlisted, with the function the
+submit uses, and connect to one of exactly the addresses that were checked. HTTPS is wrapped
+afterwards with the URL's host name for SNI and certificate checks (the default SSL context).
+Redirects are never followed and proxies from the environment are never used (``http.client``
+knows neither).
 
 An attempt has one absolute deadline, ``timeout_s`` after it starts, for all of it: the DNS
 lookup, connecting, TLS, sending and reading the reply. Socket timeouts alone bound each read,
@@ -158,19 +159,15 @@ def post(
     """
     deadline = _Deadline(timeout_s)
     try:
-        parts = parse_webhook_url(url)
+        webhook = parse_webhook_url(url)
     except WebhookUrlNotAllowed as exc:
         raise AddressRefused(str(exc)) from None
-    assert parts.hostname is not None
-    https = parts.scheme == "https"
-    port = parts.port or (443 if https else 80)
-    kind = GuardedHTTPSConnection if https else GuardedHTTPConnection
-    connection = kind(parts.hostname, port, deadline=deadline, allowed=allowed)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    kind = GuardedHTTPSConnection if webhook.https else GuardedHTTPConnection
+    connection = kind(webhook.host, webhook.port, deadline=deadline, allowed=allowed)
     timed_out = f"timed out: no complete reply within {timeout_s:g} s (WEBHOOK_TIMEOUT_S)"
     try:
         with _CutOff(connection):
-            connection.request("POST", target, body=body, headers=dict(headers))
+            connection.request("POST", webhook.target, body=body, headers=dict(headers))
             response = connection.getresponse()
             response.read(_DRAIN_BYTES)
             if deadline.passed:

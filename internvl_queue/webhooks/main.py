@@ -13,6 +13,8 @@ from typing import Any
 
 from celery import signals
 
+from ..broker_layout import queue_length
+from ..core.outage import Outage
 from ..core.outbox import Outbox
 from ..core.redis_client import connect
 from ..core.settings import Settings
@@ -28,7 +30,9 @@ settings = Settings.from_env()
 app = create_webhook_celery(settings)
 _redis = connect(settings.redis_url, max_connections=settings.webhook_concurrency + 8)
 outbox = Outbox.from_settings(_redis, settings)
-delivery = WebhookDelivery(settings, outbox)
+# One outage log for the pump and the deliveries: a Redis outage is one line, and one at its end.
+_outage = Outage(log, "Redis")
+delivery = WebhookDelivery(settings, outbox, outage=_outage)
 
 
 @app.task(name=DELIVER_WEBHOOK_TASK, ignore_result=True)
@@ -41,8 +45,7 @@ def _dispatch(event_id: str, lease_token: str) -> None:
 
 
 def _backlog() -> int:
-    # Kombu's Redis transport keeps a queue's waiting messages in a list named after it.
-    return int(_redis.llen(settings.webhook_queue))
+    return queue_length(_redis, settings.webhook_queue)
 
 
 pump = OutboxPump(
@@ -51,6 +54,7 @@ pump = OutboxPump(
     poll_s=settings.webhook_poll_s,
     batch=settings.webhook_concurrency,
     backlog=_backlog,
+    outage=_outage,
 )
 
 

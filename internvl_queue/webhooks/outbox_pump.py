@@ -17,6 +17,9 @@ import threading
 import time
 from collections.abc import Callable
 
+import redis
+
+from ..core.outage import Outage
 from ..core.outbox import Outbox
 
 __all__ = ["OutboxPump"]
@@ -33,12 +36,16 @@ class OutboxPump:
         poll_s: float,
         batch: int,
         backlog: Callable[[], int] = lambda: 0,
+        outage: Outage | None = None,
     ) -> None:
         self.outbox = outbox
         self.dispatch = dispatch  # (event_id, lease_token) -> a task on the webhook queue
         self.poll_s = poll_s
         self.batch = batch
         self.backlog = backlog  # tasks already waiting in the broker queue
+        # Redis down: one line when the polls start failing and one when they work again, not a
+        # traceback every poll.
+        self.outage = outage or Outage(log, "Redis")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -51,9 +58,11 @@ class OutboxPump:
             try:
                 self.dispatch(event_id, token)
                 sent += 1
-            except Exception:
+            except Exception as exc:  # the broker went away between the lease and now
                 # Its lease runs out and the next poll after that dispatches it again.
-                log.exception("webhook %s: dispatch failed; retried when its lease ends", event_id)
+                log.warning(
+                    "webhook %s: dispatch failed (%s); retried when its lease ends", event_id, exc
+                )
         return sent
 
     def _run(self) -> None:
@@ -61,6 +70,9 @@ class OutboxPump:
             full = False
             try:
                 full = self.pump_once() >= self.batch
+                self.outage.answered()
+            except redis.RedisError as exc:
+                self.outage.failed(exc, "polling the webhook outbox")
             except Exception:
                 log.exception("outbox pump: poll failed; trying again")
             if not full:  # a full batch suggests more are due: poll again at once

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import redis
 
+from ..core.workers import WorkerInfo
 from .memory import IdleHeapTrimmer
 from .runtime import WorkerRuntime
 
-__all__ = ["Heartbeat"]
+__all__ = ["Heartbeat", "Summary"]
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +44,51 @@ class Heartbeat:
             log.warning("could not remove heartbeat: %s", exc)
 
     def _loop(self) -> None:
-        logged_jobs, last_log = -1, time.monotonic()
+        summary = Summary(self.runtime.info())
+        failing = False
         while not self._stop.wait(self.runtime.settings.heartbeat_interval_s):
             try:
                 info = self.runtime.publish_heartbeat()
             except redis.RedisError as exc:  # Redis blips must not kill the thread
-                log.warning("heartbeat failed: %s", exc)
+                if not failing:  # once per outage, not at every beat
+                    log.warning("heartbeat failed (Redis: %s); retrying at every beat", exc)
+                failing = True
                 continue
+            if failing:
+                log.info("heartbeat published again")
+                failing = False
             self.trimmer.observe(busy=self.runtime.holds_jobs())
-            # The engine's counters in the log too, once a minute while there is work.
-            if info.engine and time.monotonic() - last_log >= _LOG_EVERY_S:
-                if info.engine["batched_jobs"] != logged_jobs:
-                    log.info("engine: %s", info.engine)
-                    logged_jobs = int(info.engine["batched_jobs"])
-                last_log = time.monotonic()
+            summary.maybe_log(info)
+
+
+class Summary:
+    """The worker's INFO log of its jobs: one line a minute while there is work (the per-job
+    lines are at DEBUG: at GPU rates one line per job would be hundreds a second)."""
+
+    def __init__(
+        self,
+        start: WorkerInfo,
+        *,
+        every_s: float = _LOG_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.every_s, self.clock = every_s, clock
+        self.last, self.at = start, clock()
+
+    def maybe_log(self, info: WorkerInfo) -> None:
+        elapsed = self.clock() - self.at
+        if elapsed < self.every_s:
+            return
+        done = info.jobs_done - self.last.jobs_done
+        if done or info.redeliveries_ignored != self.last.redeliveries_ignored:
+            log.info(
+                "last %.0f s: %d job(s) succeeded, %d failed (%.1f/s), %d redelivery(ies) "
+                "ignored; engine: %s",
+                elapsed,
+                info.jobs_succeeded - self.last.jobs_succeeded,
+                info.jobs_failed - self.last.jobs_failed,
+                done / elapsed,
+                info.redeliveries_ignored - self.last.redeliveries_ignored,
+                info.engine,
+            )
+        self.last, self.at = info, self.clock()

@@ -20,6 +20,7 @@ import redis
 from celery import signals
 from celery.exceptions import Reject
 
+from ..broker_consumer import consuming_step
 from ..core.data_dir import default_data_dir
 from ..core.settings import Settings
 from ..core.workers import WorkerState
@@ -40,6 +41,21 @@ runtime = WorkerRuntime(settings)
 # Test only: fault hooks (see TEST_KILL_MARKER); never set in production.
 runtime.test_faults = os.environ.get("INTERNVL_TEST_FAULTS") == "1"
 _heartbeat = Heartbeat(runtime)
+runtime.consuming = False  # until Celery's consumer takes messages (see _consuming)
+
+
+def _consuming(connected: bool) -> None:
+    """The broker consumer started (or stopped) taking messages: published at once when it
+    starts, so that ``healthcheck worker`` turns healthy without waiting for a heartbeat."""
+    runtime.consuming = connected
+    if connected:
+        try:
+            runtime.publish_heartbeat()
+        except redis.RedisError as exc:
+            log.warning("could not publish the heartbeat: %s", exc)
+
+
+app.steps["consumer"].add(consuming_step(_consuming))
 
 
 def _dispatch(job_id: str, queue: str) -> None:

@@ -34,11 +34,26 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 class IdleHeapTrimmer:
-    def __init__(self, min_period_s: float = 5.0) -> None:
+    """Trims on the first idle heartbeat after work, then at most once every ``min_period_s``.
+
+    ``clock`` is a monotonic clock in seconds. ``time.monotonic`` counts from boot, so no start
+    value can stand for "never trimmed" (0.0 made a machine up for less than ``min_period_s``
+    wait out the period before its first trim): the first trim waits for nothing. ``trim``
+    defaults to glibc's ``malloc_trim`` (nothing is trimmed without glibc).
+    """
+
+    def __init__(
+        self,
+        min_period_s: float = 5.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        trim: Callable[[int], int] | None = None,
+    ) -> None:
         self.min_period_s = min_period_s
-        self._trim = _malloc_trim()
+        self._clock = clock
+        self._trim = trim or _malloc_trim()
         self._busy_since_trim = False
-        self._last = 0.0
+        self._last: float | None = None  # when it last trimmed; None: not yet
 
     def observe(self, busy: bool) -> bool:
         """Called each heartbeat with whether the worker holds jobs; trims on the first idle
@@ -46,8 +61,10 @@ class IdleHeapTrimmer:
         if busy:
             self._busy_since_trim = True
             return False
-        now = time.monotonic()
-        if not self._busy_since_trim or self._trim is None or now - self._last < self.min_period_s:
+        if not self._busy_since_trim or self._trim is None:
+            return False
+        now = self._clock()
+        if self._last is not None and now - self._last < self.min_period_s:
             return False
         self._trim(0)
         self._busy_since_trim, self._last = False, now

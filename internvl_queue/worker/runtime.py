@@ -59,6 +59,9 @@ class WorkerRuntime:
         self.state, self.state_since = WorkerState.LOADING, time.time()
         self.error: str | None = None  # why the model could not be loaded, or the worker died
         self.on_defunct: Callable[[str], None] | None = None  # how the entry point steps aside
+        # Whether the Celery consumer is connected to the broker (set by worker/consumer_state.py);
+        # None outside a Celery worker.
+        self.consuming: bool | None = None
         self._lock = threading.Lock()
         self.counters = {"jobs_succeeded": 0, "jobs_failed": 0, "redeliveries_ignored": 0}
         # The deliveries this worker runs now (job id -> attempt token): the heartbeat renews
@@ -169,6 +172,8 @@ class WorkerRuntime:
             since=self.state_since,
             error=self.error,
             threads=thread_count(),
+            queue=self.settings.queue_name,
+            consuming=self.consuming,
             **counters,
         )
 
@@ -309,7 +314,8 @@ class WorkerRuntime:
             log.warning("job %s: another delivery owns it now; outcome discarded", job.id)
             return None
         self._count("jobs_succeeded" if status is JobStatus.SUCCEEDED else "jobs_failed")
-        log.info(
+        # DEBUG: a line per job is hundreds a second on a GPU; the heartbeat logs a summary.
+        log.debug(
             "job %s %s in %.0f ms%s",
             job.id,
             status.value,

@@ -1,9 +1,10 @@
 """Bounded threads and no orphans: limits for the worker's helper processes, and counting threads.
 
-Torch-free on purpose: a preprocessing child runs ``init_preprocess_child`` before it imports
-torch, so that the limits below hold whatever the environment says (OpenMP, MKL and OpenBLAS
-read their thread counts once, when loaded). Each child then runs one job at a time on one
-thread; parallelism comes from the number of children.
+Torch-free on purpose: a preprocessing child (``preprocess_child.py``) applies the limits below
+before it imports torch, so that they hold whatever the environment says (OpenMP, MKL and
+OpenBLAS read their thread counts once, when loaded). Each child then runs one job at a time on
+one thread; parallelism comes from the number of children. This module imports nothing of the
+worker's: the children's code depends on it, never the other way.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import threading
 import time
 
-__all__ = ["SINGLE_THREAD_ENV", "die_with_parent", "init_preprocess_child", "thread_count"]
+__all__ = ["SINGLE_THREAD_ENV", "die_with_parent", "thread_count"]
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +44,6 @@ def die_with_parent(parent_pid: int, *, check_every_s: float = 0.25) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def init_preprocess_child(parent_pid: int, model_id: str) -> None:
-    """Pool initializer of a preprocessing child: die with the worker, one thread, a processor."""
-    die_with_parent(parent_pid)
-    os.environ.update(SINGLE_THREAD_ENV)
-    from .engine.preprocess import load_processor  # imports torch: after the limits
-
-    load_processor(model_id)
 
 
 def thread_count(pid: int | None = None) -> int:

@@ -27,7 +27,7 @@ from internvl_queue.core.settings import Settings
 from tests.api.api_process import ApiProcess
 from tests.conftest import WorkerProcess
 from tests.images import photo, png_bomb, truncated_jpeg
-from tests.odd_images import NOT_IMAGES, odd_images
+from tests.odd_images import NOT_IMAGES, odd_images, other_formats
 
 EXAMPLES = 320
 MAX_NEW_TOKENS = 32  # the API refuses more, so that every accepted job is quick on the CPU
@@ -43,6 +43,7 @@ KNOWN_CODES = {
     "invalid_metadata",
     "invalid_parameter",
     "invalid_question",
+    "invalid_utf8",
     "job_not_found",
     "method_not_allowed",
     "missing_image",
@@ -51,6 +52,7 @@ KNOWN_CODES = {
     "question_too_long",
     "request_too_large",
     "too_many_images",
+    "too_many_parts",
     "unsupported_image",
     "unsupported_media_type",
     "webhook_url_not_allowed",
@@ -60,6 +62,7 @@ KNOWN_CODES = {
 IMAGES: dict[str, bytes] = {
     **odd_images(),
     **{f"not-an-image-{name}": data for name, data in NOT_IMAGES.items()},
+    **{f"refused-format-{name}": data for name, data in other_formats().items()},
     "jpeg": photo(64, 48, seed=2),
     "truncated-jpeg": truncated_jpeg(),
     "truncated-png": photo(64, 64, fmt="PNG")[:300],
@@ -227,7 +230,7 @@ def odd_but_valid(draw: st.DrawFn) -> tuple[str, str, bytes, dict[str, str]]:
             alphabet=st.sampled_from(["a", " ", "\x00", "\u202e", "\u05d0", "\U0001f600", "?"]),
             min_size=1,
             max_size=40,
-        ).filter(str.strip)
+        ).filter(lambda text: any(char in "a\u05d0\U0001f600?" for char in text))  # visible
     )
     names = draw(st.lists(st.sampled_from(sorted(odd_images())), min_size=1, max_size=3))
     fields: list[Any] = [("question", question)]

@@ -21,6 +21,7 @@ def test_readyz_needs_a_worker(client, redis_client: redis.Redis) -> None:
         "redis": True,
         "workers": [],
         "auth": "open",
+        "queue": "internvl",
     }
 
 
@@ -36,12 +37,13 @@ def test_readyz_lists_live_workers(client, redis_client: redis.Redis) -> None:
             loaded_at=1.0,
             last_seen=2.0,
             jobs_succeeded=3,
+            queue="internvl",
         ),
         ttl_s=30,
     )
     reply = client.get("/readyz")
     assert reply.status_code == 200
-    assert reply.json["message"] == "1 worker(s) ready"
+    assert reply.json["message"] == "1 worker(s) ready on queue 'internvl'"
     [worker] = reply.json["workers"]
     assert worker["state"] == "ready"
     assert (worker["model"], worker["device"], worker["gpu_name"], worker["jobs_done"]) == (
@@ -50,6 +52,7 @@ def test_readyz_lists_live_workers(client, redis_client: redis.Redis) -> None:
         "NVIDIA H100",
         3,
     )
+    assert worker["queue"] == "internvl"
 
 
 def test_readyz_without_redis(make_app: Callable[..., Flask]) -> None:
@@ -63,6 +66,7 @@ def test_readyz_without_redis(make_app: Callable[..., Flask]) -> None:
 
 
 def _publish(client: redis.Redis, name: str, state: WorkerState, **fields: object) -> None:
+    fields.setdefault("queue", "internvl")  # the API's queue (Settings' default)
     info = WorkerInfo(
         name=name,
         pid=1,
@@ -108,3 +112,34 @@ def test_readyz_says_a_worker_stopped_serving(client, redis_client: redis.Redis)
         "no worker is ready: w1 stopped serving (CUDA error: illegal memory access); "
         "its supervisor restarts it"
     )
+
+
+def test_a_ready_worker_of_another_queue_does_not_make_the_api_ready(
+    client, redis_client: redis.Redis
+) -> None:
+    _publish(redis_client, "w1", WorkerState.READY, queue="batch")
+    _publish(redis_client, "w2", WorkerState.READY, queue=None)  # a worker from before the field
+    reply = client.get("/readyz")
+    assert reply.status_code == 503
+    assert reply.json["queue"] == "internvl"
+    assert reply.json["message"] == (
+        "no worker consumes this API's queue 'internvl' (INTERNVL_QUEUE): the 2 running consume "
+        "batch, unknown (an older worker); start a worker with INTERNVL_QUEUE=internvl, or set "
+        "the API's INTERNVL_QUEUE to theirs"
+    )
+    assert sorted(w["queue"] or "" for w in reply.json["workers"]) == ["", "batch"]
+
+    _publish(redis_client, "w3", WorkerState.READY)  # one of its own queue
+    reply = client.get("/readyz")
+    assert reply.status_code == 200
+    assert reply.json["message"] == "1 worker(s) ready on queue 'internvl'"
+
+
+def test_only_its_own_queues_workers_explain_why_it_is_not_ready(
+    client, redis_client: redis.Redis
+) -> None:
+    _publish(redis_client, "w1", WorkerState.READY, queue="batch")
+    _publish(redis_client, "w2", WorkerState.LOADING, since=time.time() - 5)
+    reply = client.get("/readyz")
+    assert reply.status_code == 503
+    assert reply.json["message"] == "no worker is ready yet: w2 is loading org/model (for 5 s)"

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import redis
+import requests
 from flask import Flask
 
 from internvl_queue.core.keys import dispatching_key, job_key, queued_key
@@ -118,4 +120,29 @@ def test_a_job_the_broker_refused_is_kept_for_a_reaper_and_its_key_replays_it(
     again = _post(client, json_body(), "broker-down")
     assert (again.status_code, again.json["id"]) == (202, job_id)
     assert again.headers["Idempotency-Replayed"] == "true"
+    assert redis_client.zcard(queued_key()) == 1
+
+
+def test_requests_with_one_key_at_once_make_one_job_and_no_409(  # type: ignore[no-untyped-def]
+    live_api: str, redis_client: redis.Redis
+) -> None:
+    """The old reservation answered ``409 idempotency_key_in_flight`` to every request that came
+    while the first was being processed; now each gets the one job."""
+    body = json_body()
+
+    def submit(_: int) -> tuple[int, str, str]:
+        reply = requests.post(
+            f"{live_api}/v1/jobs", json=body, headers={"Idempotency-Key": "at-once"}, timeout=30
+        )
+        return (
+            reply.status_code,
+            reply.json().get("id", ""),
+            reply.headers.get("Idempotency-Replayed", ""),
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(submit, range(8)))
+    assert {status for status, _, _ in replies} == {202}, replies
+    assert len({job_id for _, job_id, _ in replies}) == 1
+    assert [replayed for _, _, replayed in replies].count("true") == 7
     assert redis_client.zcard(queued_key()) == 1

@@ -17,6 +17,7 @@ from internvl_queue.core.keys import dispatching_key, job_key
 from internvl_queue.core.settings import Settings
 from tests.conftest import user_keys
 from tests.images import photo, png_bomb, truncated_jpeg
+from tests.odd_images import EPS, PDF, SVG
 
 JPEG = photo(64, 48, seed=1)
 
@@ -109,8 +110,67 @@ def _encoded_multipart(image: bytes) -> dict[str, Any]:
     return {"data": body, "content_type": content_type}
 
 
+def _raw_multipart(question: bytes, *, parts: int = 0) -> dict[str, Any]:
+    """A multipart body as bytes: the question's bytes as given (a client library would encode
+    a str), and ``parts`` more small fields."""
+    fields: list[Any] = [("question", question), ("image", ("a.jpg", JPEG, "image/jpeg"))]
+    fields += [(f"extra{index}", "x") for index in range(parts)]
+    body, content_type = encode_multipart_formdata(fields)
+    return {"data": body, "content_type": content_type}
+
+
+def _json_bytes(question: bytes) -> dict[str, Any]:
+    image = base64.b64encode(JPEG)
+    return {
+        "data": b'{"question": "' + question + b'", "images": [{"data": "' + image + b'"}]}',
+        "content_type": "application/json",
+    }
+
+
+def _json_image(image: bytes) -> dict[str, Any]:
+    return {"json": {"question": "q", "images": [{"data": base64.b64encode(image).decode()}]}}
+
+
+# Questions with no visible character: zero-width space and joiner, a byte order mark, a
+# right-to-left override, a Hangul filler, spaces of several kinds.
+INVISIBLE_QUESTIONS = ["\u200b\u200b\u200d", "\ufeff", "\u202e\u200f", "\u3164", "\u00a0\u2003\n"]
+
+
 def _bad_requests() -> list[Any]:
     return [
+        *[
+            pytest.param(request, 415, "unsupported_image", id=f"{name}-{path}")
+            for name, image in [("eps", EPS), ("pdf", PDF), ("svg", SVG)]
+            for path, request in [
+                ("multipart", {"data": _form(images=[image])}),
+                ("json", _json_image(image)),
+            ]
+        ],
+        *[
+            pytest.param(request, 422, "invalid_question", id=f"invisible-question-{path}-{n}")
+            for n, question in enumerate(INVISIBLE_QUESTIONS)
+            for path, request in [
+                ("multipart", {"data": _form(question=question)}),
+                (
+                    "json",
+                    {"json": {"question": question, "images": _json_image(JPEG)["json"]["images"]}},
+                ),
+            ]
+        ],
+        pytest.param(
+            _raw_multipart(b"What is \xff this?"), 400, "invalid_utf8", id="multipart-not-utf8"
+        ),
+        pytest.param(_json_bytes(b"What is \xff this?"), 400, "invalid_utf8", id="json-not-utf8"),
+        pytest.param(
+            {
+                "data": b"question=What%20is%20%FF%20this%3F",
+                "content_type": "application/x-www-form-urlencoded",
+            },
+            400,
+            "invalid_utf8",
+            id="urlencoded-not-utf8",
+        ),
+        pytest.param(_raw_multipart(b"q", parts=999), 413, "too_many_parts", id="1001-parts"),
         pytest.param(
             {"data": _form(images=[b"%PDF-1.4 not an image"])},
             415,
@@ -266,3 +326,43 @@ def test_replies_are_strict_json(client, redis_client: redis.Redis) -> None:
     reply = client.get(f"/v1/jobs/{job['id']}")
     assert reply.status_code == 500
     json.loads(reply.data, parse_constant=lambda text: pytest.fail(f"{text} in a reply"))
+
+
+@pytest.mark.parametrize(
+    "question",
+    ["a\u200b", "\u0645\u0627\u0630\u0627\u061f", "\U0001f600", "\u0301", "\u202ewhat?"],
+    ids=["letter-and-zero-width", "arabic", "emoji", "lone-combining-mark", "rtl-override-text"],
+)
+def test_a_question_with_something_visible_is_accepted_on_both_paths(client, question: str) -> None:
+    image = base64.b64encode(JPEG).decode()
+    for request in (
+        {"data": _form(question=question)},
+        {"json": {"question": question, "images": [{"data": image}]}},
+    ):
+        reply = client.post("/v1/jobs", **request)
+        assert reply.status_code == 202, reply.json
+        assert reply.json["question"] == question
+
+
+def test_a_form_field_in_a_declared_charset_is_read_in_it(client) -> None:
+    """Werkzeug honours a part's ``charset`` (ASCII, UTF-8, ISO-8859-1): so do we."""
+    boundary = "b0undary"
+    body = (
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="question"\r\n'
+        "Content-Type: text/plain; charset=iso-8859-1\r\n\r\n"
+    ).encode() + "Qu'est-ce que c'est, très précisément ?".encode("latin-1")
+    body += (
+        (
+            f"\r\n--{boundary}\r\n"
+            'Content-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + JPEG
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    reply = client.post(
+        "/v1/jobs", data=body, content_type=f"multipart/form-data; boundary={boundary}"
+    )
+    assert reply.status_code == 202, reply.json
+    assert reply.json["question"] == "Qu'est-ce que c'est, très précisément ?"

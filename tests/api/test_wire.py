@@ -4,6 +4,8 @@
   ``httpx``, not as a reset connection.
 - 64 uploads that stall hold no thread: ``/healthz`` and an ordinary submit answer quickly
   meanwhile, and each stalled one is cut off by the read timeout (408).
+- A client that hangs up mid-body is logged 499, not 500; a WebSocket handshake gets a JSON
+  403; a form of 1 001 parts is ``too_many_parts``; forms and JSON share the text rules.
 """
 
 from __future__ import annotations
@@ -254,3 +256,137 @@ def test_requests_the_http_layer_refuses_get_json_errors(
     assert b"content-type: application/json" in head.lower()
     error = json.loads(body)["error"]
     assert error["code"] == code and error["message"]
+
+
+def _new_log_lines(api: ApiProcess, since: int, wanted: Callable[[str], bool]) -> list[str]:
+    """The API's log lines written after byte ``since`` that ``wanted`` picks, once some are
+    there (the access line comes after the app has seen the hang-up), or after 10 s."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = api.log_path.read_bytes()[since:].decode(errors="replace").splitlines()
+        found = [line for line in lines if wanted(line)]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize(
+    ("sent_bytes", "pause_s"),
+    [(0, 0.0), (1024, 0.05), (50_000, 0.3), (99_999, 1.0)],
+    ids=["after-the-head", "after-1KB", "after-50KB", "one-byte-short"],
+)
+def test_a_client_that_hangs_up_mid_body_is_logged_as_its_hang_up_not_a_500(
+    api: ApiProcess, sent_bytes: int, pause_s: float
+) -> None:
+    """A body of 100 000 bytes announced, part of it sent, a pause, then the client closes.
+    Before: gunicorn logged ``"POST /v1/jobs HTTP/1.1" 500 0``."""
+    since = api.log_path.stat().st_size
+    path = f"/v1/jobs?hangup={sent_bytes}"  # names this request in the log
+    with socket.create_connection(("127.0.0.1", api.port), timeout=10) as sock:
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Content-Length: 100000\r\n\r\n".encode()
+            + b"x" * sent_bytes
+        )
+        time.sleep(pause_s)  # the front is waiting for the rest of the body
+    access = _new_log_lines(api, since, lambda line: f'"POST {path} HTTP/1.1"' in line)
+    assert len(access) == 1, api.log()
+    assert f'"POST {path} HTTP/1.1" 499 ' in access[0], access[0]
+    said = _new_log_lines(api, since, lambda line: "hung up" in line)
+    assert any("POST /v1/jobs: the client hung up before its body was complete" in s for s in said)
+    assert requests.get(f"{api.url}/healthz", timeout=5).status_code == 200
+
+
+def test_a_client_that_hangs_up_during_a_long_poll_is_logged_as_its_hang_up(
+    api: ApiProcess, key: str
+) -> None:
+    """The job stays queued (no worker here), so the poll is still waiting when the client
+    leaves: no reply is sent, and the access line says so with 499."""
+    job = _form_submit(api, key, [("question", "q"), ("image", ("a.jpg", JPEG, "image/jpeg"))])
+    assert job.status_code == 202, job.text
+    path = f"/v1/jobs/{job.json()['id']}?wait=30"
+    since = api.log_path.stat().st_size
+    with socket.create_connection(("127.0.0.1", api.port), timeout=10) as sock:
+        sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
+        )
+        time.sleep(0.5)  # the poll is waiting
+    access = _new_log_lines(api, since, lambda line: f'"GET {path} HTTP/1.1"' in line)
+    assert len(access) == 1 and f'"GET {path} HTTP/1.1" 499 ' in access[0], api.log()
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/v1/jobs", "/nowhere"])
+@pytest.mark.parametrize("version", ["13", "8"])
+def test_a_websocket_handshake_gets_a_json_refusal(
+    api: ApiProcess, path: str, version: str
+) -> None:
+    """Before: ``403`` with an empty body (version 13), or ``426`` with code ``bad_request``
+    (version 8)."""
+    sock = _open(
+        api,
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: {version}\r\n"
+        "\r\n".encode(),
+    )
+    head, _, body = read_reply(sock).partition(b"\r\n\r\n")
+    sock.close()
+    assert head.startswith(b"HTTP/1.1 403"), head
+    assert b"content-type: application/json" in head.lower()
+    error = json.loads(body)["error"]
+    assert error["code"] == "websocket_not_supported"
+    assert "GET /v1/jobs/<id>?wait=30" in error["message"]
+
+
+def test_an_upgrade_to_anything_else_is_ignored_and_the_request_served(api: ApiProcess) -> None:
+    """RFC 9110 section 7.8: a server may ignore Upgrade; the API answers in HTTP/1.1."""
+    sock = _open(
+        api, b"GET /healthz HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"
+    )
+    head, _, body = read_reply(sock).partition(b"\r\n\r\n")
+    sock.close()
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert json.loads(body) == {"status": "ok"}
+
+
+def _form_submit(api: ApiProcess, key: str, fields: list) -> requests.Response:
+    body, content_type = encode_multipart_formdata(fields)
+    headers = {"Content-Type": content_type, "Authorization": f"Bearer {key}"}
+    return requests.post(f"{api.url}/v1/jobs", data=body, headers=headers, timeout=30)
+
+
+def test_a_form_of_1001_parts_is_too_many_parts_not_too_large(api: ApiProcess, key: str) -> None:
+    """Before: ``413 request_too_large``, "larger than the limit of 20971520 bytes", for 56 KB."""
+    fields: list = [("question", "q"), ("image", ("a.jpg", JPEG, "image/jpeg"))]
+    fields += [(f"f{index}", "x") for index in range(999)]
+    reply = _form_submit(api, key, fields)
+    assert reply.status_code == 413, reply.text
+    assert reply.json()["error"]["code"] == "too_many_parts"
+    assert "more than 1000 parts" in reply.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("question", "status", "code"),
+    [
+        (b"What is \xff this?", 400, "invalid_utf8"),
+        ("\u200b\u200b\u200d".encode(), 422, "invalid_question"),
+    ],
+    ids=["not-utf8", "zero-width-only"],
+)
+def test_text_rules_are_the_same_for_forms_and_json(
+    api: ApiProcess, key: str, question: bytes, status: int, code: str
+) -> None:
+    """Before: the form accepted both (with U+FFFD substituted for the byte); JSON refused the
+    byte (400 invalid_json) and accepted the zero-width question."""
+    by_form = _form_submit(
+        api, key, [("question", question), ("image", ("a.jpg", JPEG, "image/jpeg"))]
+    )
+    image = base64.b64encode(JPEG)
+    by_json = requests.post(
+        f"{api.url}/v1/jobs",
+        data=b'{"question": "' + question + b'", "images": [{"data": "' + image + b'"}]}',
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    for reply in (by_form, by_json):
+        assert reply.status_code == status, reply.text
+        assert reply.json()["error"]["code"] == code

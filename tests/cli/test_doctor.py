@@ -24,6 +24,7 @@ from internvl_queue.cli.doctor.gpu import GpuFacts, describe_gpu
 from internvl_queue.cli.doctor.model import check_model
 from internvl_queue.cli.doctor.redis_check import check_redis, redacted
 from internvl_queue.cli.doctor.report import Check, Level, exit_code, format_check, verdict
+from internvl_queue.cli.local_service import RunningService
 from internvl_queue.cli.redis_server import free_port
 
 GiB = 1024**3
@@ -95,6 +96,34 @@ def test_a_missing_model_directory_fails_naming_INTERNVL_MODEL(
         "A worker could not start here: fix the FAIL line above (model)."
     )
     assert "Traceback" not in done.stderr
+
+
+def test_without_INTERNVL_MODEL_it_checks_the_running_services_model(
+    tmp_path: Path, redis_url: str, tiny_model_dir: Path
+) -> None:
+    # An `up` runs from the data directory (this process stands in for it: its pid is alive).
+    (tmp_path / "data").mkdir()
+    service = RunningService(os.getpid(), redis_url, "http://127.0.0.1:9", str(tiny_model_dir))
+    service.write(tmp_path / "data")
+    done, _ = run_doctor(tmp_path, redis_url, "", INTERNVL_DEVICE="cpu", HF_HUB_OFFLINE="1")
+    model = line(done.stdout, "model")
+    assert model.startswith("OK") and str(tiny_model_dir) in model, done.stdout
+    assert f"(the model of the internvl-queue up running as pid {os.getpid()})" in model
+    assert done.returncode == 0, done.stdout
+
+    # INTERNVL_MODEL, when set, is what is checked, and the line says so.
+    done, _ = run_doctor(tmp_path, redis_url, "demo", INTERNVL_DEVICE="cpu")
+    assert line(done.stdout, "model").startswith("OK    model          demo:")
+    assert line(done.stdout, "model").endswith("(INTERNVL_MODEL)")
+
+
+def test_with_no_model_set_and_no_service_it_says_it_checks_the_default(
+    tmp_path: Path, redis_url: str
+) -> None:
+    done, _ = run_doctor(tmp_path, redis_url, "", INTERNVL_DEVICE="cpu", HF_HUB_OFFLINE="1")
+    model = line(done.stdout, "model")
+    assert f"INTERNVL_MODEL={HUB_ID}" in model, done.stdout
+    assert model.endswith("(the default; set INTERNVL_MODEL to check another)")
 
 
 def test_an_unreachable_redis_fails_within_seconds(tmp_path: Path, tiny_model_dir: Path) -> None:

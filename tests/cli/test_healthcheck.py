@@ -35,10 +35,21 @@ def heartbeat(
     ttl_s: float = 30,
     state: WorkerState = WorkerState.READY,
     error: str | None = None,
+    consuming: bool | None = None,
 ) -> None:
     now = time.time()
     info = WorkerInfo(
-        name, 4242, "tiny-model", "cpu", None, now, now, state=state, since=now, error=error
+        name,
+        4242,
+        "tiny-model",
+        "cpu",
+        None,
+        now,
+        now,
+        state=state,
+        since=now,
+        error=error,
+        consuming=consuming,
     )
     WorkerRegistry(client).publish(info, ttl_s=ttl_s)
 
@@ -77,6 +88,19 @@ def test_worker_is_unhealthy_while_loading_and_after_a_failed_load(
     assert code == 1 and "box-a:17 could not load tiny-model: no such model" in said
 
     heartbeat(redis_client, "box-a:18")  # another process of the container is ready (--gpus)
+    assert check("worker", redis_url)[0] == 0
+
+
+def test_a_ready_worker_whose_broker_consumer_is_not_connected_is_unhealthy(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    heartbeat(redis_client, "box-a:17", consuming=False)  # reconnecting after a Redis restart
+    code, said = check("worker", redis_url)
+    assert code == 1 and said == (
+        "no worker of host box-a is ready: box-a:17 has tiny-model loaded but its broker "
+        "consumer is not connected (reconnecting to Redis): it takes no job\n"
+    )
+    heartbeat(redis_client, "box-a:17", consuming=True)
     assert check("worker", redis_url)[0] == 0
 
 

@@ -149,6 +149,12 @@ def test_up_demo_from_a_fresh_directory_with_defaults(tmp_path: Path, tiny_model
         authorized = {"Authorization": f"Bearer {key}"}
         assert requests.get(f"{api}/v1/jobs/nope", headers=authorized, timeout=5).status_code == 404
         assert (data_dir / "service.json").is_file()
+
+        # `doctor`, with nothing set, checks the model this `up` serves (the demo), not the default.
+        doctor = _run(["doctor"], cwd, env)
+        [model] = [row for row in doctor.stdout.splitlines() if row[6:20].rstrip() == "model"]
+        assert model.startswith("OK    model          demo:"), doctor.stdout
+        assert f"the model of the internvl-queue up running as pid {service.process.pid}" in model
     finally:
         code = service.interrupt()
     output = service.output()

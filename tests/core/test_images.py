@@ -1,7 +1,7 @@
 import io
 
 import pytest
-from PIL import Image
+from PIL import EpsImagePlugin, Image
 
 from internvl_queue.core.errors import (
     ImageDecodeError,
@@ -9,12 +9,16 @@ from internvl_queue.core.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
-from internvl_queue.core.images import check_total_pixels, decode_rgb, inspect_image
+from internvl_queue.core.images import FORMATS, check_total_pixels, decode_rgb, inspect_image
 from tests.images import photo, png_bomb
-from tests.odd_images import NOT_IMAGES, odd_images
+from tests.odd_images import EPS, NOT_IMAGES, odd_images, other_formats
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP"])
+def test_the_accepted_formats_are_the_six_the_readme_names() -> None:
+    assert FORMATS == ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_common_formats_pass(fmt: str) -> None:
     info = inspect_image(photo(40, 30, fmt=fmt), max_pixels=10_000)
     assert (info.format, info.width, info.height) == (fmt, 40, 30)
@@ -49,6 +53,41 @@ def test_files_that_are_not_images_are_unsupported(name: str, data: bytes) -> No
     with pytest.raises(UnsupportedMediaType) as caught:
         inspect_image(data, max_pixels=40_000_000)
     assert caught.value.code == "unsupported_image"
+
+
+@pytest.mark.parametrize(("name", "data"), sorted(other_formats().items()))
+def test_formats_pillow_reads_but_the_service_does_not_are_unsupported(
+    name: str, data: bytes
+) -> None:
+    with Image.open(io.BytesIO(data)) as image:  # Pillow alone would open it...
+        assert image.format not in FORMATS
+    with pytest.raises(UnsupportedMediaType) as caught:  # ...the API's check does not
+        inspect_image(data, max_pixels=40_000_000)
+    assert caught.value.code == "unsupported_image"
+    assert "JPEG, PNG, WebP, GIF, BMP or TIFF" in caught.value.message
+
+
+class _GhostscriptCalled(Exception):
+    pass
+
+
+def _ghostscript_trap(*args: object, **kwargs: object) -> None:
+    raise _GhostscriptCalled  # where Pillow would start Ghostscript on the file
+
+
+def test_the_worker_never_hands_postscript_to_ghostscript(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An EPS file that reached the worker anyway (stored before the API checked formats, or
+    written to Redis by other means) is refused before any PostScript decoder runs."""
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", _ghostscript_trap)
+    monkeypatch.setattr(EpsImagePlugin, "has_ghostscript", lambda: True)
+    with pytest.raises(_GhostscriptCalled), Image.open(io.BytesIO(EPS)) as image:
+        image.load()  # the trap works: Pillow left to itself runs Ghostscript on it
+    with pytest.raises(ImageDecodeError) as caught:
+        decode_rgb(EPS, max_pixels=10_000)
+    assert caught.value.code == "image_decode_error"
+    assert "not in a format the worker accepts" in caught.value.message
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])  # what the API checks fully

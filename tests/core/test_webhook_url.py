@@ -1,4 +1,4 @@
-"""The SSRF guard's address rule: only globally routable addresses, unless allowlisted."""
+"""The SSRF guard's address rule: only public unicast addresses, unless allowlisted."""
 
 from __future__ import annotations
 

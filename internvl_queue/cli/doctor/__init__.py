@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import TextIO
 
 from ...core.settings import DEFAULT_MODEL, Settings
-from ..local_service import default_data_dir, redis_url
+from ..local_service import default_data_dir, redis_url, running_service
 from .disk import check_disk
 from .gpu import check_device
 from .model import check_model, hf_cache_dir, hub_offline
@@ -26,13 +28,27 @@ __all__ = ["run_doctor"]
 _GiB = 1024**3
 
 
-def _settings_checks() -> tuple[list[Check], str, str]:
+def _model_env() -> tuple[dict[str, str], str]:
+    """(environment, where its model comes from). Without INTERNVL_MODEL, the model of the
+    ``internvl-queue up`` running now (``service.json``) is the one a user means: ``up --demo``
+    serves the demo, not the default."""
+    env = dict(os.environ)
+    if env.get("INTERNVL_MODEL"):
+        return env, "INTERNVL_MODEL"
+    service = running_service()
+    if service is not None and service.model:
+        env["INTERNVL_MODEL"] = service.model
+        return env, f"the model of the internvl-queue up running as pid {service.pid}"
+    return env, "the default; set INTERNVL_MODEL to check another"
+
+
+def _settings_checks(env: Mapping[str, str]) -> tuple[list[Check], str, str]:
     """(checks, model, device). Invalid settings are a FAIL, and the rest is still checked."""
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env(env)
     except ValueError as exc:
-        device = os.environ.get("INTERNVL_DEVICE") or "auto"
-        model = os.environ.get("INTERNVL_MODEL") or DEFAULT_MODEL
+        device = env.get("INTERNVL_DEVICE") or "auto"
+        model = env.get("INTERNVL_MODEL") or DEFAULT_MODEL
         failed = Check("settings", Level.FAIL, f"{exc}: a worker refuses to start with it")
         return [failed], model, device if device in ("auto", "cpu", "cuda") else "auto"
     return [], settings.model, settings.device
@@ -47,14 +63,16 @@ def run_doctor(out: TextIO = sys.stdout) -> int:
             print(format_check(check), file=out, flush=True)
         checks.extend(found)
 
-    settings_checks, model, device = _settings_checks()
+    env, model_source = _model_env()
+    settings_checks, model, device = _settings_checks(env)
     report(settings_checks)
     report(check_packages())
     device_report = check_device(device)
     report(device_report.checks)
     report(check_redis(redis_url(), redis_source()))
     model_report = check_model(model, data_dir=default_data_dir(), offline=hub_offline())
-    report([model_report.check])
+    checked = model_report.check
+    report([replace(checked, detail=f"{checked.detail} ({model_source})")])
     need = model_report.download_bytes
     report(
         [

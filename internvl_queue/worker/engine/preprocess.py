@@ -30,9 +30,9 @@ import torch
 from ...core.errors import InferenceError, JobTimedOut, PromptTooLong
 from ...core.images import decode_rgb
 from ..model import build_inputs, question_tokens
-from ..threads import init_preprocess_child
+from ..preprocess_child import child_processor, init_preprocess_child
 
-__all__ = ["Prepared", "Preprocessor", "default_processes", "load_processor", "prepare"]
+__all__ = ["Prepared", "Preprocessor", "default_processes", "prepare"]
 
 log = logging.getLogger(__name__)
 
@@ -78,18 +78,6 @@ def prepare(
     )
 
 
-_PROCESSOR: Any = None  # one per pool process
-
-
-def load_processor(model_id: str) -> None:
-    """Load this child's processor (after ``threads.init_preprocess_child`` set its limits)."""
-    global _PROCESSOR
-    from transformers import AutoProcessor
-
-    torch.set_num_threads(1)  # many of these run side by side
-    _PROCESSOR = AutoProcessor.from_pretrained(model_id)
-
-
 def _prepare_in_pool(
     images: list[bytes],
     question: str,
@@ -99,7 +87,7 @@ def _prepare_in_pool(
     max_question_tokens: int | None,
 ) -> Prepared:
     return prepare(
-        _PROCESSOR,
+        child_processor(),
         images,
         question,
         max_tiles=max_tiles,

@@ -38,7 +38,8 @@ jobs = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 # Seconds a caller refused for a full queue is asked to wait before trying again.
 QUEUE_FULL_RETRY_AFTER_S = 10
-# Seconds a long poll answered at once (this process holds as many as it may) should wait.
+# Seconds a long poll answered early (this process holds as many as it may, or is stopping)
+# should wait before polling again.
 WAITERS_FULL_RETRY_AFTER = "1"
 
 Reply = tuple[Response, int, dict[str, str]]
@@ -218,8 +219,8 @@ def _own_job(svc: Services, job_id: str) -> Job:
 
 
 def _polled_view(svc: Services, job: Job, waited: bool) -> Response:
-    """The job after a long poll; one that was not waited for (this process holds as many long
-    polls as it may) says when to poll again."""
+    """The job after a long poll; one that was not waited for in full (this process holds as
+    many long polls as it may, or it is stopping) says when to poll again."""
     reply = _view(svc, job)
     if not waited:
         reply.headers["Retry-After"] = WAITERS_FULL_RETRY_AFTER

@@ -6,9 +6,13 @@ Nothing here imports torch: the API builds the same app to send messages.
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 from celery import Celery, signals
+from celery.exceptions import CPendingDeprecationWarning
+from kombu.exceptions import OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .core.settings import Settings
 
@@ -36,11 +40,44 @@ def send_run_job(app: Celery, job_id: str, queue: str) -> None:
 _PER_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
 
 
+class _AckLostWithTheBroker(logging.Filter):
+    """kombu logs a message it could not ack because the broker went away as CRITICAL, with a
+    traceback, once per message in hand when Redis dies. Nothing is lost (the message comes back
+    from the broker, and a redelivered task is a no-op), so it becomes one WARNING line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if (
+            isinstance(record.msg, str)
+            and record.msg.startswith("Couldn't ack")
+            and isinstance(exc, RedisConnectionError | OperationalError | ConnectionError)
+        ):
+            record.msg, record.args = (
+                "could not ack message %r: the broker went away (%s)",
+                (
+                    record.args[0] if isinstance(record.args, tuple) and record.args else "?",
+                    exc,
+                ),
+            )
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_ACK_LOST_WITH_THE_BROKER = _AckLostWithTheBroker()  # one instance: addFilter adds it once
+
+
 @signals.after_setup_logger.connect
-def _per_task_lines_at_debug_only(loglevel: int = logging.INFO, **_: Any) -> None:
+def _quiet_worker_logs(loglevel: int = logging.INFO, **_: Any) -> None:
     if loglevel > logging.DEBUG:
         for name in _PER_TASK_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("celery.worker.request").addFilter(_ACK_LOST_WITH_THE_BROKER)
+    # Celery warns at every lost connection that a future default will cancel running tasks;
+    # ours is set explicitly (False: leases bring back a running job, a cancel could not).
+    warnings.filterwarnings(
+        "ignore", r"\s*In Celery 5\.1 we introduced", CPendingDeprecationWarning
+    )
 
 
 def create_celery(settings: Settings) -> Celery:

@@ -48,21 +48,23 @@ class OutboxPump:
         self.outage = outage or Outage(log, "Redis")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._dispatch_failed = False  # in the last pump_once
 
     def pump_once(self, now: float | None = None) -> int:
         """Lease what is due and dispatch it; the number of events dispatched."""
         room = self.batch - self.backlog()
         leased = self.outbox.lease_due(time.time() if now is None else now, room)
         sent = 0
+        self._dispatch_failed = False
         for event_id, token in leased:
             try:
                 self.dispatch(event_id, token)
                 sent += 1
             except Exception as exc:  # the broker went away between the lease and now
-                # Its lease runs out and the next poll after that dispatches it again.
-                log.warning(
-                    "webhook %s: dispatch failed (%s); retried when its lease ends", event_id, exc
-                )
+                # Its lease runs out and the next poll after that dispatches it again. Part of
+                # the outage (one line for all), not a line per event.
+                self._dispatch_failed = True
+                self.outage.failed(exc, f"dispatching webhook {event_id}, retried later")
         return sent
 
     def _run(self) -> None:
@@ -70,7 +72,8 @@ class OutboxPump:
             full = False
             try:
                 full = self.pump_once() >= self.batch
-                self.outage.answered()
+                if not self._dispatch_failed:  # the lease worked, the broker did not: still down
+                    self.outage.answered()
             except redis.RedisError as exc:
                 self.outage.failed(exc, "polling the webhook outbox")
             except Exception:

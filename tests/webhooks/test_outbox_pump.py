@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
+import pytest
 import redis
 
 from internvl_queue.core.job import Job, JobParams
@@ -77,3 +79,22 @@ def test_a_failed_dispatch_is_retried_after_the_lease(redis_client: redis.Redis)
         pump.stop()
         assert time.monotonic() - started < 1  # stops promptly
     assert len(sent) == 1
+
+
+def test_a_broker_that_refuses_dispatches_is_one_outage_not_an_answer(
+    redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis leased the events but the broker refused them (it died in between): the outage
+    is logged once, and the pass that leased them does not end it."""
+    _stage_events(redis_client, 3)
+    outbox = Outbox(redis_client, lease_s=30, retention_s=3600)
+
+    def dispatch(event_id: str, token: str) -> None:
+        raise ConnectionError("broker down")
+
+    pump = OutboxPump(outbox, dispatch, poll_s=0.02, batch=10)
+    with caplog.at_level(logging.DEBUG, logger="internvl_queue.webhooks"):
+        assert pump.pump_once() == 0
+        assert pump._dispatch_failed and pump.outage.down
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(lines) == 1 and lines[0].startswith("Redis unreachable (dispatching webhook")

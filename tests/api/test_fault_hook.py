@@ -4,7 +4,6 @@ starts another, so the API answers again."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -28,18 +27,6 @@ def _submit(api: ApiProcess, step: str) -> requests.Response:
     )
 
 
-def _answers_again(api: ApiProcess, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{api.url}/healthz", timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"the API did not answer again\n{api.log()}")
-
-
 @pytest.mark.parametrize("faults_on", [True, False])
 def test_the_fault_header_kills_the_api_only_where_faults_are_on(
     redis_url: str, redis_client: redis.Redis, tmp_path: Path, faults_on: bool
@@ -56,12 +43,12 @@ def test_the_fault_header_kills_the_api_only_where_faults_are_on(
         with pytest.raises(requests.ConnectionError):
             _submit(api, "before-store")
         assert redis_client.zcard(queued_key()) == 0  # killed before anything was stored
-        _answers_again(api)  # gunicorn's master started another worker process
+        api.wait_ready()  # gunicorn's master started another worker process
         assert api.process.poll() is None
         assert "test fault: killing API process" in api.log()
         with pytest.raises(requests.ConnectionError):
             _submit(api, "after-store")
         assert redis_client.zcard(queued_key()) == 1  # this one was stored before the kill
-        _answers_again(api)
+        api.wait_ready()
     finally:
         api.stop()

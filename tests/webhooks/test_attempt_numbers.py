@@ -25,6 +25,20 @@ LEASE_S = 10.0
 EVENTS = ("job.succeeded",)
 
 
+def _succeeded_job(store: JobStore, webhook_url: str) -> Job:
+    """A job that succeeded, with its terminal event due in the outbox."""
+    job = store.create(
+        Job.new(
+            "what?", JobParams(8, 2), image_count=1, webhook_url=webhook_url, webhook_events=EVENTS
+        ),
+        [b"i"],
+    )
+    claim = store.claim(job.id, max_attempts=3)
+    assert claim.job is not None
+    store.finish(claim.job, JobStatus.SUCCEEDED, result={"answer": "a"})
+    return job
+
+
 def test_a_resend_after_redis_died_mid_attempt_is_logged_as_attempt_2(tmp_path: Path) -> None:
     server = start_redis(tmp_path / "redis", persistent=True)
     first_reply = threading.Event()
@@ -40,19 +54,7 @@ def test_a_resend_after_redis_died_mid_attempt_is_logged_as_attempt_2(tmp_path: 
         store = JobStore(client, retention_s=3600)
         outbox = Outbox(client, lease_s=LEASE_S, retention_s=3600)
         delivery = WebhookDelivery(settings, outbox)
-        job = store.create(
-            Job.new(
-                "what?",
-                JobParams(8, 2),
-                image_count=1,
-                webhook_url=receiver.url,
-                webhook_events=EVENTS,
-            ),
-            [b"i"],
-        )
-        claim = store.claim(job.id, max_attempts=3)
-        assert claim.job is not None
-        store.finish(claim.job, JobStatus.SUCCEEDED, result={"answer": "a"})
+        job = _succeeded_job(store, receiver.url)
 
         ((event_id, token),) = outbox.lease_due(time.time(), limit=1)
         # The receiver has the request; Redis dies before the 204 reaches the webhook worker.
@@ -90,19 +92,7 @@ def test_attempts_are_numbered_when_they_begin_and_only_under_their_lease(tmp_pa
     try:
         store = JobStore(client, retention_s=3600)
         outbox = Outbox(client, lease_s=LEASE_S, retention_s=3600)
-        job = store.create(
-            Job.new(
-                "what?",
-                JobParams(8, 2),
-                image_count=1,
-                webhook_url="https://h.example/x",
-                webhook_events=EVENTS,
-            ),
-            [b"i"],
-        )
-        claim = store.claim(job.id, max_attempts=3)
-        assert claim.job is not None
-        store.finish(claim.job, JobStatus.SUCCEEDED, result={"answer": "a"})
+        _succeeded_job(store, "https://h.example/x")
         ((event_id, token),) = outbox.lease_due(time.time(), limit=1)
         assert outbox.begin_attempt(event_id, "not-the-lease") == 0
         assert outbox.begin_attempt(event_id, token) == 1

@@ -64,10 +64,15 @@ class Engine:
     ) -> None:
         self.config = config or EngineConfig()
         self.loaded = loaded
-        self.decoder: Any = BatchDecoder(
-            loaded, cuda_graphs=self.config.cuda_graphs, max_workspaces=self.config.max_workspaces
-        )
         self.stats = EngineStats()
+        self.decoder: Any = BatchDecoder(
+            loaded,
+            cuda_graphs=self.config.cuda_graphs,
+            max_batch_jobs=self.config.max_batch_jobs,
+            max_batch_tiles=self.config.max_batch_tiles,
+            kv_budget=self.config.decode_kv_tokens,
+            stats=self.stats,
+        )
         self.on_dead = on_dead
         self.dead: str | None = None  # why the engine can no longer serve
         self.resident_tiles = 0  # tiles of admitted, unresolved requests (their pixels on device)
@@ -91,6 +96,9 @@ class Engine:
 
     # -- life cycle --------------------------------------------------------------------------------
     def start(self) -> None:
+        """Prepare every decode shape (on CUDA: capture its graph), then serve. The worker reports
+        ready only after this, so that no batch ever waits for a graph capture."""
+        self.decoder.prepare()
         self._uploader.start()
         self._thread.start()
         if self.config.stall_s > 0:

@@ -386,3 +386,25 @@ def test_a_request_whose_image_tokens_do_not_match_its_tiles_is_refused_at_the_d
     request.input_ids = request.input_ids[request.input_ids != engine.decoder.image_token_id]
     with pytest.raises(InvalidRequest, match="image tokens"):
         engine.submit(request)
+
+
+def test_start_prepares_every_planned_decode_shape_without_autograd_history(
+    loaded: LoadedModel, make_engine: Any
+) -> None:
+    """Start-up builds every planned workspace (on CUDA it also captures their graphs), in
+    inference mode: a KV buffer carrying autograd history would keep every prepared step's
+    activations alive. Batches then reuse those workspaces, within the plan."""
+    engine = make_engine(max_wait_ms=50)
+    decoder = engine.decoder
+    engine.start()
+    assert len(decoder._workspaces) == len(decoder.plan.shapes) > 0
+    pool = decoder._pools
+    assert all(t.is_inference() and t.grad_fn is None for t in (*pool.keys, *pool.values))
+    assert engine.stats.snapshot()["decode_shapes"] == len(decoder.plan.shapes)
+    img, q, n, t = JOBS[0]
+    request = engine.submit(_request(loaded, img, q, max_new_tokens=n, max_tiles=t))
+    result = request.future.result(timeout=120)
+    assert result.tokens == _one_at_a_time(loaded, img, q, max_new_tokens=n, max_tiles=t)
+    snap = engine.stats.snapshot()
+    assert len(decoder._workspaces) == len(decoder.plan.shapes)
+    assert snap["uncaptured_batches"] == 0 and snap["graph_captures"] == 0  # CPU: no graphs

@@ -170,6 +170,9 @@ class BatchDecoder:
         self._pools: _Pools | None = None  # allocated with the first planned workspace
         self._workspaces: dict[tuple[int, int], _Workspace] = {}
         self._graph_pool: Any = None  # one memory pool for every graph's temporaries
+        # One stream for every capture's warm-up steps: the allocator caches freed blocks per
+        # stream, so a new stream per capture would strand its warm-up's memory.
+        self._warmup_stream: Any = None
         self.serving = False  # set by prepare(): a capture from now on stalls a batch
 
     # -- public -----------------------------------------------------------------------------------
@@ -193,29 +196,34 @@ class BatchDecoder:
             )
         return None
 
+    @torch.inference_mode()  # as in run(): else autograd keeps every captured step's activations
     def prepare(self) -> None:
         """Build every planned workspace and, on CUDA, capture its graph (before serving)."""
-        if self.use_graphs:
+        on_gpu = self.device.type == "cuda"
+        if on_gpu:
             torch.cuda.synchronize()
-            allocated, reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
-            started = time.perf_counter()
-            for rows, slots in self.plan.shapes:
-                self._planned(rows, slots)
+        allocated, reserved = _memory(on_gpu)
+        started = time.perf_counter()
+        for rows, slots in self.plan.shapes:
+            self._planned(rows, slots)
+        if on_gpu:
             torch.cuda.synchronize()
-            workspace_mb = (torch.cuda.memory_allocated() - allocated) / 2**20
-            reserved_mb = (torch.cuda.memory_reserved() - reserved) / 2**20
-            self.stats.workspaces_ready(
-                shapes=len(self.plan.shapes), allocated_mb=workspace_mb, reserved_mb=reserved_mb
-            )
-            log.info(
-                "decode: %d shapes (rows x slots, KV budget %d row-slots) captured in %.1f s; "
-                "workspaces %.0f MiB allocated, %.0f MiB reserved with the graphs' temporaries",
-                len(self.plan.shapes),
-                self.plan.kv_budget,
-                time.perf_counter() - started,
-                workspace_mb,
-                reserved_mb,
-            )
+        now_allocated, now_reserved = _memory(on_gpu)
+        workspace_mb, reserved_mb = now_allocated - allocated, now_reserved - reserved
+        self.stats.workspaces_ready(
+            shapes=len(self.plan.shapes), allocated_mb=workspace_mb, reserved_mb=reserved_mb
+        )
+        log.info(
+            "decode: %d shapes (rows x slots, KV budget %d row-slots) prepared in %.1f s, "
+            "%d graphs captured; workspaces %.0f MiB allocated, %.0f MiB reserved with the "
+            "graphs' temporaries",
+            len(self.plan.shapes),
+            self.plan.kv_budget,
+            time.perf_counter() - started,
+            sum(ws.graph is not None for ws in self._workspaces.values()),
+            workspace_mb,
+            reserved_mb,
+        )
         self.serving = True
 
     def release_memory(self) -> None:
@@ -450,7 +458,9 @@ class BatchDecoder:
         ws.done.fill_(True)
         ws.limit.fill_(1)
         ws.cache.write_index = ws.write_pos
-        stream = torch.cuda.Stream()
+        if self._warmup_stream is None:
+            self._warmup_stream = torch.cuda.Stream(self.device)
+        stream = self._warmup_stream
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):  # warm-up: lazy initialisation must not happen inside the capture
@@ -479,3 +489,10 @@ class BatchDecoder:
             seconds * 1000,
             " while serving (a batch waited for it)" if self.serving else "",
         )
+
+
+def _memory(on_gpu: bool) -> tuple[float, float]:
+    """Device memory allocated and reserved by torch, in MiB (0 off the GPU)."""
+    if not on_gpu:
+        return 0.0, 0.0
+    return torch.cuda.memory_allocated() / 2**20, torch.cuda.memory_reserved() / 2**20

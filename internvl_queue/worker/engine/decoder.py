@@ -174,6 +174,7 @@ class BatchDecoder:
         # stream, so a new stream per capture would strand its warm-up's memory.
         self._warmup_stream: Any = None
         self.serving = False  # set by prepare(): a capture from now on stalls a batch
+        self._prepare_lock = threading.Lock()  # prepare() may run in a start-up thread
 
     # -- public -----------------------------------------------------------------------------------
     def problem_with(self, request: EngineRequest) -> str | None:
@@ -198,7 +199,14 @@ class BatchDecoder:
 
     @torch.inference_mode()  # as in run(): else autograd keeps every captured step's activations
     def prepare(self) -> None:
-        """Build every planned workspace and, on CUDA, capture its graph (before serving)."""
+        """Build every planned workspace and, on CUDA, capture its graph (before serving).
+        Once: a second call waits for the first, and returns (or retries if the first failed)."""
+        with self._prepare_lock:
+            if not self.serving:
+                self._prepare()
+                self.serving = True
+
+    def _prepare(self) -> None:
         on_gpu = self.device.type == "cuda"
         if on_gpu:
             torch.cuda.synchronize()
@@ -224,7 +232,6 @@ class BatchDecoder:
             workspace_mb,
             reserved_mb,
         )
-        self.serving = True
 
     def release_memory(self) -> None:
         """Return cached free memory (after an out-of-memory error). The planned workspaces stay:

@@ -95,9 +95,14 @@ class Engine:
         return int(self.decoder.context_tokens)
 
     # -- life cycle --------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Prepare every decode shape (on CUDA: capture its graph, ~0.1 s each). ``start`` does it
+        if this has not run; a worker runs it in a thread while its other parts start."""
+        self.decoder.prepare()
+
     def start(self) -> None:
-        """Prepare every decode shape (on CUDA: capture its graph), then serve. The worker reports
-        ready only after this, so that no batch ever waits for a graph capture."""
+        """Prepare every decode shape (waiting for a ``prepare`` under way), then serve. The
+        worker reports ready only after this, so that no batch ever waits for a graph capture."""
         self.decoder.prepare()
         self._uploader.start()
         self._thread.start()

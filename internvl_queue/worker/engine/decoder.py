@@ -105,6 +105,7 @@ class _Pools:
 
     def __init__(self, decoder: BatchDecoder, row_slots: int) -> None:
         d = decoder
+        self.row_slots = row_slots
         size = row_slots * d.kv_heads * d.head_dim
         self.keys = [torch.zeros(size, dtype=d.dtype, device=d.device) for _ in range(d.n_layers)]
         self.values = [torch.zeros(size, dtype=d.dtype, device=d.device) for _ in range(d.n_layers)]
@@ -199,43 +200,41 @@ class BatchDecoder:
 
     @torch.inference_mode()  # as in run(): else autograd keeps every captured step's activations
     def prepare(self) -> None:
-        """Build every planned workspace and, on CUDA, capture its graph (before serving).
-        Once: a second call waits for the first, and returns (or retries if the first failed)."""
+        """With CUDA graphs, build every planned workspace and capture its graph, before serving
+        (without, workspaces are built as batches need them). Once: a second call waits for the
+        first, and returns (or tries again if the first failed)."""
         with self._prepare_lock:
             if not self.serving:
-                self._prepare()
+                if self.use_graphs:
+                    self._capture_plan()
                 self.serving = True
 
-    def _prepare(self) -> None:
-        on_gpu = self.device.type == "cuda"
-        if on_gpu:
-            torch.cuda.synchronize()
-        allocated, reserved = _memory(on_gpu)
+    def _capture_plan(self) -> None:
+        allocated, reserved = _memory_mb(self.device)
         started = time.perf_counter()
         for rows, slots in self.plan.shapes:
             self._planned(rows, slots)
-        if on_gpu:
-            torch.cuda.synchronize()
-        now_allocated, now_reserved = _memory(on_gpu)
+        now_allocated, now_reserved = _memory_mb(self.device)
         workspace_mb, reserved_mb = now_allocated - allocated, now_reserved - reserved
         self.stats.workspaces_ready(
             shapes=len(self.plan.shapes), allocated_mb=workspace_mb, reserved_mb=reserved_mb
         )
         log.info(
-            "decode: %d shapes (rows x slots, KV budget %d row-slots) prepared in %.1f s, "
-            "%d graphs captured; workspaces %.0f MiB allocated, %.0f MiB reserved with the "
-            "graphs' temporaries",
+            "decode: %d shapes (rows x slots, KV budget %d row-slots) captured in %.1f s; "
+            "workspaces %.0f MiB allocated, %.0f MiB reserved with the graphs' temporaries",
             len(self.plan.shapes),
             self.plan.kv_budget,
             time.perf_counter() - started,
-            sum(ws.graph is not None for ws in self._workspaces.values()),
             workspace_mb,
             reserved_mb,
         )
 
     def release_memory(self) -> None:
-        """Return cached free memory (after an out-of-memory error). The planned workspaces stay:
-        they are bounded, and rebuilding them would capture graphs while serving."""
+        """Return cached free memory (after an out-of-memory error). With graphs the planned
+        workspaces stay: they are bounded, and rebuilding them would capture while serving."""
+        if not self.use_graphs:
+            self._workspaces.clear()
+            self._pools = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -452,8 +451,14 @@ class BatchDecoder:
     def _planned(self, rows: int, slots: int) -> _Workspace:
         ws = self._workspaces.get((rows, slots))
         if ws is None:
-            if self._pools is None:
-                self._pools = _Pools(self, self.plan.kv_budget)
+            if self.use_graphs:  # the whole budget at once: graphs hold their buffers' addresses
+                if self._pools is None:
+                    self._pools = _Pools(self, self.plan.kv_budget)
+            elif self._pools is None or self._pools.row_slots < rows * slots:
+                # No graphs (the CPU): the buffer grows to the largest shape met, as it did
+                # before the plan, rather than holding the whole budget from the start.
+                self._workspaces.clear()  # views of the smaller buffer
+                self._pools = _Pools(self, rows * slots)
             ws = _Workspace(self, rows, slots, self._pools)
             if self.use_graphs:
                 self._capture(ws)
@@ -498,8 +503,10 @@ class BatchDecoder:
         )
 
 
-def _memory(on_gpu: bool) -> tuple[float, float]:
-    """Device memory allocated and reserved by torch, in MiB (0 off the GPU)."""
-    if not on_gpu:
+def _memory_mb(device: torch.device) -> tuple[float, float]:
+    """Device memory allocated and reserved by torch, in MiB, once the device is idle (0 off
+    CUDA: a test prepares the CPU decoder as if it had graphs)."""
+    if device.type != "cuda":
         return 0.0, 0.0
-    return torch.cuda.memory_allocated() / 2**20, torch.cuda.memory_reserved() / 2**20
+    torch.cuda.synchronize(device)
+    return torch.cuda.memory_allocated(device) / 2**20, torch.cuda.memory_reserved(device) / 2**20

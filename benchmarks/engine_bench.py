@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import random
 import statistics
 import tempfile
@@ -71,6 +72,28 @@ def images_for(workload: Workload, count: int = 32) -> list[bytes]:
     return [jpeg(workload.width, workload.height, seed) for seed in range(count)]
 
 
+class CaptureCounter(logging.Handler):
+    """Counts the decoder's "captured decode graph" log lines: works for any version of the
+    decoder (a baseline's too), whatever the level it logs them at."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if str(record.msg).startswith("captured decode graph"):
+            self.count += 1
+
+    def install(self) -> CaptureCounter:
+        decoder_log = logging.getLogger("internvl_queue.worker.engine.decoder")
+        decoder_log.setLevel(logging.DEBUG)
+        decoder_log.addHandler(self)
+        return self
+
+
+CAPTURES = CaptureCounter().install()
+
+
 def decode(data: bytes) -> Image.Image:
     return Image.open(io.BytesIO(data)).convert("RGB")
 
@@ -124,6 +147,7 @@ class Submitter:
     ) -> dict[str, float]:
         images = images_for(workload)
         before = self.engine.stats.snapshot()
+        captures = CAPTURES.count
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
@@ -137,6 +161,7 @@ class Submitter:
         after = self.engine.stats.snapshot()
         batches = after["batches"] - before["batches"]
         return {
+            "captures": CAPTURES.count - captures,
             "jobs_s": jobs / elapsed,
             "tokens_s": sum(len(r.tokens) for r in results) / elapsed,
             "mean_batch": jobs / max(batches, 1),
@@ -148,16 +173,21 @@ class Submitter:
 
     def single(self, workload: Workload, repeats: int) -> dict[str, float]:
         images = images_for(workload, repeats)
+        captures = CAPTURES.count
         latencies = []
         for data in images:
             started = time.perf_counter()
             self.one(data, workload).future.result()
             latencies.append(time.perf_counter() - started)
-        return {"p50_ms": statistics.median(latencies) * 1000}
+        return {
+            "p50_ms": statistics.median(latencies) * 1000,
+            "captures": CAPTURES.count - captures,
+        }
 
     def steady(self, workload: Workload, rate: float, seconds: float) -> dict[str, float]:
         """Poisson arrivals at ``rate`` jobs/s; latency from arrival to answer."""
         images = images_for(workload)
+        captures = CAPTURES.count
         rng = random.Random(1)
         latencies: list[float] = []
         lock = threading.Lock()
@@ -183,6 +213,7 @@ class Submitter:
             "rate": rate,
             "p50_ms": latencies[len(latencies) // 2] * 1000,
             "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+            "captures": CAPTURES.count - captures,
         }
 
 
@@ -268,7 +299,9 @@ def main() -> None:
         from benchmarks.shapes import write_internvl3_1b_shaped
 
         model_dir = write_internvl3_1b_shaped(args.keep_model or workdir / "internvl3-1b-shaped")
+    started = time.perf_counter()
     loaded = load_model(str(model_dir), args.device)
+    load_s = time.perf_counter() - started
     device_name = loaded.gpu_name or "cpu"
     print(f"model {model_dir} on {device_name} ({loaded.dtype})", flush=True)
     figures: dict[str, Any] = {"device": device_name, "dtype": str(loaded.dtype)}
@@ -278,14 +311,31 @@ def main() -> None:
         print(w.name, "baseline", figures[f"baseline_{w.name}"], flush=True)
 
     processes = default_processes(loaded.device.type) if args.processes < 0 else args.processes
+    started = time.perf_counter()
     preprocessor = Preprocessor(
         str(model_dir), loaded.processor, loaded.dtype, processes=processes, max_pixels=10**8
     )
     figures["preprocess_processes"] = processes
-    engine = make_engine(loaded, group_by_length=True)
+    preprocessor_s = time.perf_counter() - started
+    sync()
+    started, captures = time.perf_counter(), CAPTURES.count
+    engine = make_engine(loaded, group_by_length=True)  # prepares the decode shapes
+    sync()
+    snap = engine.stats.snapshot()
+    figures["startup"] = {
+        "load_s": load_s,
+        "preprocessor_s": preprocessor_s,
+        "engine_start_s": time.perf_counter() - started,
+        "captures": CAPTURES.count - captures,
+        "decode_shapes": snap.get("decode_shapes", 0),
+        "decode_workspace_mb": snap.get("decode_workspace_mb", 0),
+        "decode_graph_reserved_mb": snap.get("decode_graph_reserved_mb", 0),
+    }
+    print("start-up", figures["startup"], flush=True)
     submitter = Submitter(loaded, engine, args.threads, preprocessor)
-    for w in workloads:  # warm-up: allocations, CUDA graph captures
-        submitter.burst(w, min(args.jobs, 256))
+    for w in workloads:  # warm-up: allocations (and, for a decoder that captures lazily, graphs)
+        figures[f"warmup_{w.name}"] = submitter.burst(w, min(args.jobs, 256))
+        print(w.name, "warm-up", figures[f"warmup_{w.name}"], flush=True)
     for w in workloads:
         figures[f"burst_{w.name}"] = submitter.burst(w, args.jobs)
         print(w.name, "burst", figures[f"burst_{w.name}"], flush=True)
@@ -295,6 +345,7 @@ def main() -> None:
     print("single", figures["single_W1"], flush=True)
     if not args.no_extras:
         extras(figures, args, loaded, engine, submitter)
+    figures["uncaptured_batches"] = engine.stats.snapshot().get("uncaptured_batches", 0)
     engine.stop()
 
     if args.fp32_agreement and loaded.device.type == "cuda":
@@ -349,6 +400,7 @@ def render(f: dict[str, Any], args: argparse.Namespace) -> str:
         rows.extend(_extra_rows(f))
     peak = max(f[k]["peak_gpu_gb"] for k in f if k.startswith("burst_"))
     rows.append(f"| peak GPU memory | | {peak:.1f} GiB | | |")
+    rows.extend(_startup_rows(f))
     if "agreement_fp32_W1" in f:
         rows.append(
             f"| batched == alone, fp32, TF32 off | | {f['agreement_fp32_W1']:.0%} identical | | |"
@@ -359,6 +411,26 @@ def render(f: dict[str, Any], args: argparse.Namespace) -> str:
         phases = ", ".join(f"{k} {v:.0f} ms" for k, v in profile.items())
         rows.append(f"| one {w} batch of {size:.0f} jobs: where the time goes | | {phases} | | |")
     return "\n".join(rows)
+
+
+def _startup_rows(f: dict[str, Any]) -> list[str]:
+    s = f["startup"]
+    phases = [("start-up", s["captures"])]
+    phases += [(k.replace("_", " "), f[k]["captures"]) for k in f if k.startswith("warmup_")]
+    phases += [(k.replace("_", " "), f[k]["captures"]) for k in f if k.startswith("burst_")]
+    phases += [("single W1", f["single_W1"]["captures"])]
+    if "steady_W1" in f:
+        phases += [("steady W1", f["steady_W1"]["captures"])]
+    return [
+        "| start-up: model load; preprocessing pool; engine (decode shapes prepared) | | "
+        f"{s['load_s']:.1f} s; {s['preprocessor_s']:.1f} s; "
+        f"{s['engine_start_s']:.1f} s ({s['decode_shapes']} shapes, KV and buffers "
+        f"{s['decode_workspace_mb']} MiB, {s['decode_graph_reserved_mb']} MiB reserved "
+        "with the graphs) | | |",
+        "| decode CUDA graph captures per phase | | "
+        + ", ".join(f"{name} {count}" for name, count in phases)
+        + f"; batches decoded without a graph: {f['uncaptured_batches']} | | |",
+    ]
 
 
 def _extra_rows(f: dict[str, Any]) -> list[str]:

@@ -80,6 +80,7 @@ def whole_path(
         "LOG_LEVEL": "INFO",
     }
     log = log_path.open("wb")
+    launched = time.monotonic()
     command = [sys.executable, "-m", "internvl_queue", "worker"]
     if gpus:
         command += ["--gpus", ",".join(str(g) for g in range(gpus))]
@@ -97,7 +98,15 @@ def whole_path(
             if worker.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the worker did not start")
             time.sleep(0.5)
-        say(f"{len(registry.ready())} worker(s) ready")
+        ready_s = time.monotonic() - launched
+        say(f"{len(registry.ready())} worker(s) ready {ready_s:.1f} s after launch")
+
+        def captures() -> int:
+            """Decode graph captures so far, from the workers' heartbeats (after a fresh one)."""
+            time.sleep(1.5 * settings.heartbeat_interval_s)
+            return sum((info.engine or {}).get("graph_captures", 0) for info in registry.ready())
+
+        at_start = captures()
         store = JobStore(client, retention_s=3600)
         celery = create_celery(settings)
         images = images_for(W1)
@@ -142,8 +151,10 @@ def whole_path(
             return time.perf_counter() - started, ids
 
         burst(256)
+        after_warmup = captures()
         say("warmed up")
         elapsed, ids = burst(jobs)
+        after_burst = captures()
         finished = [store.get(i) for i in ids]
         ok = [j for j in finished if j is not None and j.result is not None]
         figures = {
@@ -152,6 +163,12 @@ def whole_path(
             "tokens": sum(j.result["usage"]["completion_tokens"] for j in ok) / max(len(ok), 1),
             "batch": sum(j.result["batch_size"] for j in ok) / max(len(ok), 1),
             "threads_peak": dict(peaks),
+            "ready_s": ready_s,
+            "captures": {
+                "start-up": at_start,
+                "warm-up": after_warmup - at_start,
+                "burst": after_burst - after_warmup,
+            },
         }
         say(f"whole path: {figures}")
         return figures
@@ -254,6 +271,11 @@ def main() -> None:
         f"| jobs succeeded | {whole['succeeded']:.0f} of {args.jobs} |\n"
         f"| mean new tokens per job | {whole['tokens']:.1f} |\n"
         f"| mean batch size seen by jobs | {whole['batch']:.0f} |\n"
+        f"| worker launch to `ready` (model load, preprocessing pool, decode graphs) | "
+        f"{whole['ready_s']:.1f} s |\n"
+        "| decode CUDA graph captures per phase (heartbeats) | "
+        + ", ".join(f"{k} {v}" for k, v in whole["captures"].items())
+        + " |\n"
     )
     print(row, flush=True)
     with RESULTS.open("a") as results:

@@ -103,6 +103,10 @@ class WorkerRuntime:
             ),
             on_dead=self.defunct,
         )
+        # The decode graphs are captured (~10 s for the 1B shape on an H200) while the
+        # preprocessing processes start (as long): engine.start() below waits for them, or
+        # prepares them itself if this thread failed.
+        threading.Thread(target=self.engine.prepare, name="decode-graphs", daemon=True).start()
         processes = s.preprocess_processes
         self.preprocessor = Preprocessor(
             loaded.model_id,

@@ -386,3 +386,41 @@ def test_a_request_whose_image_tokens_do_not_match_its_tiles_is_refused_at_the_d
     request.input_ids = request.input_ids[request.input_ids != engine.decoder.image_token_id]
     with pytest.raises(InvalidRequest, match="image tokens"):
         engine.submit(request)
+
+
+def test_prepared_decode_shapes_share_one_kv_buffer_without_autograd_history(
+    loaded: LoadedModel, make_engine: Any
+) -> None:
+    """With CUDA graphs, start-up builds every planned shape, views of one KV buffer, and runs a
+    decode step in each to capture it. Here on the CPU, each "capture" runs that step without
+    CUDA. It must run in inference mode (a KV buffer with autograd history keeps every step's
+    activations alive: 53 GiB on an H200), and answers through the shared buffer stay exact."""
+    engine = make_engine(max_wait_ms=200, group_by_length=False)
+    decoder = engine.decoder
+    decoder.use_graphs = True
+    captured: list[tuple[int, int]] = []
+
+    def capture_without_cuda(ws: Any) -> None:
+        ws.done.fill_(True)
+        ws.limit.fill_(1)
+        ws.cache.write_index = ws.write_pos
+        decoder._decode_step(ws)
+        captured.append((ws.rows, ws.slots))
+
+    decoder._capture = capture_without_cuda
+    requests = [
+        engine.submit(_request(loaded, img, q, max_new_tokens=n, max_tiles=t))
+        for img, q, n, t in JOBS
+    ]
+    engine.start()
+    assert captured == list(decoder.plan.shapes) and len(captured) > 10
+    pool = decoder._pools
+    assert pool.row_slots == decoder.plan.kv_budget
+    assert all(t.is_inference() and t.grad_fn is None for t in (*pool.keys, *pool.values))
+    assert engine.stats.snapshot()["decode_shapes"] == len(captured)
+    results = [r.future.result(timeout=120) for r in requests]
+    assert [r.batch_size for r in results] == [len(JOBS)] * len(JOBS)  # one batch, mixed tiles
+    for (img, q, n, t), result in zip(JOBS, results, strict=True):
+        assert result.tokens == _one_at_a_time(loaded, img, q, max_new_tokens=n, max_tiles=t)
+    assert len(captured) == len(decoder.plan.shapes)  # nothing built or captured while serving
+    assert engine.stats.snapshot()["uncaptured_batches"] == 0

@@ -22,8 +22,10 @@ class EngineConfig:
     cuda_graphs: bool = True
     # Decode steps between looks at the host side (finished rows, deadlines, cancellations).
     check_every: int = 8
-    # Allocated decode workspaces (KV cache + graph) kept for reuse.
-    max_workspaces: int = 4
+    # Row-slots (rows x KV cache length) of the one KV buffer that every decode shape shares; the
+    # shapes within it are built, and their CUDA graphs captured, at start-up. 0: twice the image
+    # tokens of a full batch (2 x max_batch_tiles x image tokens per tile).
+    decode_kv_tokens: int = 0
     # Tiles whose pixels may sit in device memory at once (waiting and running requests); the
     # rest wait on the host until their turn. 0: two full batches (2 x max_batch_tiles).
     max_resident_tiles: int = 0

@@ -10,6 +10,10 @@ loop are ours.
 
 Batches are left-padded: every row's prompt ends at the same cache slot, so all rows write their
 next key/value at the same slot and one mask per row (``slot >= pad``) hides the padding.
+
+Decode shapes (rows x KV slots) are planned once (``buckets.plan_decode``): each planned shape's
+workspace is a view of one shared KV buffer, and on CUDA ``prepare`` captures all their graphs
+before the engine serves, so that no batch ever waits for a capture.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,25 +28,13 @@ from typing import Any
 import torch
 
 from .attention import GROUPED_DECODE
+from .buckets import SLOT_BUCKETS, DecodePlan, bucket, default_kv_budget, plan_decode
 from .request import EngineRequest, StopReason
+from .stats import EngineStats
 
 __all__ = ["BatchDecoder", "DecodeOutput"]
 
 log = logging.getLogger(__name__)
-
-# Batch sizes a decode workspace (and its CUDA graph) is built for; a batch takes the next one up.
-_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
-# KV cache lengths: a few sizes, so that a handful of workspaces (and graphs) serve most batches.
-_SLOT_BUCKETS = tuple(
-    128 * k for k in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
-)
-
-
-def _bucket(n: int, sizes: tuple[int, ...] = _BATCH_BUCKETS) -> int:
-    for size in sizes:
-        if size >= n:
-            return size
-    return n
 
 
 @dataclass(frozen=True)
@@ -57,23 +48,25 @@ class _StaticKV:
 
     The model's attention layers call ``update`` with the new keys/values; they are written at
     ``write_index`` (a tensor, so that a captured graph can replay it) and the whole buffer is
-    returned for attention, the mask hiding unwritten slots.
+    returned for attention, the mask hiding unwritten slots. The buffers are views of the front
+    of ``keys`` / ``values`` (flat, one per layer), which may be shared with other shapes.
     """
 
     def __init__(
         self,
-        layers: int,
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
         rows: int,
         heads: int,
         slots: int,
         dim: int,
-        dtype: torch.dtype,
-        device: torch.device,
     ) -> None:
-        shape = (rows, heads, slots, dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
-        self.write_index = torch.zeros(1, dtype=torch.long, device=device)  # set by the decoder
+        size = rows * heads * slots * dim
+        self.keys = [k[:size].view(rows, heads, slots, dim) for k in keys]
+        self.values = [v[:size].view(rows, heads, slots, dim) for v in values]
+        self.write_index = torch.zeros(
+            1, dtype=torch.long, device=keys[0].device
+        )  # set by the decoder
         self.rows = rows  # how many leading rows the current forward covers
 
     def update(
@@ -87,18 +80,19 @@ class _StaticKV:
 
 
 class _Workspace:
-    """Everything one decode step touches, preallocated for ``rows`` x ``slots``."""
+    """Everything one decode step touches, preallocated for ``rows`` x ``slots``. The KV cache and
+    the answers (``out``: a row's answer is shorter than its slots) are views of ``pools``."""
 
-    def __init__(self, decoder: BatchDecoder, rows: int, slots: int, max_new: int) -> None:
+    def __init__(self, decoder: BatchDecoder, rows: int, slots: int, pools: _Pools) -> None:
         d, dev = decoder, decoder.device
-        self.rows, self.slots, self.max_new = rows, slots, max_new
-        self.cache = _StaticKV(d.n_layers, rows, d.kv_heads, slots, d.head_dim, d.dtype, dev)
+        self.rows, self.slots = rows, slots
+        self.cache = _StaticKV(pools.keys, pools.values, rows, d.kv_heads, slots, d.head_dim)
         self.tokens = torch.zeros(rows, dtype=torch.long, device=dev)
         self.pad = torch.zeros(rows, dtype=torch.long, device=dev)
         self.limit = torch.zeros(rows, dtype=torch.long, device=dev)  # max_new_tokens per row
         self.honour_eos = torch.zeros(rows, dtype=torch.bool, device=dev)
         self.done = torch.zeros(rows, dtype=torch.bool, device=dev)
-        self.out = torch.zeros(rows, max_new, dtype=torch.long, device=dev)
+        self.out = pools.out[: rows * slots].view(rows, slots)
         self.step = torch.zeros(1, dtype=torch.long, device=dev)  # tokens generated so far
         self.length = torch.zeros(rows, dtype=torch.long, device=dev)  # tokens kept per row
         self.write_pos = torch.zeros(1, dtype=torch.long, device=dev)  # slot of the next token
@@ -106,8 +100,29 @@ class _Workspace:
         self.graph: torch.cuda.CUDAGraph | None = None
 
 
+class _Pools:
+    """Flat buffers for ``row_slots`` rows x slots: per layer K and V, and the answers' tokens."""
+
+    def __init__(self, decoder: BatchDecoder, row_slots: int) -> None:
+        d = decoder
+        self.row_slots = row_slots
+        size = row_slots * d.kv_heads * d.head_dim
+        self.keys = [torch.zeros(size, dtype=d.dtype, device=d.device) for _ in range(d.n_layers)]
+        self.values = [torch.zeros(size, dtype=d.dtype, device=d.device) for _ in range(d.n_layers)]
+        self.out = torch.zeros(row_slots, dtype=torch.long, device=d.device)
+
+
 class BatchDecoder:
-    def __init__(self, loaded: Any, *, cuda_graphs: bool = True, max_workspaces: int = 4) -> None:
+    def __init__(
+        self,
+        loaded: Any,
+        *,
+        cuda_graphs: bool = True,
+        max_batch_jobs: int = 256,
+        max_batch_tiles: int = 512,
+        kv_budget: int = 0,
+        stats: EngineStats | None = None,
+    ) -> None:
         model = loaded.model
         self.model = model
         self.capture_lock = threading.Lock()  # held while a decode graph is captured
@@ -146,8 +161,21 @@ class BatchDecoder:
         # between phases, so it is off in service).
         self.profile = False
         self.profile_log: list[tuple[int, dict[str, float]]] = []  # (batch size, phase ms)
-        self.max_workspaces = max_workspaces
-        self._workspaces: OrderedDict[tuple[int, int, int], _Workspace] = OrderedDict()
+        self.stats = stats or EngineStats()
+        # Every decode shape the batcher can form within the KV budget; one shared KV buffer.
+        self.plan: DecodePlan = plan_decode(
+            max_batch_jobs=max_batch_jobs,
+            kv_budget=kv_budget or default_kv_budget(max_batch_tiles, self.image_tokens_per_tile),
+            context_tokens=self.context_tokens,
+        )
+        self._pools: _Pools | None = None  # allocated with the first planned workspace
+        self._workspaces: dict[tuple[int, int], _Workspace] = {}
+        self._graph_pool: Any = None  # one memory pool for every graph's temporaries
+        # One stream for every capture's warm-up steps: the allocator caches freed blocks per
+        # stream, so a new stream per capture would strand its warm-up's memory.
+        self._warmup_stream: Any = None
+        self.serving = False  # set by prepare(): a capture from now on stalls a batch
+        self._prepare_lock = threading.Lock()  # prepare() may run in a start-up thread
 
     # -- public -----------------------------------------------------------------------------------
     def problem_with(self, request: EngineRequest) -> str | None:
@@ -170,9 +198,43 @@ class BatchDecoder:
             )
         return None
 
+    @torch.inference_mode()  # as in run(): else autograd keeps every captured step's activations
+    def prepare(self) -> None:
+        """With CUDA graphs, build every planned workspace and capture its graph, before serving
+        (without, workspaces are built as batches need them). Once: a second call waits for the
+        first, and returns (or tries again if the first failed)."""
+        with self._prepare_lock:
+            if not self.serving:
+                if self.use_graphs:
+                    self._capture_plan()
+                self.serving = True
+
+    def _capture_plan(self) -> None:
+        allocated, reserved = _memory_mb(self.device)
+        started = time.perf_counter()
+        for rows, slots in self.plan.shapes:
+            self._planned(rows, slots)
+        now_allocated, now_reserved = _memory_mb(self.device)
+        workspace_mb, reserved_mb = now_allocated - allocated, now_reserved - reserved
+        self.stats.workspaces_ready(
+            shapes=len(self.plan.shapes), allocated_mb=workspace_mb, reserved_mb=reserved_mb
+        )
+        log.info(
+            "decode: %d shapes (rows x slots, KV budget %d row-slots) captured in %.1f s; "
+            "workspaces %.0f MiB allocated, %.0f MiB reserved with the graphs' temporaries",
+            len(self.plan.shapes),
+            self.plan.kv_budget,
+            time.perf_counter() - started,
+            workspace_mb,
+            reserved_mb,
+        )
+
     def release_memory(self) -> None:
-        """Drop the cached workspaces (after an out-of-memory error)."""
-        self._workspaces.clear()
+        """Return cached free memory (after an out-of-memory error). With graphs the planned
+        workspaces stay: they are bounded, and rebuilding them would capture while serving."""
+        if not self.use_graphs:
+            self._workspaces.clear()
+            self._pools = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -188,11 +250,7 @@ class BatchDecoder:
         n = len(batch)
         prompt_len = max(r.prompt_tokens for r in batch)
         max_new = max(r.max_new_tokens for r in batch)
-        ws = self._workspace(
-            rows=_bucket(n),
-            slots=_bucket(prompt_len + max_new, _SLOT_BUCKETS),
-            max_new=1 << (max_new - 1).bit_length(),
-        )
+        ws = self._workspace(rows=n, slots=prompt_len + max_new)
 
         marks = [self._mark()]
         embeds, pad = self._embed_batch(batch, prompt_len)
@@ -209,7 +267,7 @@ class BatchDecoder:
                 ws.graph.replay()
             else:
                 self._decode_step(ws)
-        outputs = self._collect(ws, batch, stopped)
+        outputs = self._collect(ws, batch, stopped, max_new)
         marks.append(self._mark())
         if self.profile:
             names = ("vision", "prefill", "decode")
@@ -357,10 +415,14 @@ class BatchDecoder:
         return all(done)
 
     def _collect(
-        self, ws: _Workspace, batch: Sequence[EngineRequest], stopped: dict[int, StopReason]
+        self,
+        ws: _Workspace,
+        batch: Sequence[EngineRequest],
+        stopped: dict[int, StopReason],
+        max_new: int,
     ) -> list[DecodeOutput]:
         n = len(batch)
-        out, lengths = ws.out[:n].tolist(), ws.length[:n].tolist()
+        out, lengths = ws.out[:n, :max_new].tolist(), ws.length[:n].tolist()
         eos = set(self.eos_ids.tolist())
         results = []
         for row, request in enumerate(batch):
@@ -375,17 +437,32 @@ class BatchDecoder:
         return results
 
     # -- workspaces and graphs -----------------------------------------------------------------
-    def _workspace(self, rows: int, slots: int, max_new: int) -> _Workspace:
-        key = (rows, slots, max_new)
-        ws = self._workspaces.get(key)
+    def _workspace(self, rows: int, slots: int) -> _Workspace:
+        """The planned workspace for ``rows`` needing ``slots``; outside the plan, a workspace of
+        the batch's own (no graph: its steps run one by one), dropped after the batch."""
+        shape = self.plan.shape_for(rows, slots)
+        if shape is not None:
+            return self._planned(*shape)
+        rows, slots = bucket(rows, self.plan.row_buckets), bucket(slots, SLOT_BUCKETS)
+        self.stats.uncaptured_batch()
+        log.info("decode: rows=%d slots=%d is outside the plan: no graph for it", rows, slots)
+        return _Workspace(self, rows, slots, _Pools(self, rows * slots))
+
+    def _planned(self, rows: int, slots: int) -> _Workspace:
+        ws = self._workspaces.get((rows, slots))
         if ws is None:
-            while len(self._workspaces) >= self.max_workspaces:
-                self._workspaces.popitem(last=False)
-            ws = _Workspace(self, rows, slots, max_new)
+            if self.use_graphs:  # the whole budget at once: graphs hold their buffers' addresses
+                if self._pools is None:
+                    self._pools = _Pools(self, self.plan.kv_budget)
+            elif self._pools is None or self._pools.row_slots < rows * slots:
+                # No graphs (the CPU): the buffer grows to the largest shape met, as it did
+                # before the plan, rather than holding the whole budget from the start.
+                self._workspaces.clear()  # views of the smaller buffer
+                self._pools = _Pools(self, rows * slots)
+            ws = _Workspace(self, rows, slots, self._pools)
             if self.use_graphs:
                 self._capture(ws)
-            self._workspaces[key] = ws
-        self._workspaces.move_to_end(key)
+            self._workspaces[(rows, slots)] = ws
         return ws
 
     def _capture(self, ws: _Workspace) -> None:
@@ -393,21 +470,43 @@ class BatchDecoder:
         ws.done.fill_(True)
         ws.limit.fill_(1)
         ws.cache.write_index = ws.write_pos
-        stream = torch.cuda.Stream()
+        if self._warmup_stream is None:
+            self._warmup_stream = torch.cuda.Stream(self.device)
+        stream = self._warmup_stream
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):  # warm-up: lazy initialisation must not happen inside the capture
                 self._decode_step(ws)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
+        if self._graph_pool is None:
+            self._graph_pool = torch.cuda.graph_pool_handle()
         # The engine's uploader holds capture_lock for its CUDA calls, so none runs mid-capture;
-        # thread_local keeps any other thread's (a benchmark's, a test's) from failing it.
-        with self.capture_lock, torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        # thread_local keeps any other thread's (a benchmark's, a test's) from failing it. One
+        # memory pool serves every graph: each keeps its results in its workspace, so its
+        # temporaries are dead once it has run, and graphs run one at a time, on one stream.
+        with (
+            self.capture_lock,
+            torch.cuda.graph(graph, pool=self._graph_pool, capture_error_mode="thread_local"),
+        ):
             self._decode_step(ws)
         ws.graph = graph
-        log.info(
-            "captured decode graph rows=%d slots=%d in %.0f ms",
+        seconds = time.perf_counter() - started
+        self.stats.graph_captured(seconds, serving=self.serving)
+        log.log(
+            logging.WARNING if self.serving else logging.DEBUG,
+            "captured decode graph rows=%d slots=%d in %.0f ms%s",
             ws.rows,
             ws.slots,
-            (time.perf_counter() - started) * 1000,
+            seconds * 1000,
+            " while serving (a batch waited for it)" if self.serving else "",
         )
+
+
+def _memory_mb(device: torch.device) -> tuple[float, float]:
+    """Device memory allocated and reserved by torch, in MiB, once the device is idle (0 off
+    CUDA: a test prepares the CPU decoder as if it had graphs)."""
+    if device.type != "cuda":
+        return 0.0, 0.0
+    torch.cuda.synchronize(device)
+    return torch.cuda.memory_allocated(device) / 2**20, torch.cuda.memory_reserved(device) / 2**20

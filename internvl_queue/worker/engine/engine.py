@@ -64,10 +64,15 @@ class Engine:
     ) -> None:
         self.config = config or EngineConfig()
         self.loaded = loaded
-        self.decoder: Any = BatchDecoder(
-            loaded, cuda_graphs=self.config.cuda_graphs, max_workspaces=self.config.max_workspaces
-        )
         self.stats = EngineStats()
+        self.decoder: Any = BatchDecoder(
+            loaded,
+            cuda_graphs=self.config.cuda_graphs,
+            max_batch_jobs=self.config.max_batch_jobs,
+            max_batch_tiles=self.config.max_batch_tiles,
+            kv_budget=self.config.decode_kv_tokens,
+            stats=self.stats,
+        )
         self.on_dead = on_dead
         self.dead: str | None = None  # why the engine can no longer serve
         self.resident_tiles = 0  # tiles of admitted, unresolved requests (their pixels on device)
@@ -90,7 +95,15 @@ class Engine:
         return int(self.decoder.context_tokens)
 
     # -- life cycle --------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Prepare every decode shape (on CUDA: capture its graph, ~0.1 s each). ``start`` does it
+        if this has not run; a worker runs it in a thread while its other parts start."""
+        self.decoder.prepare()
+
     def start(self) -> None:
+        """Prepare every decode shape (waiting for a ``prepare`` under way), then serve. The
+        worker reports ready only after this, so that no batch ever waits for a graph capture."""
+        self.decoder.prepare()
         self._uploader.start()
         self._thread.start()
         if self.config.stall_s > 0:

@@ -1,4 +1,5 @@
-"""Engine counters for heartbeats and logs: batch sizes, tiles, throughput, GPU memory."""
+"""Engine counters for heartbeats and logs: batch sizes, tiles, throughput, GPU memory, and the
+decode CUDA graphs (captured at start-up; any capture while serving stalled a batch)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,13 @@ class EngineStats:
         self.largest_batch_tiles = 0  # the most image tiles one batch carried: peak memory
         self.oom_splits = 0
         self.error_splits = 0
+        self.graph_captures = 0  # decode CUDA graphs captured, in all
+        self.graph_captures_serving = 0  # ... of them after start-up: each one stalled a batch
+        self.graph_capture_s = 0.0
+        self.decode_shapes = 0  # planned decode shapes, prepared at start-up
+        self.decode_workspace_mb = 0.0  # their KV cache and buffers (allocated)
+        self.decode_graph_reserved_mb = 0.0  # the same, with the graphs' temporaries (reserved)
+        self.uncaptured_batches = 0  # batches outside the planned shapes: decoded without a graph
         self._recent: deque[tuple[float, int, int]] = deque()  # (finished at, jobs, tokens)
 
     def batch_done(self, *, jobs: int, tiles: int, tokens: int, seconds: float) -> None:
@@ -47,6 +55,22 @@ class EngineStats:
         with self._lock:
             self.error_splits += 1
 
+    def graph_captured(self, seconds: float, *, serving: bool) -> None:
+        with self._lock:
+            self.graph_captures += 1
+            self.graph_captures_serving += int(serving)
+            self.graph_capture_s += seconds
+
+    def workspaces_ready(self, *, shapes: int, allocated_mb: float, reserved_mb: float) -> None:
+        with self._lock:
+            self.decode_shapes = shapes
+            self.decode_workspace_mb = allocated_mb
+            self.decode_graph_reserved_mb = reserved_mb
+
+    def uncaptured_batch(self) -> None:
+        with self._lock:
+            self.uncaptured_batches += 1
+
     def snapshot(self) -> dict[str, float | int]:
         now = time.monotonic()
         with self._lock:
@@ -63,6 +87,13 @@ class EngineStats:
                 "tokens_per_s": round(sum(r[2] for r in recent) / span, 1),
                 "oom_splits": self.oom_splits,
                 "error_splits": self.error_splits,
+                "graph_captures": self.graph_captures,
+                "graph_captures_serving": self.graph_captures_serving,
+                "graph_capture_s": round(self.graph_capture_s, 2),
+                "decode_shapes": self.decode_shapes,
+                "decode_workspace_mb": round(self.decode_workspace_mb),
+                "decode_graph_reserved_mb": round(self.decode_graph_reserved_mb),
+                "uncaptured_batches": self.uncaptured_batches,
             }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             snap["gpu_memory_mb"] = round(torch.cuda.memory_allocated() / 2**20)

@@ -114,13 +114,9 @@ class WorkerRegistry:
         pipe.srem(workers_key(), name)
         pipe.execute()
 
-    def ready(self, queue: str | None = None) -> list[WorkerInfo]:
-        """Live workers with their model loaded (taking jobs); of ``queue`` only, if given."""
-        return [
-            w
-            for w in self.live()
-            if w.state is WorkerState.READY and (queue is None or w.queue == queue)
-        ]
+    def ready(self) -> list[WorkerInfo]:
+        """Live workers with their model loaded (taking jobs)."""
+        return [w for w in self.live() if w.state is WorkerState.READY]
 
     def live(self, *, forget: bool = True) -> list[WorkerInfo]:
         """Workers whose heartbeat has not expired, by name; forgets the ones that have

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import redis
 
+from ..core.outage import Outage
 from ..core.workers import WorkerInfo
 from .memory import IdleHeapTrimmer
 from .runtime import WorkerRuntime
@@ -45,18 +46,14 @@ class Heartbeat:
 
     def _loop(self) -> None:
         summary = Summary(self.runtime.info())
-        failing = False
+        outage = Outage(log, "Redis", level=logging.WARNING)  # one line an outage, not a beat
         while not self._stop.wait(self.runtime.settings.heartbeat_interval_s):
             try:
                 info = self.runtime.publish_heartbeat()
             except redis.RedisError as exc:  # Redis blips must not kill the thread
-                if not failing:  # once per outage, not at every beat
-                    log.warning("heartbeat failed (Redis: %s); retrying at every beat", exc)
-                failing = True
+                outage.failed(exc, "publishing the heartbeat")
                 continue
-            if failing:
-                log.info("heartbeat published again")
-                failing = False
+            outage.answered()
             self.trimmer.observe(busy=self.runtime.holds_jobs())
             summary.maybe_log(info)
 

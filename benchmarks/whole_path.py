@@ -67,9 +67,17 @@ def _threads_of_family(pid: int) -> int:
 
 
 def whole_path(
-    model: str, jobs: int, threads: int, log_path: Path, gpus: int = 0
+    model: str,
+    jobs: int,
+    threads: int,
+    log_path: Path,
+    gpus: int = 0,
+    *,
+    warmup: int = 256,
+    worker_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """W1 burst through Redis + Celery + a worker; ``gpus`` > 0 runs ``worker --gpus 0..n-1``."""
+    """W1 burst through Redis + Celery + a worker; ``gpus`` > 0 runs ``worker --gpus 0..n-1``;
+    ``worker_env`` adds to the worker's environment (a setting under comparison)."""
     server = start_redis(Path(tempfile.mkdtemp()) / "redis", persistent=False)
     settings = Settings(redis_url=server.url, model=model, heartbeat_interval_s=1.0)
     env = {
@@ -78,6 +86,7 @@ def whole_path(
         "INTERNVL_MODEL": model,
         "INTERNVL_HEARTBEAT_S": "1",
         "LOG_LEVEL": "INFO",
+        **(worker_env or {}),
     }
     log = log_path.open("wb")
     launched = time.monotonic()
@@ -150,7 +159,7 @@ def whole_path(
                 time.sleep(0.01)
             return time.perf_counter() - started, ids
 
-        burst(256)
+        burst(warmup)
         after_warmup = captures()
         say("warmed up")
         elapsed, ids = burst(jobs)
@@ -248,6 +257,40 @@ def scaling(model: str, jobs: int, threads: int, log: Path, counts: str) -> None
         results.write(row)
 
 
+def compare_gil_switch(
+    model: str, jobs: int, threads: int, log: Path, values: str, warmup: int
+) -> None:
+    """The whole path once per worker switch interval (``INTERNVL_GIL_SWITCH_MS``), in one run:
+    the first value is the baseline (5: Python's default)."""
+    import torch
+
+    figures = {
+        ms: whole_path(
+            model, jobs, threads, log, warmup=warmup, worker_env={"INTERNVL_GIL_SWITCH_MS": ms}
+        )
+        for ms in values.split(",")
+    }
+    first = next(iter(figures.values()))["jobs_s"]
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    row = (
+        f"\n## Whole path by the worker's GIL switch interval, {device}, "
+        f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}\n\n"
+        f"`python -m benchmarks.whole_path --gil-switch-ms {values} --jobs {jobs} --warmup "
+        f"{warmup}`: W1 bursts of {jobs} jobs through Redis + Celery + `internvl-queue worker`, "
+        "one worker per value, one after the other.\n\n"
+        "| INTERNVL_GIL_SWITCH_MS | jobs/s | vs the first | mean batch | succeeded |\n"
+        "|---|---|---|---|---|\n"
+    )
+    for ms, f in figures.items():
+        row += (
+            f"| {ms} | {f['jobs_s']:.1f} | {f['jobs_s'] / first:.2f}x | {f['batch']:.0f} "
+            f"| {f['succeeded']:.0f} of {jobs} |\n"
+        )
+    print(row, flush=True)
+    with RESULTS.open("a") as results:
+        results.write(row)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
@@ -258,6 +301,12 @@ def main() -> None:
         "--gpu-counts",
         help="e.g. 1,2: the whole path with `worker --gpus` over that many GPUs each, and the "
         "scaling against the first (instead of the engine-alone comparison)",
+    )
+    parser.add_argument("--warmup", type=int, default=256, help="jobs of the warm-up burst")
+    parser.add_argument(
+        "--gil-switch-ms",
+        help="e.g. 5,0.2: the whole path with each worker switch interval (INTERNVL_GIL_SWITCH_MS)"
+        ", compared in one run (instead of the engine-alone comparison)",
     )
     parser.add_argument(
         "--engine-alone", action="store_true", help="only the engine-alone burst (a child's part)"
@@ -271,10 +320,15 @@ def main() -> None:
     if args.engine_alone:
         print(f"{_ENGINE_ALONE} {engine_alone(args.model, args.jobs)}", flush=True)
         return
+    if args.gil_switch_ms:
+        compare_gil_switch(
+            args.model, args.jobs, args.threads, args.log, args.gil_switch_ms, args.warmup
+        )
+        return
     if args.gpu_counts:
         scaling(args.model, args.jobs, args.threads, args.log, args.gpu_counts)
         return
-    whole = whole_path(args.model, args.jobs, args.threads, args.log)
+    whole = whole_path(args.model, args.jobs, args.threads, args.log, warmup=args.warmup)
     engine = engine_alone_in_a_fresh_process(args.model, args.jobs)
     import torch
 

@@ -170,6 +170,19 @@ class Settings:
             "seconds without engine progress, while jobs wait, before the worker steps aside",
         ),
     )
+    gil_switch_ms: float = field(
+        # Every torch call of the engine thread lets go of the GIL and must take it back; while
+        # another thread of the worker runs Python (Celery, Redis replies, JSON) that waits up to
+        # this interval: with one busy thread beside it, a call costs ~2 ms at Python's 5 ms and
+        # ~0.1 ms at 0.2 ms instead of ~5 us (python -m benchmarks.gil_handoff). Python's default
+        # until the whole path has been compared on a GPU (benchmarks/whole_path --gil-switch-ms).
+        default=5.0,
+        metadata=_env(
+            "INTERNVL_GIL_SWITCH_MS",
+            "the worker's Python switch interval: how long a busy thread keeps the GIL from the "
+            "engine thread (ms)",
+        ),
+    )
     cuda_graphs: bool = field(
         default=True, metadata=_env("INTERNVL_CUDA_GRAPHS", "replay decode steps as CUDA graphs")
     )
@@ -353,6 +366,8 @@ class Settings:
                 raise SettingsError(f"{env} must be positive")
         if self.max_queued_bytes < 0:
             raise SettingsError("INTERNVL_MAX_QUEUED_BYTES must be 0 (no cap) or positive")
+        if not 0 < self.gil_switch_ms <= 100:
+            raise SettingsError("INTERNVL_GIL_SWITCH_MS must be between 0 and 100 (milliseconds)")
 
     def _validate_timeouts(self) -> None:
         """The longest job (``max_timeout_s``) must fit in everything that has to outlive it."""

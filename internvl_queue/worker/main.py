@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from typing import Any
 
@@ -36,6 +37,8 @@ __all__ = ["app", "runtime", "stop_now"]
 log = logging.getLogger("internvl_queue.worker")
 
 settings = Settings.from_env()
+# The engine thread takes the GIL back after every torch call; see Settings.gil_switch_ms.
+sys.setswitchinterval(settings.gil_switch_ms / 1000)
 app = create_celery(settings)
 runtime = WorkerRuntime(settings)
 # Test only: fault hooks (see TEST_KILL_MARKER); never set in production.

@@ -17,7 +17,14 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.utils import logging as hf_logging
 
-__all__ = ["LoadedModel", "build_inputs", "load_model", "question_tokens", "resolve_device"]
+__all__ = [
+    "LoadedModel",
+    "build_inputs",
+    "load_model",
+    "model_dtype",
+    "question_tokens",
+    "resolve_device",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +54,15 @@ def resolve_device(preference: str) -> torch.device:
     return torch.device("cpu")
 
 
+def model_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on GPUs; fp32 on the CPU (where bf16 matmuls are slow or missing)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 def load_model(model_id: str, device_preference: str = "auto") -> LoadedModel:
     """Load an -hf InternVL checkpoint (hub id or directory) with transformers' native classes."""
     device = resolve_device(device_preference)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = model_dtype(device)
     started = time.perf_counter()
     hf_logging.disable_progress_bar()  # a progress bar is noise in a service's log
     processor = AutoProcessor.from_pretrained(model_id)

@@ -87,10 +87,38 @@ class WorkerRuntime:
         model id by default."""
         from .engine import Engine, EngineConfig, Preprocessor, default_processes
         from .inference import EngineAnswerer
-        from .model import load_model
+        from .model import load_model, model_dtype, resolve_device
 
-        loaded = load_model(source or self.settings.model, self.settings.device)
         s = self.settings
+        model_id = source or s.model
+        device = resolve_device(s.device)
+        processes = s.preprocess_processes
+        if processes < 0:
+            processes = default_processes(device.type)
+
+        def preprocessor(processor: object) -> Preprocessor:
+            return Preprocessor(
+                model_id,
+                processor,
+                model_dtype(device),
+                processes=processes,
+                max_pixels=s.max_image_pixels,
+                max_question_tokens=s.max_question_tokens,
+                wait=False,
+            )
+
+        # A GPU worker's preprocessing processes (each imports torch and loads the processor:
+        # ~15 s for 14 of them on an H200 host) start while this process loads the model.
+        if processes > 0:
+            self.preprocessor = preprocessor(None)
+        try:
+            loaded = load_model(model_id, s.device)
+        except BaseException:
+            if self.preprocessor is not None:  # not left starting behind a worker that exits
+                self.preprocessor.close(wait=False)
+            raise
+        if self.preprocessor is None:
+            self.preprocessor = preprocessor(loaded.processor)
         self.engine = Engine(
             loaded,
             EngineConfig(
@@ -104,18 +132,10 @@ class WorkerRuntime:
             on_dead=self.defunct,
         )
         # The decode graphs are captured (~10 s for the 1B shape on an H200) while the
-        # preprocessing processes start (as long): engine.start() below waits for them, or
+        # preprocessing processes finish starting: engine.start() below waits for them, or
         # prepares them itself if this thread failed.
         threading.Thread(target=self.engine.prepare, name="decode-graphs", daemon=True).start()
-        processes = s.preprocess_processes
-        self.preprocessor = Preprocessor(
-            loaded.model_id,
-            loaded.processor,
-            loaded.dtype,
-            processes=default_processes(loaded.device.type) if processes < 0 else processes,
-            max_pixels=s.max_image_pixels,
-            max_question_tokens=s.max_question_tokens,
-        )
+        self.preprocessor.wait_started()
         self.engine.start()
         self.cancels.start()
         self.use_model(loaded, EngineAnswerer(loaded, self.engine, self.preprocessor))

@@ -107,17 +107,29 @@ class Preprocessor:
         processes: int,
         max_pixels: int,
         max_question_tokens: int | None = None,
+        wait: bool = True,
     ) -> None:
+        """``processor`` serves the in-thread mode (``processes`` 0); a pool's processes load
+        their own, so it may be None then. ``wait=False`` returns while the processes start
+        (call ``wait_started`` before serving): a worker loads its model meanwhile."""
+        if processes <= 0 and processor is None:
+            raise ValueError("preparing in a thread (processes=0) needs the processor")
         self.model_id, self.processor, self.dtype = model_id, processor, dtype
         self.processes, self.max_pixels = processes, max_pixels
         self.max_question_tokens = max_question_tokens
         self.replacements = 0  # pools replaced after a child died
         self._lock = threading.Lock()
         self.pool: Executor = self._new_pool()
-        if processes > 0:
-            # Start every process now, so that no job waits for a processor to load.
-            for future in [self.pool.submit(time.sleep, 0.2) for _ in range(processes)]:
-                future.result()
+        # Every process is started now (a task each), so that no job waits for one to load.
+        self._starting = [self.pool.submit(time.sleep, 0.2) for _ in range(max(processes, 0))]
+        if wait:
+            self.wait_started()
+
+    def wait_started(self) -> None:
+        """Return once every process has started and loaded its processor."""
+        for future in self._starting:
+            future.result()
+        self._starting = []
 
     def _new_pool(self) -> Executor:
         if self.processes <= 0:
@@ -183,8 +195,8 @@ class Preprocessor:
             self.replacements += 1
         broken.shutdown(wait=False, cancel_futures=True)
 
-    def close(self) -> None:
-        self.pool.shutdown(cancel_futures=True)
+    def close(self, wait: bool = True) -> None:
+        self.pool.shutdown(wait=wait, cancel_futures=True)
 
 
 def _wait(future: Future[Prepared], deadline: float | None) -> Prepared:

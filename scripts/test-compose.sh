@@ -6,7 +6,8 @@
 #      (for pytorch/pytorch), a Redis from Debian's package (for redis:7);
 #   3. the project's three images (compose/Dockerfile) on those bases;
 #   4. the stack (docker-compose.yml + compose/cpu.yml: tiny model, no GPU) under a private project
-#      name, started and used with the README's own commands ("Without a GPU", run as written):
+#      name, started and used with the documented commands (docs/deployment.md, "Without a GPU",
+#      run as written):
 #      a job through the published API port gets the reference answer; with the worker stopped,
 #      a long poll on a queued job is answered at once by `docker-compose restart api`, and the
 #      job survives a Redis crash (AOF on the volume) and is answered once the worker is back; the
@@ -175,26 +176,29 @@ build_images() {
 # -- 4. the stack --------------------------------------------------------------------------------
 
 # The project name and the settings reach docker-compose through the environment, so that the
-# README's commands run here as written.
+# documented commands run here as written.
 project="internvl-compose-test-$$"
 export COMPOSE_PROJECT_NAME=$project
 compose_files=(-f docker-compose.yml -f compose/cpu.yml)
 compose() { docker-compose "${compose_files[@]}" "$@"; }
 stack_started=""
 
-# The line of the README's "Without a GPU" commands that starts with $1, as written there.
-readme_command() {
+# The compose commands are documented here, under "### Without a GPU".
+docs_file=docs/deployment.md
+
+# The line of the documented "Without a GPU" commands that starts with $1, as written there.
+documented_command() {
     awk -v start="$1" '/^### Without a GPU/ { section = 1; next } /^##/ { section = 0 }
-        section && index($0, start) == 1 { print; found = 1; exit } END { exit !found }' README.md ||
-        die "the README's \"Without a GPU\" section has no command starting with: $1"
+        section && index($0, start) == 1 { print; found = 1; exit } END { exit !found }' "$docs_file" ||
+        die "$docs_file's \"Without a GPU\" section has no command starting with: $1"
 }
 
-# Runs a README command as written, but for the API's address: this stack publishes a free port.
-run_readme_command() {
+# Runs a documented command as written, but for the API's address: this stack publishes a free port.
+run_documented_command() {
     local line
-    line=$(readme_command "$1") || return 1
+    line=$(documented_command "$1") || return 1
     line=${line//http:\/\/localhost:8000/$api}
-    say "README: $line" >&2
+    say "$docs_file: $line" >&2
     NO_PROXY='*' no_proxy='*' eval "$line"
 }
 
@@ -360,18 +364,18 @@ redis_is_durable() {
 # exists; a key made with `internvl-queue keys create` in the api container is accepted.
 keys_required() { [ "$(API_KEY='' client refused "$api")" = "401 unauthorized" ]; }
 
-# The README's own line: KEY=$(docker-compose ... exec -T api internvl-queue keys create ...)
+# The documented line: KEY=$(docker-compose ... exec -T api internvl-queue keys create ...)
 make_key() {
-    run_readme_command 'KEY=$(' >"$state/keys.log" 2>&1 || return 1
+    run_documented_command 'KEY=$(' >"$state/keys.log" 2>&1 || return 1
     export API_KEY=$KEY
     [[ "$API_KEY" == iq_* ]]
 }
 
-# The README's curl, as written (with this stack's port): a JSON job, queued, running or done.
-readme_curl_submits() {
+# The documented curl, as written (with this stack's port): a JSON job, queued, running or done.
+documented_curl_submits() {
     local reply
-    reply=$(run_readme_command 'curl ') || return 1
-    say "the README's curl got: $reply"
+    reply=$(run_documented_command 'curl ') || return 1
+    say "the documented curl got: $reply"
     python3 -c 'import json, sys; job = json.loads(sys.argv[1]); assert job["id"] and job["status"] in ("queued", "running", "succeeded"), job' "$reply"
 }
 
@@ -421,9 +425,9 @@ main() {
     api_port=$(free_port)
     api="http://127.0.0.1:$api_port"
     configure_stack
-    say "starting the stack $project (API on port $api_port) with the README's command"
+    say "starting the stack $project (API on port $api_port) with the documented command"
     stack_started=1
-    run_readme_command 'docker-compose -f docker-compose.yml -f compose/cpu.yml up -d' \
+    run_documented_command 'docker-compose -f docker-compose.yml -f compose/cpu.yml up -d' \
         >"$state/up.log" 2>&1 || die "compose up failed; see $state/up.log"
     if wait_healthy 300 redis api webhook-worker worker; then
         pass "every service healthy (redis, api, webhook-worker, worker)"
@@ -438,8 +442,8 @@ main() {
     check "the webhook-worker image has no torch" no_torch_in webhook-worker
     check "a request without an API key is refused (401): keys are required by default" \
         keys_required
-    check "the README's keys create (exec -T, no terminal) makes a key" make_key
-    check "the README's curl, with that key, submits a job" readme_curl_submits
+    check "the documented keys create (exec -T, no terminal) makes a key" make_key
+    check "the documented curl, with that key, submits a job" documented_curl_submits
     check "Redis: AOF on, appendfsync everysec, data in /data" redis_is_durable
     check "the worker logs to the logs volume" worker_logs_on_volume
     check "the worker ran internvl-queue doctor at start (a worker could start)" doctor_ran_first

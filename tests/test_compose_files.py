@@ -50,12 +50,17 @@ def _compose_file(path: str) -> dict[str, Any]:
     return loaded
 
 
-def _readme_section(title: str) -> str:
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index(f"\n{title}\n")
+DEPLOYMENT = "docs/deployment.md"  # where the compose commands are documented
+
+
+def _doc_section(title: str, path: str = DEPLOYMENT) -> str:
+    """The section of a document under heading ``title``, down to the next heading of its level
+    or above."""
+    doc = (ROOT / path).read_text()
+    start = doc.index(f"\n{title}\n")
     level = title.split(" ", 1)[0]
-    ends = [readme.find(f"\n{h} ", start + 1) for h in ("#" * n for n in range(1, len(level) + 1))]
-    return readme[start : min([e for e in ends if e != -1] or [len(readme)])]
+    ends = [doc.find(f"\n{h} ", start + 1) for h in ("#" * n for n in range(1, len(level) + 1))]
+    return doc[start : min([e for e in ends if e != -1] or [len(doc)])]
 
 
 def _shell_lines(markdown: str) -> list[str]:
@@ -82,8 +87,8 @@ def test_the_gpu_reservation_has_a_file_of_its_own() -> None:
     ]
 
 
-def test_the_readme_compose_commands_work_outside_a_terminal_and_carry_the_key() -> None:
-    lines = _shell_lines(_readme_section("## Deploy with docker compose"))
+def test_the_documented_compose_commands_work_outside_a_terminal_and_carry_the_key() -> None:
+    lines = _shell_lines(_doc_section("## Deploy with docker compose"))
     execs = [line for line in lines if re.search(r"docker[ -]compose .*\bexec\b", line)]
     curls = [line for line in lines if line.startswith("curl ") and "/v1/" in line]
     assert execs and curls
@@ -91,21 +96,23 @@ def test_the_readme_compose_commands_work_outside_a_terminal_and_carry_the_key()
         assert re.search(r"\bexec -T\b", line), line
     for line in curls:  # API keys are required by default: a keyless request gets 401
         assert '-H "Authorization: Bearer $KEY"' in line, line
-    prose = _readme_section("## Deploy with docker compose")
-    assert "compose exec api" not in prose, "an exec without -T in the README's prose"
+    prose = _doc_section("## Deploy with docker compose")
+    assert "compose exec api" not in prose, f"an exec without -T in {DEPLOYMENT}'s prose"
 
 
-def test_the_compose_test_runs_the_readme_cpu_commands_as_written() -> None:
-    """scripts/test-compose.sh finds these commands in the README by how they start and runs
+def test_the_compose_test_runs_the_documented_cpu_commands_as_written() -> None:
+    """scripts/test-compose.sh finds these commands in docs/deployment.md by how they start and runs
     them as written; the documented CPU start is the plain pair of files, no edited config."""
-    commands = _shell_lines(_readme_section("### Without a GPU"))
+    commands = _shell_lines(_doc_section("### Without a GPU"))
     script = (ROOT / "scripts" / "test-compose.sh").read_text()
-    run = re.findall(r"run_readme_command '([^']+)'", script)
+    assert f"docs_file={DEPLOYMENT}" in script  # the file it reads them from
+    run = re.findall(r"run_documented_command '([^']+)'", script)
     assert sorted(run) == sorted(
         ["docker-compose -f docker-compose.yml -f compose/cpu.yml up -d", "KEY=$(", "curl "]
     )
     for start in run:
-        assert [c for c in commands if c.startswith(start)], f"no README command starts {start!r}"
+        found = [c for c in commands if c.startswith(start)]
+        assert found, f"no command of {DEPLOYMENT} starts {start!r}"
     assert commands[0] == "docker-compose -f docker-compose.yml -f compose/cpu.yml up -d --build"
     # No `compose ... config` whose output is edited and run instead (the old GPU workaround).
     assert not re.search(r"(cpu\.yml|\bcompose) config\b", script)

@@ -1,5 +1,5 @@
-"""Commands run as a user types them: in a fresh directory, with only the variables the README
-names, through the ``internvl-queue`` on PATH (the README says to activate ``.venv``)."""
+"""Commands run as a user types them: in a fresh directory, with only the variables the README and
+docs/ name, through the ``internvl-queue`` on PATH (the README says to activate ``.venv``)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ VENV_BIN = Path(sys.executable).parent
 
 def user_env(home: Path, *, activated: bool = True, **extra: str) -> dict[str, str]:
     """The environment of a user who set nothing of ours. ``XDG_STATE_HOME`` (which the README
-    names as where the data directory goes) keeps the test's files in ``home``. ``activated``:
-    the project's virtualenv is on PATH, as after ``source .venv/bin/activate``."""
+    and docs/deployment.md name as where the data directory goes) keeps the test's files in
+    ``home``. ``activated``: the project's virtualenv is on PATH, as after
+    ``source .venv/bin/activate``."""
     env = {
         k: v
         for k, v in os.environ.items()

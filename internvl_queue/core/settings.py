@@ -423,7 +423,7 @@ class Settings:
 
     @classmethod
     def documented(cls) -> list[tuple[str, str, str]]:
-        """(variable, default, meaning) for every setting, for the README and ``--help``."""
+        """(variable, default, meaning) of every setting: docs/configuration.md, ``--help``."""
         return [(f.metadata["env"], str(f.default), f.metadata["help"]) for f in fields(cls)]
 
 

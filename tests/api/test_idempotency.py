@@ -97,7 +97,7 @@ def test_a_replay_of_a_finished_job_is_202_with_its_final_state(client) -> None:
         again = client.post(
             "/v1/jobs", json=json_body(), headers={"Idempotency-Key": "finished-1", **prefer}
         )
-        assert again.status_code == 202  # as the README says, not 200
+        assert again.status_code == 202  # as docs/api.md says, not 200
         assert again.headers["Idempotency-Replayed"] == "true"
         assert again.headers["Location"] == f"/v1/jobs/{first.json['id']}"
         assert again.json["status"] == "canceled"

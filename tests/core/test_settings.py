@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from internvl_queue.core.settings import DEFAULT_MODEL, Settings
@@ -73,12 +75,22 @@ def test_webhook_settings_are_parsed() -> None:
     assert s.webhook_window_s == 1 + 2.5 + s.webhook_lease_s
 
 
-def test_every_setting_is_documented_in_readme() -> None:
+def test_every_setting_is_documented_in_the_configuration_table() -> None:
     from pathlib import Path
 
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    missing = [env for env, _, _ in Settings.documented() if f"`{env}`" not in readme]
+    doc = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    rows = re.findall(r"^\| `([A-Z_]+)` \| ([^|]*) \|", doc, re.MULTILINE)
+    documented = {env: default.strip() for env, default in rows}
+    missing = [env for env, _, _ in Settings.documented() if env not in documented]
     assert missing == []
+    # Each row's default is the code's (booleans written in lower case, no value as "(none)").
+    stale = [
+        (env, default, documented[env])
+        for env, default, _ in Settings.documented()
+        if documented[env].strip("`") not in {default, default.lower(), default.removesuffix(".0")}
+        and not (default == "" and documented[env] == "(none)")
+    ]
+    assert stale == []
 
 
 @pytest.mark.parametrize(

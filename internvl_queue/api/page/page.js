@@ -29,7 +29,10 @@ const cancelButton = $("cancel");
 
 let chosen = []; // the File objects to send, in order
 let idempotencyKey = newIdempotencyKey();
-let current = null; // {id, controller} of the job this page follows
+// The job this page follows: {id, auth, controller}. ``auth`` holds the headers it was submitted
+// with: a job belongs to its key, so it is read and canceled with that key whatever the field
+// says now.
+let current = null;
 
 // ---- the API key: this tab only -------------------------------------------------------------
 
@@ -135,12 +138,13 @@ form.addEventListener("submit", async (event) => {
   cancelButton.hidden = true;
   setStatus("Uploading…");
   submitButton.disabled = true;
+  const auth = authHeaders();
   let reply;
   try {
     reply = await fetch("v1/jobs", {
       method: "POST",
       body,
-      headers: { ...authHeaders(), "Idempotency-Key": idempotencyKey },
+      headers: { ...auth, "Idempotency-Key": idempotencyKey },
     });
   } catch (error) {
     // The key is kept: asking again sends the same request, which the API answers with the job
@@ -165,17 +169,17 @@ form.addEventListener("submit", async (event) => {
     showError(await errorMessage(reply));
     return;
   }
-  follow(await reply.json());
+  follow(await reply.json(), auth);
 });
 
 cancelButton.addEventListener("click", async () => {
   if (!current) return;
-  const { id } = current;
+  const { id, auth } = current;
   cancelButton.disabled = true;
   try {
     const reply = await fetch(`v1/jobs/${encodeURIComponent(id)}/cancel`, {
       method: "POST",
-      headers: authHeaders(),
+      headers: auth,
     });
     if (!reply.ok) {
       showError(await errorMessage(reply));
@@ -197,17 +201,17 @@ function stopFollowing() {
   current = null;
 }
 
-async function follow(job) {
+async function follow(job, auth) {
   const controller = new AbortController();
   const { signal } = controller;
-  current = { id: job.id, controller };
+  current = { id: job.id, auth, controller };
   show(job);
   let failures = 0;
   while (!TERMINAL.has(job.status) && !signal.aborted) {
     let reply;
     try {
       reply = await fetch(`v1/jobs/${encodeURIComponent(job.id)}?wait=${WAIT_S}`, {
-        headers: authHeaders(),
+        headers: auth,
         cache: "no-store",
         signal,
       });

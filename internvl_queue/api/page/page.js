@@ -54,19 +54,16 @@ fileInput.addEventListener("change", () => {
   addFiles(fileInput.files);
   fileInput.value = ""; // choosing the same file again still fires "change"
 });
-for (const name of ["dragenter", "dragover"]) {
-  drop.addEventListener(name, (event) => {
-    event.preventDefault();
-    drop.classList.add("over");
-  });
-}
-for (const name of ["dragleave", "drop"]) {
-  drop.addEventListener(name, () => drop.classList.remove("over"));
-}
-drop.addEventListener("drop", (event) => {
+// Files dropped anywhere on the page are taken: a browser left to itself would open a file
+// dropped beside the zone in place of the page, and lose what was typed.
+window.addEventListener("dragover", (event) => event.preventDefault());
+window.addEventListener("drop", (event) => {
   event.preventDefault();
+  drop.classList.remove("over");
   addFiles(event.dataTransfer.files);
 });
+drop.addEventListener("dragenter", () => drop.classList.add("over"));
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
 
 function addFiles(files) {
   // Whatever was chosen goes to the API, which says in words what it refuses and why.

@@ -41,3 +41,18 @@ if ! command -v redis-server >/dev/null 2>&1; then
         exit 1
     fi
 fi
+
+# The web page's browser test drives Debian's Chromium (playwright comes with the test extra).
+if [ "${1:-}" = "test" ] && ! command -v chromium >/dev/null 2>&1 \
+        && ! command -v chromium-browser >/dev/null 2>&1; then
+    echo "setup: chromium not found; installing it (for tests/api/test_web_page.py)"
+    if command -v apt-get >/dev/null 2>&1; then
+        sudo_cmd=""
+        [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+        $sudo_cmd apt-get update -qq
+        $sudo_cmd apt-get install -y -qq chromium >/dev/null
+    else
+        echo "setup: please install Chromium (the web page test drives it)" >&2
+        exit 1
+    fi
+fi

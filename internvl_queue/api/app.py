@@ -21,6 +21,7 @@ from .errors import register_error_handlers
 from .health import health
 from .jobs import jobs
 from .services import EXTENSION, Services
+from .web_page import web_page
 
 __all__ = ["create_app"]
 
@@ -66,4 +67,5 @@ def create_app(
     register_auth(app, warn_if_open=warn_if_open)
     app.register_blueprint(jobs)
     app.register_blueprint(health)
+    app.register_blueprint(web_page)
     return app

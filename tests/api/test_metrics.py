@@ -4,6 +4,7 @@ nothing of a job's content shows."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests.api.lifecycle_helpers import json_body
 from tests.conftest import WorkerProcess
 
 QUESTION = "Which animal is this? [metrics-test]"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -152,6 +154,12 @@ def test_five_jobs_move_the_counters_by_five(
         )
         >= 5
     )
+    # Every metric served is documented.
+    documented = {
+        re.sub(r"_total$", "", n) for n in re.findall(r"`(internvl_queue_\w+)`", DOCS.read_text())
+    }
+    served = {family.name for family in text_string_to_metric_families(text)}
+    assert served - documented == set()
     # No job id, question or answer in the output: routes are templates, labels fixed sets.
     assert not [job_id for job_id in ids if job_id in text]
     assert QUESTION not in text and "metrics-test" not in text

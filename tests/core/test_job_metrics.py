@@ -1,6 +1,6 @@
 """Job counters in Redis: counted in the transaction that stores the state, so exactly once per
-job whatever the redeliveries; webhook attempts once per recorded attempt; what the collector
-makes of them (a real Redis, the real store and outbox)."""
+job whatever the redeliveries; webhook attempts once per recorded attempt (a real Redis, the
+real store and outbox)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,7 @@ import time
 
 import pytest
 import redis
-from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
-from internvl_queue.api.cluster_metrics import ClusterCollector
-from internvl_queue.cli.redis_server import free_port
 from internvl_queue.core.job import Job, JobParams
 from internvl_queue.core.job_metrics import HISTOGRAMS, read_job_metrics
 from internvl_queue.core.outbox import Attempt, DeliveryOutcome, Outbox
@@ -95,31 +91,3 @@ def test_webhook_attempts_count_once_each_recorded(
     assert outbox.record_attempt(event_id, token, ok)
     assert not outbox.record_attempt(event_id, token, ok)  # finished: not recorded, not counted
     assert read_job_metrics(redis_client).webhook_attempts == {"retrying": 1, "delivered": 1}
-
-
-def _scrape(collector: ClusterCollector) -> dict[str, float]:
-    text = generate_latest(collector).decode()
-    return {
-        sample.name + str(sorted(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def test_the_collector_shows_the_queue_and_its_oldest_job(
-    store: JobStore, redis_client: redis.Redis
-) -> None:
-    first = store.create(Job.new("q", PARAMS, image_count=1), [b"i"])
-    store.create(Job.new("q", PARAMS, image_count=1), [b"i"])
-    found = _scrape(ClusterCollector(redis_client, "q", clock=lambda: first.created_at + 42))
-    assert found["internvl_queue_redis_up[]"] == 1
-    assert found["internvl_queue_jobs_queued[]"] == 2
-    assert found["internvl_queue_oldest_queued_job_age_seconds[]"] == pytest.approx(42)
-    assert found["internvl_queue_jobs_submitted_total[]"] == 2
-    assert found["internvl_queue_broker_queue_messages[('queue', 'q')]"] == 0  # none dispatched
-
-
-def test_the_collector_says_when_redis_does_not_answer() -> None:
-    gone = redis.Redis(port=free_port(), socket_connect_timeout=1)
-    assert _scrape(ClusterCollector(gone, "q")) == {"internvl_queue_redis_up[]": 0}
-    gone.close()

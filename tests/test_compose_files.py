@@ -3,6 +3,7 @@ from .env, and .env.example lists it (scripts/test-compose.sh runs the stack its
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -37,12 +38,52 @@ def test_env_example_lists_every_setting_with_its_default() -> None:
         assert shown == "" or shown.lower() == defaults[env].lower(), (env, shown)
 
 
-def test_only_the_api_port_is_published() -> None:
-    compose = (ROOT / "docker-compose.yml").read_text()
-    assert re.findall(r"^    ports:\n((?:      - .*\n)+)", compose, re.MULTILINE) == [
-        '      - "${INTERNVL_API_PORT:-8000}:8000"\n'
-    ]
-    assert "expose:" not in compose
+def test_only_the_api_port_is_published_and_prometheus_only_on_loopback() -> None:
+    services = _compose_file("docker-compose.yml")["services"]
+    published = {name: spec["ports"] for name, spec in services.items() if "ports" in spec}
+    assert published == {
+        "api": ["${INTERNVL_API_PORT:-8000}:8000"],
+        "prometheus": ["127.0.0.1:${PROMETHEUS_PORT:-9090}:9090"],
+    }
+    assert "expose:" not in (ROOT / "docker-compose.yml").read_text()
+
+
+def test_prometheus_starts_only_with_the_metrics_profile() -> None:
+    services = _compose_file("docker-compose.yml")["services"]
+    profiles = {name: spec.get("profiles") for name, spec in services.items()}
+    # A service with a profile is not started by a plain `up`; every other one is.
+    assert profiles.pop("prometheus") == ["metrics"]
+    assert set(profiles) == {"redis", "api", "worker", "webhook-worker"}
+    assert set(profiles.values()) == {None}
+    # Nothing turns the profile on by default: not .env.example, not the compose test (which
+    # has no registry to pull prom/prometheus from).
+    example = (ROOT / ".env.example").read_text()
+    assert re.findall(r"^COMPOSE_PROFILES=.*$", example, re.MULTILINE) == []
+    script = (ROOT / "scripts" / "test-compose.sh").read_text()
+    assert "--profile" not in script and "COMPOSE_PROFILES" not in script
+    assert "prometheus" not in script
+
+
+def test_prometheus_scrapes_the_api_metrics() -> None:
+    prometheus = _compose_file("docker-compose.yml")["services"]["prometheus"]
+    assert "./compose/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prometheus["volumes"]
+    [job] = _compose_file("compose/prometheus.yml")["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["static_configs"] == [{"targets": ["api:8000"]}]
+
+
+def test_the_dashboard_queries_only_documented_metrics() -> None:
+    dashboard = json.loads((ROOT / "compose" / "grafana" / "internvl-queue.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = {
+        re.sub(r"_(bucket|total)$", "", name)
+        for expr in exprs
+        for name in re.findall(r"internvl_queue_\w+", expr)
+    }
+    documented = set(
+        re.findall(r"`(internvl_queue_\w+)`", (ROOT / "docs" / "metrics.md").read_text())
+    )
+    assert used and used <= {re.sub(r"_total$", "", name) for name in documented}, used - documented
 
 
 def _compose_file(path: str) -> dict[str, Any]:

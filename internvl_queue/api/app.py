@@ -20,6 +20,7 @@ from .dispatch import CeleryDispatcher, Dispatcher
 from .errors import register_error_handlers
 from .health import health
 from .jobs import jobs
+from .metrics import register_metrics
 from .services import EXTENSION, Services
 from .web_page import web_page
 
@@ -68,4 +69,5 @@ def create_app(
     app.register_blueprint(jobs)
     app.register_blueprint(health)
     app.register_blueprint(web_page)
+    register_metrics(app)
     return app

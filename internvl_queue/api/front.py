@@ -30,6 +30,7 @@ import io
 import json
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -46,7 +47,12 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
+Observe = Callable[[str, str, int, float], None]
 T = TypeVar("T")
+
+# The status counted for a request whose client left before its reply (nginx's; gunicorn's
+# access line says the same: api/gunicorn_worker.py).
+CLIENT_GONE = 499
 
 
 class _Refused(Exception):
@@ -72,8 +78,12 @@ class BufferingFront:
         read_timeout_s: float,
         threads: int,
         drain_limit_bytes: int | None = None,
+        observe: Observe | None = None,
     ) -> None:
         self.wsgi_app = wsgi_app
+        # Called with (method, path, status, seconds) once each request is answered (or its
+        # client left): the HTTP metrics (api/http_metrics.py).
+        self.observe = observe
         self.max_body_bytes = max_body_bytes
         self.read_timeout_s = read_timeout_s
         # Reading and discarding a refused body costs the loop little; past this much the
@@ -105,16 +115,26 @@ class BufferingFront:
                 return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.monotonic()
+        status = await self._answer(scope, receive, send)
+        if self.observe is not None:
+            try:
+                self.observe(scope["method"], scope["path"], status, time.monotonic() - started)
+            except Exception:  # a metric must never cost a request its reply
+                log.exception("could not count a request")
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> int:
+        """Serve one request; the status sent (499 if the client left before its reply)."""
         headers = _header_dict(scope)
         try:
             body = await self._read_body(headers, receive)
         except _Refused as refused:
             await _send(send, refused.reply)
-            return
+            return refused.reply[0]
         except _Gone:  # the client's doing, so not an error; the access line says 499
             method, path = scope["method"], scope["path"]
             log.info("%s %s: the client hung up before its body was complete", method, path)
-            return
+            return CLIENT_GONE
         environ = _environ(scope, headers, body)
         deferred: list[DeferredWait] = []
         environ[DEFER_ENVIRON_KEY] = deferred
@@ -127,11 +147,12 @@ class BufferingFront:
             except Exception:  # a bug: the view's error handlers already had their turn
                 log.exception("a long poll failed")
                 await _send(send, _INTERNAL_ERROR)
-                return
+                return _INTERNAL_ERROR[0]
             if settled is None:
-                return  # the client went away: nobody to answer
+                return CLIENT_GONE  # the client went away: nobody to answer
             reply = _run_wsgi(settled, environ)  # a rendered reply, in memory: no thread needed
         await _send(send, reply)
+        return reply[0]
 
     async def _on_thread(self, call: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, call)

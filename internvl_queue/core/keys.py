@@ -15,6 +15,7 @@ __all__ = [
     "images_key",
     "job_key",
     "leases_key",
+    "metrics_key",
     "outbox_key",
     "queued_bytes_key",
     "queued_key",
@@ -81,6 +82,11 @@ def cancel_channel() -> str:
 
 def event_key(event_id: str) -> str:
     return f"{PREFIX}:event:{event_id}"
+
+
+def metrics_key() -> str:
+    """A hash of cluster-wide job counters and histogram buckets (see ``core/job_metrics.py``)."""
+    return f"{PREFIX}:metrics"
 
 
 def outbox_key() -> str:

@@ -32,6 +32,7 @@ from typing import Any
 import redis
 
 from .job import iso8601
+from .job_metrics import stage_webhook_attempt
 from .keys import deliveries_key, event_key, outbox_key, webhook_gone_key
 from .redis_client import HashFields
 from .settings import Settings
@@ -164,6 +165,7 @@ class Outbox:
             pipe.expire(log, self.retention_s)
             # ``attempts`` counts the recorded ones (the retry schedule's step).
             fields: HashFields = {"attempts": str(event.attempts + 1), "lease_token": ""}
+            stage_webhook_attempt(pipe, attempt.outcome.value)
             if attempt.outcome is DeliveryOutcome.RETRYING:
                 assert attempt.next_attempt_at is not None
                 pipe.hset(key, mapping=fields)

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from . import webhook_events
+from . import job_metrics, webhook_events
 from .idempotency import Binding, KeyAlreadyBound, KeyClaim
 from .job import Job, JobParams
 from .keys import (
@@ -107,6 +107,7 @@ class JobStore:
             pipe.zadd(dispatching_key(), {job.id: job.created_at + DISPATCH_GRACE_S})
             # Entries of jobs that expired while queued (their worker never came) go too.
             pipe.zremrangebyscore(queued_key(), "-inf", job.created_at - self.retention_s)
+            job_metrics.stage_submitted(pipe)
             if key is not None:
                 binding = Binding(job.id, key.fingerprint)
                 pipe.set(key.name, binding.to_json(), ex=key.ttl_s)
@@ -396,6 +397,8 @@ class JobStore:
                 pipe.delete(images_key(job_id))
                 pipe.expire(key, self.retention_s)
                 pipe.publish(done_channel(job_id), new.status.value)
+                # Counted in the transaction that stores the outcome: exactly once per job.
+                job_metrics.stage_finished(pipe, new)
             elif new.cancel_requested_at is not None and (
                 current is not None and current.cancel_requested_at is None
             ):

@@ -55,6 +55,9 @@ class WorkerInfo:
     # Whether its Celery consumer is connected to the broker now (False while it reconnects after
     # a Redis restart: loaded, but taking no job). None: not known (a worker outside Celery).
     consuming: bool | None = None
+    # Its GPU's memory in bytes (allocated, reserved, used, total: worker/gpu_memory.py); None
+    # on the CPU.
+    gpu_memory: dict[str, int] | None = None
 
     @property
     def jobs_done(self) -> int:
@@ -71,6 +74,7 @@ _FLOAT_FIELDS = {"loaded_at", "last_seen", "since"}
 def _encode(info: WorkerInfo) -> HashFields:
     encoded = {k: "" if v is None else str(v) for k, v in asdict(info).items()}
     encoded["engine"] = json.dumps(info.engine)
+    encoded["gpu_memory"] = json.dumps(info.gpu_memory)
     encoded["state"] = info.state.value
     return encoded
 
@@ -86,7 +90,7 @@ def _decode(raw: dict[bytes, bytes]) -> WorkerInfo:
             values[f.name] = int(text) if text else None
         elif f.name in _FLOAT_FIELDS:
             values[f.name] = float(text or 0)
-        elif f.name == "engine":
+        elif f.name in ("engine", "gpu_memory"):
             values[f.name] = json.loads(text) if text else None
         elif f.name == "consuming":
             values[f.name] = {"True": True, "False": False}.get(text)

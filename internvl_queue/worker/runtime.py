@@ -27,6 +27,7 @@ from ..core.store import Claim, ClaimOutcome, JobStore
 from ..core.workers import WorkerInfo, WorkerRegistry, WorkerState
 from .answer import AnswerFn, WorkerDefunct
 from .cancellation import CancelWatcher
+from .gpu_memory import gpu_memory
 from .threads import thread_count
 
 __all__ = ["TEST_KILL_MARKER", "WorkerRuntime"]
@@ -198,6 +199,7 @@ class WorkerRuntime:
             threads=thread_count(),
             queue=self.settings.queue_name,
             consuming=self.consuming,
+            gpu_memory=gpu_memory(getattr(self.loaded, "device", None)),
             **counters,
         )
 

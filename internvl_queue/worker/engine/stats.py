@@ -79,6 +79,8 @@ class EngineStats:
             snap: dict[str, float | int] = {
                 "batches": self.batches,
                 "batched_jobs": self.jobs,
+                "batched_tiles": self.tiles,
+                "generated_tokens": self.tokens,
                 "mean_batch_size": round(self.jobs / self.batches, 2) if self.batches else 0,
                 "largest_batch": self.largest_batch,
                 "largest_batch_tiles": self.largest_batch_tiles,

@@ -43,11 +43,20 @@ class RetryPolicy:
             return None
         return self.pause(attempt, retry_after, rng=rng)
 
+    def wait_before(
+        self, attempt: int, retry_after: float | None, deadline: float | None, now: float
+    ) -> float | None:
+        """``delay``; or with a ``deadline`` (a long poll riding out an API restart retries
+        until its own deadline, not ``attempts`` times), ``pause`` unless it ends after it."""
+        if deadline is None:
+            return self.delay(attempt, retry_after)
+        pause = self.pause(attempt, retry_after)
+        return None if pause is None or now + pause >= deadline else pause
+
     def pause(
         self, attempt: int, retry_after: float | None = None, *, rng: random.Random | None = None
     ) -> float | None:
-        """Like ``delay``, for a caller that bounds the attempts itself (a long poll riding out
-        an API restart retries until its own deadline): None only for a ``Retry-After`` over
+        """Like ``delay``, whatever the attempt count: None only for a ``Retry-After`` over
         ``max_retry_after_s``."""
         if retry_after is not None:
             return retry_after if retry_after <= self.max_retry_after_s else None

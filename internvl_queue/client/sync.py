@@ -248,8 +248,9 @@ class Client:
                     allow_redirects=False,
                 )
             except _NO_ANSWER as exc:
+                timed_out = isinstance(exc, requests.Timeout)
                 failure: ClientError = ApiUnreachable(
-                    self._unreachable(exc), timed_out=isinstance(exc, requests.Timeout)
+                    self._unreachable(timed_out), timed_out=timed_out
                 )
                 retry_after = None
             except requests.RequestException as exc:  # a bad URL: no retry can help
@@ -262,22 +263,12 @@ class Client:
                 if reply.status_code not in RETRY_STATUSES:
                     raise failure
                 retry_after = failure.retry_after
-            pause = self._pause(attempt, retry_after, deadline)
+            pause = self.retry.wait_before(attempt, retry_after, deadline, time.monotonic())
             if pause is None:
                 raise failure
             self._sleep(pause)
 
-    def _pause(
-        self, attempt: int, retry_after: float | None, deadline: float | None
-    ) -> float | None:
-        if deadline is None:
-            return self.retry.delay(attempt, retry_after)
-        pause = self.retry.pause(attempt, retry_after)
-        if pause is None or time.monotonic() + pause >= deadline:
-            return None
-        return pause
-
-    def _unreachable(self, exc: Exception) -> str:
-        if isinstance(exc, requests.Timeout):
+    def _unreachable(self, timed_out: bool) -> str:
+        if timed_out:
             return f"the API at {self.base_url} did not answer within {self.timeout:g} s"
         return f"cannot reach the API at {self.base_url} (the connection failed or was dropped)"

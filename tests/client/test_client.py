@@ -7,7 +7,6 @@ import io
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,35 +22,12 @@ from internvl_queue.client import (
 )
 from internvl_queue.core.settings import Settings
 from tests.api.api_process import ApiProcess
-from tests.conftest import WorkerProcess
+from tests.client.conftest import DEFAULT_MAX_NEW_TOKENS
 from tests.images import photo
 from tests.worker.reference import reference_answer
 
 REPO = Path(__file__).resolve().parents[2]
 CAT = REPO / "examples" / "cat.jpg"
-DEFAULT_MAX_NEW_TOKENS = 16
-
-
-@pytest.fixture
-def api(worker: WorkerProcess, settings: Settings, tmp_path: Path) -> Iterator[ApiProcess]:
-    """A real API whose jobs go to the shared worker."""
-    process = ApiProcess(
-        settings.redis_url,
-        tmp_path / "api.log",
-        INTERNVL_QUEUE=settings.queue_name,
-        INTERNVL_DEFAULT_MAX_NEW_TOKENS=str(DEFAULT_MAX_NEW_TOKENS),
-    )
-    try:
-        process.wait_ready()
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture
-def client(api: ApiProcess) -> Iterator[Client]:
-    with Client(api.url, api_key="") as made:
-        yield made
 
 
 def test_run_answers_as_the_reference_for_bytes_a_path_and_a_pil_image(

@@ -4,7 +4,7 @@
 
     print(Client("http://127.0.0.1:8000").run(["examples/cat.jpg"], "What is it?").result.answer)
 
-``AsyncClient`` is the same for ``asyncio``, on ``httpx`` (``pip install httpx``: not in the base
+``AsyncClient`` is the same for ``asyncio``, on ``httpx`` (the ``async`` extra: not in the base
 install; imported only when asked for). ``verify_webhook`` (for receivers of the service's
 webhooks) is here too, beside the client. See docs/client.md.
 """

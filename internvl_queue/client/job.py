@@ -86,7 +86,7 @@ class Job:
         """The job from the API's JSON object; a ``ClientError`` if it is not one."""
         try:
             return cls._parse(data)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ClientError(
                 f"the API sent a job object this client cannot read ({exc!r}); is the URL that "
                 "of an internvl-queue API, and the client as new as the API?"

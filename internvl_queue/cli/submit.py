@@ -1,5 +1,8 @@
 """``internvl-queue submit``: post images and a question; optionally wait for the answer.
 
+Built on ``internvl_queue.client``: its retries (429/503 after ``Retry-After``, dropped
+connections, each submit with an ``Idempotency-Key``) and its long polls are the command's.
+
 Every failure a user can cause (an unreadable image, bad ``--metadata``, a refused request, an
 API that does not answer, a job that fails) ends in one line on stderr and a non-zero status:
 
@@ -18,16 +21,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import requests
+from ..client import (
+    WAIT_MARGIN_S,
+    ApiError,
+    ApiUnreachable,
+    Client,
+    ClientError,
+    ImageUnreadable,
+    JobFailed,
+    JobStatus,
+    WaitTimeout,
+)
 
 __all__ = ["WAIT_MARGIN_S", "JobOptions", "submit"]
 
-# How long ``--wait`` waits past the job's deadline: a running job is stopped between decode
-# steps once its deadline passes and then stored as failed, which takes a moment.
-WAIT_MARGIN_S = 10.0
-# Seconds one long poll asks the API to hold the request (the API allows up to 60).
-_POLL_S = 30.0
-_TERMINAL = {"succeeded", "failed", "canceled"}
+# Seconds to connect, and for each part of a reply (an upload of 20 MB may be slow to answer).
+_HTTP_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -61,129 +70,85 @@ def submit(
     api_key: str | None = None,
 ) -> int:
     try:
-        return _submit(api_url, images, question, options, wait=wait, api_key=api_key)
+        # "" and not None: the key is the command's (--api-key, else $INTERNVL_API_KEY), read
+        # once by its argument parser.
+        with Client(api_url, api_key=api_key or "", timeout=_HTTP_TIMEOUT_S) as client:
+            return _submit(client, images, question, options, wait=wait)
     except _Stop as stop:
         print(f"internvl-queue submit: {stop}", file=sys.stderr)
         return stop.status
 
 
 def _submit(
-    api_url: str,
-    images: list[Path],
-    question: str,
-    options: JobOptions,
-    *,
-    wait: bool,
-    api_key: str | None,
+    client: Client, images: list[Path], question: str, options: JobOptions, *, wait: bool
 ) -> int:
-    fields = _fields(question, options)
-    files = [("image", (path.name, _read(path))) for path in images]
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    metadata = _metadata(options.metadata)  # checked first: a typo costs no upload
     submitted = time.monotonic()
-    reply = _call(
-        api_url,
-        "post",
-        "/v1/jobs",
-        data=fields,
-        files=files,
-        headers={**headers, **_idempotency(options)},
-        timeout=60,
-    )
-    if reply.status_code != 202:
-        raise _Stop(_refusal("refused the job", reply), 1)
-    job: dict[str, Any] = reply.json()
+    try:
+        job = client.submit(
+            images,
+            question,
+            max_new_tokens=options.max_new_tokens,
+            max_tiles=options.max_tiles,
+            timeout_s=options.timeout_s,
+            metadata=metadata,
+            webhook_url=options.webhook_url,
+            webhook_events=options.webhook_events,
+            idempotency_key=options.idempotency_key,
+        )
+    except ImageUnreadable as exc:
+        raise _Stop(str(exc), 2) from None
+    except ClientError as exc:
+        raise _Stop(_failure("refused the job", exc, client), 1) from None
     if not wait:
-        print(json.dumps(job, indent=2))
+        print(json.dumps(job.raw, indent=2))
         return 0
     # The job's deadline counts from submission (a replayed Idempotency-Key job's from earlier,
     # which only makes this wait longer than needed).
-    deadline = submitted + job["params"]["timeout_s"] + WAIT_MARGIN_S
-    while job["status"] not in _TERMINAL:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise _Stop(
-                f"job {job['id']} is still {job['status']} {WAIT_MARGIN_S:g} s after its "
-                f"deadline (timeout_s={job['params']['timeout_s']}); is a worker running? "
-                "(see /readyz)",
-                3,
-            )
-        # A long poll: the API answers as soon as the job finishes.
-        poll_s = min(remaining, _POLL_S)
-        reply = _call(
-            api_url,
-            "get",
-            f"/v1/jobs/{job['id']}",
-            params={"wait": f"{poll_s:.1f}"},
-            headers=headers,
-            timeout=poll_s + 30,
-        )
-        if reply.status_code != 200:
-            raise _Stop(_refusal(f"did not return job {job['id']}", reply), 1)
-        job = reply.json()
-    if job["status"] == "succeeded":
-        print(job["result"]["answer"])
-        return 0
-    error = job.get("error") or {}
-    raise _Stop(
-        f"job {job['id']} {job['status']} ({error.get('code', '?')}): {error.get('message', '')}",
-        1,
-    )
-
-
-def _fields(question: str, options: JobOptions) -> dict[str, str]:
-    fields = {"question": question}
-    for name, value in (
-        ("max_new_tokens", options.max_new_tokens),
-        ("max_tiles", options.max_tiles),
-        ("timeout_s", options.timeout_s),
-        ("webhook_url", options.webhook_url),
-        ("webhook_events", options.webhook_events),
-    ):
-        if value is not None:
-            fields[name] = str(value)
-    if options.metadata is not None:
-        # Checked here, so that a typo costs no round trip and names the flag.
-        try:
-            metadata = json.loads(options.metadata)
-        except ValueError as exc:
-            raise _Stop(
-                f'--metadata is not valid JSON ({exc}); e.g. \'{{"ref": "abc-1"}}\'', 2
-            ) from None
-        if not isinstance(metadata, dict):
-            raise _Stop('--metadata must be a JSON object, e.g. \'{"ref": "abc-1"}\'', 2)
-        fields["metadata"] = options.metadata
-    return fields
-
-
-def _idempotency(options: JobOptions) -> dict[str, str]:
-    key = options.idempotency_key
-    return {} if key is None else {"Idempotency-Key": key}
-
-
-def _read(path: Path) -> bytes:
+    timeout_s = job.params["timeout_s"]
+    deadline = submitted + timeout_s + WAIT_MARGIN_S
     try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise _Stop(f"cannot read image {str(path)!r}: {exc.strerror or exc}", 2) from None
-
-
-def _call(api_url: str, method: str, path: str, **kwargs: Any) -> requests.Response:
-    try:
-        return requests.request(method, f"{api_url}{path}", **kwargs)
-    except requests.ConnectionError:
+        job = client.wait(job, timeout=deadline - time.monotonic())
+    except WaitTimeout as exc:
         raise _Stop(
-            f"cannot reach the API at {api_url}; start it (internvl-queue up), or name another "
-            "with --api or INTERNVL_API",
-            1,
+            f"job {job.id} is still {exc.job.status} {WAIT_MARGIN_S:g} s after its deadline "
+            f"(timeout_s={timeout_s}); is a worker running? (see /readyz)",
+            3,
         ) from None
-    except requests.Timeout:
-        raise _Stop(f"the API at {api_url} did not answer in time; try again", 1) from None
+    except ClientError as exc:
+        raise _Stop(_failure(f"did not return job {job.id}", exc, client), 1) from None
+    if job.status is JobStatus.SUCCEEDED and job.result is not None:
+        print(job.result.answer)
+        return 0
+    raise _Stop(str(JobFailed(job)), 1)
 
 
-def _refusal(what: str, reply: requests.Response) -> str:
-    """``the API <what> (<status> <code>): <message>``, from an error reply of any shape."""
+def _metadata(text: str | None) -> dict[str, Any] | None:
+    """``--metadata`` parsed, so that a typo costs no round trip and names the flag."""
+    if text is None:
+        return None
     try:
-        error = reply.json()["error"]
-        return f"the API {what} ({reply.status_code} {error['code']}): {error['message']}"
-    except (ValueError, KeyError, TypeError):
-        return f"the API {what} (HTTP {reply.status_code}, not a JSON error: {reply.text[:200]!r})"
+        metadata = json.loads(text)
+    except ValueError as exc:
+        example = '\'{"ref": "abc-1"}\''
+        raise _Stop(f"--metadata is not valid JSON ({exc}); e.g. {example}", 2) from None
+    if not isinstance(metadata, dict):
+        raise _Stop('--metadata must be a JSON object, e.g. \'{"ref": "abc-1"}\'', 2)
+    return metadata
+
+
+def _failure(what: str, exc: ClientError, client: Client) -> str:
+    """One sentence for a request that failed: refused (``the API <what> (<status> <code>):
+    <message>``), or never answered."""
+    if isinstance(exc, ApiUnreachable):
+        if exc.timed_out:
+            return f"the API at {client.base_url} did not answer in time; try again"
+        return (
+            f"cannot reach the API at {client.base_url}; start it (internvl-queue up), or name "
+            "another with --api or INTERNVL_API"
+        )
+    if isinstance(exc, ApiError):
+        if not exc.json_body:
+            return f"the API {what} ({exc.message})"
+        return f"the API {what} ({exc.status} {exc.code}): {exc.message}"
+    return str(exc)

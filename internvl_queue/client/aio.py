@@ -1,0 +1,230 @@
+"""``AsyncClient``: ``Client`` for ``asyncio`` code, on ``httpx`` (not a dependency of the base
+install: ``pip install 'internvl-queue[async]'``, or httpx itself). The same methods, retries
+and errors, awaited; the requests themselves are built in ``calls.py`` for both.
+
+    async with AsyncClient("http://127.0.0.1:8000") as client:
+        job = await client.run(["examples/cat.jpg"], "What animal is this?")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+try:
+    import httpx
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "internvl_queue.client.AsyncClient needs httpx, which the base install leaves out: "
+        "pip install 'internvl-queue[async]' (or pip install httpx), or use the synchronous Client"
+    ) from exc
+
+from .. import __version__
+from .calls import (
+    POLL_S,
+    WAIT_MARGIN_S,
+    Call,
+    cancel_call,
+    deliveries_call,
+    job_deadline_s,
+    parse_json,
+    read_call,
+    retry_after_of,
+    submit_call,
+)
+from .deliveries import Delivery
+from .errors import ApiUnreachable, ClientError, Conflict, JobFailed, WaitTimeout, api_error
+from .images import ImageInput
+from .job import Job, JobStatus
+from .retry import RETRY_STATUSES, RetryPolicy
+from .sync import API_KEY_ENV
+
+__all__ = ["AsyncClient"]
+
+
+class AsyncClient:
+    """``Client``'s twin for ``asyncio``; ``client``: an ``httpx.AsyncClient`` of your own."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        *,
+        retry: RetryPolicy | None = None,
+        client: httpx.AsyncClient | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self._own_client = client is None
+        self._client = client or httpx.AsyncClient()
+        self._sleep = sleep
+        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+        self._headers = {"User-Agent": f"internvl-queue-client/{__version__}"}
+        if key:
+            self._headers["Authorization"] = f"Bearer {key}"
+
+    async def submit(
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        question: str,
+        *,
+        max_new_tokens: int | None = None,
+        max_tiles: int | None = None,
+        timeout_s: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        webhook_url: str | None = None,
+        webhook_events: Iterable[str] | str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """See ``Client.submit``."""
+        call = submit_call(
+            images,
+            question,
+            max_new_tokens=max_new_tokens,
+            max_tiles=max_tiles,
+            timeout_s=timeout_s,
+            metadata=metadata,
+            webhook_url=webhook_url,
+            webhook_events=webhook_events,
+            idempotency_key=idempotency_key,
+        )
+        return Job.from_api(parse_json((await self._send(call)).content))
+
+    async def get(self, job_id: str) -> Job:
+        return Job.from_api(parse_json((await self._send(read_call(job_id))).content))
+
+    async def wait(self, job: Job | str, timeout: float | None = None) -> Job:
+        """See ``Client.wait``."""
+        started = time.monotonic()
+        if isinstance(job, str):
+            job = await self.get(job)
+        if timeout is None:
+            timeout = job_deadline_s(job, time.time())
+        return await self._wait_until(job, started + timeout)
+
+    async def run(
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        question: str,
+        *,
+        max_new_tokens: int | None = None,
+        max_tiles: int | None = None,
+        timeout_s: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        webhook_url: str | None = None,
+        webhook_events: Iterable[str] | str | None = None,
+        idempotency_key: str | None = None,
+        wait_timeout: float | None = None,
+    ) -> Job:
+        """See ``Client.run``."""
+        started = time.monotonic()
+        job = await self.submit(
+            images,
+            question,
+            max_new_tokens=max_new_tokens,
+            max_tiles=max_tiles,
+            timeout_s=timeout_s,
+            metadata=metadata,
+            webhook_url=webhook_url,
+            webhook_events=webhook_events,
+            idempotency_key=idempotency_key,
+        )
+        timeout = wait_timeout
+        if timeout is None:
+            timeout = float(job.params.get("timeout_s", 0)) + WAIT_MARGIN_S
+        job = await self._wait_until(job, started + timeout)
+        if job.status is not JobStatus.SUCCEEDED:
+            raise JobFailed(job)
+        return job
+
+    async def cancel(self, job_id: str) -> Job:
+        """See ``Client.cancel``."""
+        try:
+            return Job.from_api(parse_json((await self._send(cancel_call(job_id))).content))
+        except Conflict as exc:
+            if exc.code == "job_already_finished" and exc.retried:
+                job = await self.get(job_id)
+                if job.status is JobStatus.CANCELED:
+                    return job
+            raise
+
+    async def deliveries(self, job_id: str) -> list[Delivery]:
+        body = parse_json((await self._send(deliveries_call(job_id))).content)
+        return [Delivery.from_api(item) for item in body["deliveries"]]
+
+    async def aclose(self) -> None:
+        if self._own_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _wait_until(self, job: Job, deadline: float) -> Job:
+        while not job.is_finished:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WaitTimeout(f"job {job.id} is still {job.status} after the wait", job)
+            reply = await self._send(read_call(job.id, min(left, POLL_S)), deadline=deadline)
+            job = Job.from_api(parse_json(reply.content))
+            pause = retry_after_of(reply.headers)
+            if pause and not job.is_finished:
+                await self._sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
+        return job
+
+    async def _send(self, call: Call, *, deadline: float | None = None) -> httpx.Response:
+        """See ``Client._send``."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                reply = await self._client.request(
+                    call.method,
+                    f"{self.base_url}{call.path}",
+                    params=call.params,
+                    headers={**self._headers, **call.headers},
+                    data=call.data,
+                    files=call.files,
+                    timeout=httpx.Timeout(self.timeout, read=self.timeout + call.wait_s),
+                    follow_redirects=False,
+                )
+            except httpx.TransportError as exc:
+                if isinstance(exc, httpx.UnsupportedProtocol):  # not an http(s) URL
+                    message = f"cannot send a request to {self.base_url!r}: {exc}"
+                    raise ClientError(message) from None
+                timed_out = isinstance(exc, httpx.TimeoutException)
+                failure: ClientError = ApiUnreachable(
+                    self._unreachable(timed_out), timed_out=timed_out
+                )
+                retry_after = None
+            else:
+                if reply.status_code < 300:
+                    return reply
+                failure = api_error(reply.status_code, reply.content, retry_after_of(reply.headers))
+                failure.retried = attempt > 1
+                if reply.status_code not in RETRY_STATUSES:
+                    raise failure
+                retry_after = failure.retry_after
+            pause = self.retry.wait_before(attempt, retry_after, deadline, time.monotonic())
+            if pause is None:
+                raise failure
+            await self._sleep(pause)
+
+    def _unreachable(self, timed_out: bool) -> str:
+        if timed_out:
+            return f"the API at {self.base_url} did not answer within {self.timeout:g} s"
+        return f"cannot reach the API at {self.base_url} (the connection failed or was dropped)"

@@ -1,0 +1,274 @@
+"""``Client``: the API from Python, on ``requests``.
+
+    from internvl_queue.client import Client
+
+    with Client("http://127.0.0.1:8000") as client:
+        job = client.run(["examples/cat.jpg"], "What animal is this?")
+        print(job.result.answer, job.result.usage.completion_tokens)
+
+Every request is retried on ``429``/``503`` (after the API's ``Retry-After``) and when no answer
+came (see ``retry.py``). ``wait`` goes further: once it has read the job, it rides out an API
+restart or a Redis outage for as long as its own timeout allows.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+import requests
+
+from .. import __version__
+from .calls import (
+    POLL_S,
+    WAIT_MARGIN_S,
+    Call,
+    cancel_call,
+    deliveries_call,
+    job_deadline_s,
+    parse_json,
+    read_call,
+    retry_after_of,
+    submit_call,
+)
+from .deliveries import Delivery
+from .errors import (
+    ApiUnreachable,
+    ClientError,
+    Conflict,
+    JobFailed,
+    WaitTimeout,
+    api_error,
+)
+from .images import ImageInput
+from .job import Job, JobStatus
+from .retry import RETRY_STATUSES, RetryPolicy
+
+__all__ = ["API_KEY_ENV", "Client"]
+
+API_KEY_ENV = "INTERNVL_API_KEY"
+# What "no answer" is: the request may or may not have reached the API (hence retried only
+# when safe to repeat, which every request of this client is).
+_NO_ANSWER = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+
+
+class Client:
+    """A client of one internvl-queue API.
+
+    ``api_key``: sent as ``Authorization: Bearer``; None reads ``$INTERNVL_API_KEY`` (none: the
+    API must run open). ``timeout``: seconds to connect, and to wait for each part of a reply
+    (a long poll adds its own wait). ``retry``: how often and how long to retry (``RetryPolicy``).
+    ``session``: a ``requests.Session`` of your own (proxies, certificates); it is then yours to
+    close.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        *,
+        retry: RetryPolicy | None = None,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self._own_session = session is None
+        self._session = session or requests.Session()
+        self._sleep = sleep
+        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+        self._headers = {"User-Agent": f"internvl-queue-client/{__version__}"}
+        if key:
+            self._headers["Authorization"] = f"Bearer {key}"
+
+    # -- the API --------------------------------------------------------------------------------
+    def submit(
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        question: str,
+        *,
+        max_new_tokens: int | None = None,
+        max_tiles: int | None = None,
+        timeout_s: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        webhook_url: str | None = None,
+        webhook_events: Iterable[str] | str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """Queue a job (``POST /v1/jobs``) and return it as accepted, usually ``queued``.
+
+        ``images``: paths, bytes or PIL images (PNG-encoded), or one of them alone. Options left
+        None take the service's defaults. ``idempotency_key``: made for you when None; the same
+        key is sent on every retry, so a retried submit never makes a second job.
+        """
+        call = submit_call(
+            images,
+            question,
+            max_new_tokens=max_new_tokens,
+            max_tiles=max_tiles,
+            timeout_s=timeout_s,
+            metadata=metadata,
+            webhook_url=webhook_url,
+            webhook_events=webhook_events,
+            idempotency_key=idempotency_key,
+        )
+        return Job.from_api(parse_json(self._send(call).content))
+
+    def get(self, job_id: str) -> Job:
+        """The job as it is now (``GET /v1/jobs/<id>``)."""
+        return Job.from_api(parse_json(self._send(read_call(job_id)).content))
+
+    def wait(self, job: Job | str, timeout: float | None = None) -> Job:
+        """The job once finished (succeeded, failed or canceled), by long polls.
+
+        ``job``: its id, or the ``Job`` in hand (then it is not read first). ``timeout``:
+        seconds; None waits until the job's own deadline (``timeout_s``) has passed by
+        ``WAIT_MARGIN_S``, by which time it has ended if any worker runs. Raises
+        ``WaitTimeout`` (with the job as last seen) when it runs out. Once the job was read,
+        an API that stops answering (a restart, a Redis outage) is polled again until then.
+        """
+        started = time.monotonic()
+        if isinstance(job, str):
+            job = self.get(job)
+        if timeout is None:
+            timeout = job_deadline_s(job, time.time())
+        return self._wait_until(job, started + timeout)
+
+    def run(
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        question: str,
+        *,
+        max_new_tokens: int | None = None,
+        max_tiles: int | None = None,
+        timeout_s: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        webhook_url: str | None = None,
+        webhook_events: Iterable[str] | str | None = None,
+        idempotency_key: str | None = None,
+        wait_timeout: float | None = None,
+    ) -> Job:
+        """``submit`` then ``wait``: the succeeded job (``job.result.answer``).
+
+        Raises ``JobFailed`` if the job failed or was canceled, ``WaitTimeout`` if it had not
+        finished after ``wait_timeout`` seconds (None: its own deadline plus a margin, counted
+        from the submit). The other arguments are ``submit``'s.
+        """
+        started = time.monotonic()
+        job = self.submit(
+            images,
+            question,
+            max_new_tokens=max_new_tokens,
+            max_tiles=max_tiles,
+            timeout_s=timeout_s,
+            metadata=metadata,
+            webhook_url=webhook_url,
+            webhook_events=webhook_events,
+            idempotency_key=idempotency_key,
+        )
+        timeout = wait_timeout
+        if timeout is None:
+            timeout = float(job.params.get("timeout_s", 0)) + WAIT_MARGIN_S
+        job = self._wait_until(job, started + timeout)
+        if job.status is not JobStatus.SUCCEEDED:
+            raise JobFailed(job)
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job (``POST /v1/jobs/<id>/cancel``): a queued one is ``canceled`` at once;
+        a running one keeps running until its worker stops it (``cancel_requested_at`` set).
+        A finished job raises ``Conflict`` (``job_already_finished``)."""
+        try:
+            return Job.from_api(parse_json(self._send(cancel_call(job_id)).content))
+        except Conflict as exc:
+            # A retried cancel whose first attempt went through finds the job canceled: that
+            # is this call's own outcome, not a conflict.
+            if exc.code == "job_already_finished" and exc.retried:
+                job = self.get(job_id)
+                if job.status is JobStatus.CANCELED:
+                    return job
+            raise
+
+    def deliveries(self, job_id: str) -> list[Delivery]:
+        """Every webhook attempt made for the job, oldest first."""
+        body = parse_json(self._send(deliveries_call(job_id)).content)
+        return [Delivery.from_api(item) for item in body["deliveries"]]
+
+    # -- lifetime -------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._own_session:
+            self._session.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- sending --------------------------------------------------------------------------------
+    def _wait_until(self, job: Job, deadline: float) -> Job:
+        while not job.is_finished:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WaitTimeout(f"job {job.id} is still {job.status} after the wait", job)
+            reply = self._send(read_call(job.id, min(left, POLL_S)), deadline=deadline)
+            job = Job.from_api(parse_json(reply.content))
+            pause = retry_after_of(reply.headers)  # the API could not hold the poll: come back
+            if pause and not job.is_finished:
+                self._sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
+        return job
+
+    def _send(self, call: Call, *, deadline: float | None = None) -> requests.Response:
+        """The reply to ``call`` (2xx), retried as ``self.retry`` says; or the typed error.
+
+        With ``deadline`` (monotonic), retries go on until then instead of ``retry.attempts``.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                reply = self._session.request(
+                    call.method,
+                    f"{self.base_url}{call.path}",
+                    params=call.params,
+                    headers={**self._headers, **call.headers},
+                    data=call.data,
+                    files=call.files,
+                    timeout=(self.timeout, self.timeout + call.wait_s),
+                    allow_redirects=False,
+                )
+            except _NO_ANSWER as exc:
+                timed_out = isinstance(exc, requests.Timeout)
+                failure: ClientError = ApiUnreachable(
+                    self._unreachable(timed_out), timed_out=timed_out
+                )
+                retry_after = None
+            except requests.RequestException as exc:  # a bad URL: no retry can help
+                raise ClientError(f"cannot send a request to {self.base_url!r}: {exc}") from None
+            else:
+                if reply.status_code < 300:
+                    return reply
+                failure = api_error(reply.status_code, reply.content, retry_after_of(reply.headers))
+                failure.retried = attempt > 1
+                if reply.status_code not in RETRY_STATUSES:
+                    raise failure
+                retry_after = failure.retry_after
+            pause = self.retry.wait_before(attempt, retry_after, deadline, time.monotonic())
+            if pause is None:
+                raise failure
+            self._sleep(pause)
+
+    def _unreachable(self, timed_out: bool) -> str:
+        if timed_out:
+            return f"the API at {self.base_url} did not answer within {self.timeout:g} s"
+        return f"cannot reach the API at {self.base_url} (the connection failed or was dropped)"

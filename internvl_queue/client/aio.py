@@ -1,5 +1,5 @@
 """``AsyncClient``: ``Client`` for ``asyncio`` code, on ``httpx`` (not a dependency of the base
-install: ``pip install 'internvl-queue[async]'``, or httpx itself). The same methods, retries
+install: the ``async`` extra, or httpx itself). The same methods, retries
 and errors, awaited; the requests themselves are built in ``calls.py`` for both.
 
     async with AsyncClient("http://127.0.0.1:8000") as client:
@@ -20,7 +20,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(
         "internvl_queue.client.AsyncClient needs httpx, which the base install leaves out: "
-        "pip install 'internvl-queue[async]' (or pip install httpx), or use the synchronous Client"
+        "pip install httpx (the package's async extra: pip install '.[async]' in a checkout), or use the synchronous Client"
     ) from exc
 
 from .. import __version__

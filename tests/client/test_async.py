@@ -87,4 +87,4 @@ def test_without_httpx_async_client_says_how_to_get_it() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert "pip install 'internvl-queue[async]'" in done.stdout
+    assert "pip install httpx" in done.stdout

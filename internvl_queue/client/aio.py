@@ -20,7 +20,8 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(
         "internvl_queue.client.AsyncClient needs httpx, which the base install leaves out: "
-        "pip install httpx (the package's async extra: pip install '.[async]' in a checkout), or use the synchronous Client"
+        "pip install httpx (the package's async extra: pip install '.[async]' in a checkout), "
+        "or use the synchronous Client"
     ) from exc
 
 from .. import __version__

@@ -20,6 +20,7 @@ from .dispatch import CeleryDispatcher, Dispatcher
 from .errors import register_error_handlers
 from .health import health
 from .jobs import jobs
+from .reference import reference
 from .services import EXTENSION, Services
 
 __all__ = ["create_app"]
@@ -66,4 +67,5 @@ def create_app(
     register_auth(app, warn_if_open=warn_if_open)
     app.register_blueprint(jobs)
     app.register_blueprint(health)
+    app.register_blueprint(reference)
     return app

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import hypothesis
 import pytest
 import redis
 import requests
@@ -34,6 +36,7 @@ from tests.api.api_process import ApiProcess
 from tests.conftest import IN_CI, WorkerProcess
 
 MAX_EXAMPLES = 30
+STATEFUL_EXAMPLES = 25
 SEED = 21
 QUEUE = "internvl-contract"
 # The service's limits for this run: the spec served states them, so generated jobs stay small.
@@ -123,11 +126,14 @@ def test_the_api_keeps_its_contract(case: schemathesis.Case, stack: Stack) -> No
 
 # Refusals of a schema-valid submit that no schema can foresee: a schema says "base64", not
 # "an image that decodes" (schemathesis makes real images for multipart parts, not for base64
-# strings); a webhook_url is checked against DNS and the SSRF guard (and needs WEBHOOK_SECRETS);
-# an Idempotency-Key already bound to another request depends on what was sent before.
+# strings); "a visible character" is a matter of Unicode categories (unassigned code points
+# included) that no pattern names; a webhook_url is checked against DNS and the SSRF guard (and
+# needs WEBHOOK_SECRETS); an Idempotency-Key already bound to another request depends on what
+# was sent before.
 _BEYOND_THE_SCHEMA = {
     "unsupported_image",
     "corrupt_image",
+    "invalid_question",
     "webhook_url_not_allowed",
     "webhook_url_invalid",
     "webhooks_not_configured",
@@ -139,3 +145,30 @@ def _beyond_the_schema(response: schemathesis.Response) -> bool:
     if response.status_code not in (415, 422):
         return False
     return response.json().get("error", {}).get("code") in _BEYOND_THE_SCHEMA
+
+
+def test_job_lifecycles_keep_the_contract(stack: Stack) -> None:
+    """Submit, then read, cancel and list the deliveries of the job just made (the spec's links):
+    the replies for real jobs, in every state they reach, keep the contract too."""
+    headers = {"Authorization": f"Bearer {stack.api_key}"}
+
+    class Workflow(schema.as_state_machine()):  # type: ignore[misc]
+        def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
+            return {"base_url": stack.url, "headers": headers, "timeout": 90}
+
+        def validate_response(
+            self, response: schemathesis.Response, case: schemathesis.Case, **kwargs: Any
+        ) -> None:
+            excluded = [positive_data_acceptance] if _beyond_the_schema(response) else []
+            case.validate_response(response, excluded_checks=excluded, headers=headers)
+
+    Workflow.run(
+        settings=hypothesis.settings(
+            max_examples=STATEFUL_EXAMPLES,
+            stateful_step_count=6,
+            derandomize=True,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(hypothesis.HealthCheck),
+        )
+    )

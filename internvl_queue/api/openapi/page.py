@@ -98,7 +98,7 @@ def _operation(spec: dict[str, Any], path: str, method: str, op: dict[str, Any])
     ]
     parameters = [_resolve(spec, p) for p in op.get("parameters", [])]
     if parameters:
-        rows = "".join(
+        cells = "".join(
             f"<tr><td><code>{escape(p['name'])}</code></td><td>{escape(p['in'])}</td>"
             f"<td>{_type(p.get('schema', {}))}</td>"
             f"<td>{_inline(p.get('description', ''))}</td></tr>"
@@ -106,7 +106,7 @@ def _operation(spec: dict[str, Any], path: str, method: str, op: dict[str, Any])
         )
         parts.append(
             "<h4>Parameters</h4><table><tr><th>name</th><th>in</th><th>type</th>"
-            f"<th>description</th></tr>{rows}</table>"
+            f"<th>description</th></tr>{cells}</table>"
         )
     if body := op.get("requestBody"):
         parts.append("<h4>Request body</h4>")
@@ -114,7 +114,7 @@ def _operation(spec: dict[str, Any], path: str, method: str, op: dict[str, Any])
             parts.append(f"<p><code>{escape(media_type)}</code>: {_type(content['schema'])}</p>")
             for name, example in content.get("examples", {}).items():
                 parts.append(f"<p>Example ({escape(name)}):</p>{_json_block(example['value'])}")
-    rows = []
+    rows: list[str] = []
     for status, response in op["responses"].items():
         response = _resolve(spec, response)
         media = ", ".join(

@@ -11,8 +11,9 @@ __all__ = ["paths"]
 Operation = dict[str, Any]
 
 _JSON = "application/json"
-_BEARER = [{"bearerAuth": []}]
-_PUBLIC: list[dict[str, list[str]]] = []  # no key, whatever INTERNVL_AUTH says
+Security = list[dict[str, list[str]]]
+_BEARER: Security = [{"bearerAuth": []}]
+_PUBLIC: Security = []  # no key, whatever INTERNVL_AUTH says
 
 
 def paths() -> dict[str, dict[str, Operation]]:
@@ -59,6 +60,21 @@ _NOT_FOUND = _error(
     "Unknown or expired job id, or another API key's job (ids cannot be probed)",
     "job_not_found",
 )
+
+
+# What a client does next with the job it submitted (the stateful contract test follows them).
+_JOB_LINKS = {
+    name: {"operationId": operation, "parameters": {"job_id": "$response.body#/id"}}
+    for name, operation in (
+        ("GetJob", "getJob"),
+        ("CancelJob", "cancelJob"),
+        ("GetJobDeliveries", "getJobDeliveries"),
+    )
+}
+
+
+def _linked(response: dict[str, Any]) -> dict[str, Any]:
+    return {**response, "links": _JOB_LINKS}
 
 
 def _submit() -> Operation:
@@ -115,24 +131,28 @@ def _submit() -> Operation:
             },
         },
         "responses": {
-            "200": _json(
-                ref("Job"),
-                "`Prefer: wait=N` and the job finished within N seconds: the finished job.",
-                **job_headers,
-                **{"Preference-Applied": _header("PreferenceApplied")},
+            "200": _linked(
+                _json(
+                    ref("Job"),
+                    "`Prefer: wait=N` and the job finished within N seconds: the finished job.",
+                    **job_headers,
+                    **{"Preference-Applied": _header("PreferenceApplied")},
+                )
             ),
-            "202": _json(
-                ref("Job"),
-                "Accepted: the job, queued (or, for a replayed Idempotency-Key, as it is now; "
-                "or after a `Prefer: wait` that ran out, as it is then). Retry-After is set when "
-                "the wait was cut short (this API process holds as many long polls as it may, "
-                "or is stopping).",
-                **job_headers,
-                **{
-                    "Idempotency-Replayed": _header("IdempotencyReplayed"),
-                    "Preference-Applied": _header("PreferenceApplied"),
-                    "Retry-After": _header("RetryAfter"),
-                },
+            "202": _linked(
+                _json(
+                    ref("Job"),
+                    "Accepted: the job, queued (for a replayed Idempotency-Key: as it is now; "
+                    "after a `Prefer: wait` that ran out: as it is then). Retry-After is set "
+                    "when the wait was cut short (this API process holds as many long polls as "
+                    "it may, or is stopping).",
+                    **job_headers,
+                    **{
+                        "Idempotency-Replayed": _header("IdempotencyReplayed"),
+                        "Preference-Applied": _header("PreferenceApplied"),
+                        "Retry-After": _header("RetryAfter"),
+                    },
+                )
             ),
             "400": _error(
                 "Malformed request",

@@ -8,6 +8,7 @@ against it), served at ``/openapi.json`` and rendered at ``/docs``.
 from __future__ import annotations
 
 import functools
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from ...core.settings import Settings
@@ -16,7 +17,10 @@ from .schemas import components
 
 __all__ = ["openapi_document"]
 
-VERSION = "0.1.0"
+try:
+    VERSION = version("internvl-queue")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    VERSION = "0.0.0"
 
 _DESCRIPTION = """\
 Asynchronous image questions: submit one or more images and a question, get a job id at once,

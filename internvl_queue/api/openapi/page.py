@@ -7,6 +7,7 @@ that comes from the document is escaped.
 
 from __future__ import annotations
 
+import json
 from html import escape
 from typing import Any
 
@@ -217,6 +218,4 @@ def _schema_section(name: str, schema: dict[str, Any]) -> str:
 
 
 def _json_block(value: Any) -> str:
-    import json
-
     return f"<pre>{escape(json.dumps(value, indent=2))}</pre>"

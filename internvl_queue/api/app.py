@@ -21,6 +21,7 @@ from .errors import register_error_handlers
 from .health import health
 from .jobs import jobs
 from .metrics import register_metrics
+from .reference import reference
 from .services import EXTENSION, Services
 from .web_page import web_page
 
@@ -70,4 +71,5 @@ def create_app(
     app.register_blueprint(health)
     app.register_blueprint(web_page)
     register_metrics(app)
+    app.register_blueprint(reference)
     return app

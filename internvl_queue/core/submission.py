@@ -219,6 +219,10 @@ def _bounded_int(name: str, raw: Any, *, default: int, high: int) -> int:
     value: int | None = None
     if isinstance(raw, int) and not isinstance(raw, bool):
         value = raw
+    elif isinstance(raw, float) and raw.is_integer() and abs(raw) < 1e18:
+        # JSON has one number type: 7.0 is the integer 7 (as JSON Schema counts it), though
+        # Python's json reads it as a float.
+        value = int(raw)
     elif isinstance(raw, str) and _INTEGER.fullmatch(raw):
         value = int(raw)
     if value is None or not 1 <= value <= high:

@@ -1,0 +1,66 @@
+"""The stable ``code`` values of the API's errors and of failed jobs, as the spec lists them.
+
+Kept by hand beside the code that raises them; ``tests/api/test_openapi_spec.py`` reads the
+package's sources for every code and fails when one is missing here or one here is no longer
+raised, so this list cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ERROR_CODES", "JOB_ERROR_CODES"]
+
+# ``{"error": {"code": ...}}`` of a refused request, with the statuses it comes with.
+ERROR_CODES: dict[str, str] = {
+    "bad_request": "400: a request the HTTP layer cannot read (bad multipart, bad HTTP)",
+    "invalid_json": "400: not strict JSON (NaN/Infinity, too deep), not an object, bad images list",
+    "invalid_base64": "400: an image in a JSON body that is not base64",
+    "invalid_utf8": "400: a text field or JSON body that is not UTF-8",
+    "invalid_metadata": "400/422: metadata that is not a strict JSON object of at most 4 KB",
+    "invalid_idempotency_key": "400: an Idempotency-Key that is not 1..255 visible ASCII chars",
+    "missing_image": "400: no image sent",
+    "missing_question": "400: no question sent",
+    "question_too_long": "400: a question over the character or byte limit",
+    "unauthorized": "401: a missing, malformed, unknown or revoked API key",
+    "websocket_not_supported": "403: a WebSocket handshake",
+    "not_found": "404: no such path",
+    "job_not_found": "404: an unknown or expired job id, or another API key's job",
+    "method_not_allowed": "405: a method the path does not take",
+    "request_timeout": "408: the request head or body paused too long",
+    "conflict": "409: a request that conflicts with the current state",
+    "job_already_finished": "409: cancel of a job that already finished",
+    "request_too_large": "413: a body over INTERNVL_MAX_REQUEST_BYTES",
+    "image_too_large": "413: an image, or a request's images, over the pixel limits",
+    "too_many_parts": "413: a multipart body of more than 1000 parts",
+    "request_line_too_long": "414: a request line over the HTTP layer's limit",
+    "unsupported_media_type": "415: a body neither multipart/form-data nor application/json",
+    "unsupported_image": "415: a file that is not JPEG, PNG, WebP, GIF, BMP or TIFF",
+    "invalid_parameter": "422: a value out of range or of the wrong type",
+    "invalid_question": "422: an empty question, or one with no visible character",
+    "too_many_images": "422: more images than INTERNVL_MAX_IMAGES",
+    "empty_image": "422: an empty image file",
+    "corrupt_image": "422: a damaged or truncated image",
+    "webhook_url_not_allowed": "422: a webhook_url the SSRF guard refuses",
+    "webhook_url_invalid": "422: a webhook_url that could never be delivered",
+    "webhooks_not_configured": "422: a webhook_url while WEBHOOK_SECRETS is not set",
+    "idempotency_key_reused": "422: an Idempotency-Key already used for a different request",
+    "rate_limited": "429: the API key's submit rate limit (see Retry-After)",
+    "request_headers_too_large": "431: request headers over the HTTP layer's limits",
+    "http_error": "4xx: another refusal of the HTTP layer",
+    "internal_error": "500: a bug on the service's side (logged with its traceback)",
+    "not_implemented": "501: a part of HTTP/1.1 the server does not implement",
+    "service_unavailable": "503: Redis or the broker does not answer (see Retry-After)",
+    "queue_full": "503: too many queued jobs or queued image bytes (see Retry-After)",
+}
+
+# ``error.code`` of a job that ended ``failed`` or ``canceled``.
+JOB_ERROR_CODES: dict[str, str] = {
+    "timeout": "the job passed its deadline (timeout_s), queued or running",
+    "model_error": "the model raised while answering",
+    "gpu_out_of_memory": "the job does not fit in GPU memory, even alone",
+    "prompt_too_long": "the question, or the whole prompt with image tokens, is too many tokens",
+    "image_decode_error": "an image did not decode in the worker",
+    "too_many_attempts": "the job's message was delivered too often (its workers kept dying)",
+    "internal_error": "a bug in the worker (logged with its traceback)",
+    "job_failed": "another failure of the job",
+    "canceled": "the job was canceled (before or while it ran)",
+}

@@ -264,13 +264,16 @@ def compare_gil_switch(
     the first value is the baseline (5: Python's default)."""
     import torch
 
-    figures = {
-        ms: whole_path(
-            model, jobs, threads, log, warmup=warmup, worker_env={"INTERNVL_GIL_SWITCH_MS": ms}
+    figures = [  # a list: a value may come twice (5,0.2,5,0.2), to see the spread
+        (
+            ms,
+            whole_path(
+                model, jobs, threads, log, warmup=warmup, worker_env={"INTERNVL_GIL_SWITCH_MS": ms}
+            ),
         )
         for ms in values.split(",")
-    }
-    first = next(iter(figures.values()))["jobs_s"]
+    ]
+    first = figures[0][1]["jobs_s"]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     row = (
         f"\n## Whole path by the worker's GIL switch interval, {device}, "
@@ -281,7 +284,7 @@ def compare_gil_switch(
         "| INTERNVL_GIL_SWITCH_MS | jobs/s | vs the first | mean batch | succeeded |\n"
         "|---|---|---|---|---|\n"
     )
-    for ms, f in figures.items():
+    for ms, f in figures:
         row += (
             f"| {ms} | {f['jobs_s']:.1f} | {f['jobs_s'] / first:.2f}x | {f['batch']:.0f} "
             f"| {f['succeeded']:.0f} of {jobs} |\n"

@@ -172,11 +172,11 @@ class Settings:
     )
     gil_switch_ms: float = field(
         # Every torch call of the engine thread lets go of the GIL and must take it back; while
-        # another thread of the worker runs Python (Celery, Redis replies, JSON) that waits up to
-        # this interval: with one busy thread beside it, a call costs ~2 ms at Python's 5 ms and
-        # ~0.1 ms at 0.2 ms instead of ~5 us (python -m benchmarks.gil_handoff). Python's default
-        # until the whole path has been compared on a GPU (benchmarks/whole_path --gil-switch-ms).
-        default=5.0,
+        # another thread of the worker runs Python (Celery, Redis replies, JSON) that can wait a
+        # whole switch interval. On the CPU with the tiny model, the engine's W1 burst beside two
+        # busy threads ran 2.6 jobs/s at Python's 5 ms and 14.2 at 0.2 ms (74.4 / 72.4 alone):
+        # python -m benchmarks.gil_handoff --model DIR (benchmarks/RESULTS.md).
+        default=0.2,
         metadata=_env(
             "INTERNVL_GIL_SWITCH_MS",
             "the worker's Python switch interval: how long a busy thread keeps the GIL from the "

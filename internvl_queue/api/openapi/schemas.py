@@ -518,5 +518,15 @@ def _worker() -> Schema:
             "threads": count,
             "queue": {"type": ["string", "null"]},
             "consuming": {"type": ["boolean", "null"]},
+            "gpu_memory": {
+                "type": ["object", "null"],
+                "description": (
+                    "Its GPU's memory in bytes: allocated (live tensors), reserved (this "
+                    "process's caching allocator), used and total (the whole device); null on "
+                    "the CPU."
+                ),
+                "additionalProperties": False,
+                "properties": {name: count for name in ("allocated", "reserved", "used", "total")},
+            },
         }
     )

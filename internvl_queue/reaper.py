@@ -32,10 +32,9 @@ from dataclasses import dataclass
 import redis
 
 from . import broker_layout as broker
-from .core.job import Job
 from .core.keys import queued_key
 from .core.status import JobStatus
-from .core.store import JobStore
+from .core.store import DispatchState, JobStore
 from .queue import RUN_JOB_TASK
 
 __all__ = ["ReapReport", "Reaper", "ReaperThread"]
@@ -128,14 +127,14 @@ class Reaper:
             for (tag, at), envelope in zip(entries, envelopes, strict=True)
             if (job_id := _job_id_of(envelope)) is not None
         ]  # not a webhook task's, not gone
-        jobs = self.store.get_many([job_id for _, _, job_id in ours])
+        jobs = self.store.dispatch_states([job_id for _, _, job_id in ours])
         return sum(
             self._return_message(tag, at, job_id, job)
             for (tag, at, job_id), job in zip(ours, jobs, strict=True)
         )
 
     def _return_message(
-        self, tag: bytes | str, delivered_at: float, job_id: str, job: Job | None
+        self, tag: bytes | str, delivered_at: float, job_id: str, job: DispatchState | None
     ) -> bool:
         """Drop the ``unacked`` entry ``tag`` and mark its job for a new message, unless the
         job runs (leases decide then) or has a newer message; True if marked."""
@@ -164,11 +163,11 @@ class Reaper:
         )
         if not candidates or broker.queue_length(self.redis, self.queue) > self.audit_limit:
             return 0
-        jobs = self.store.get_many([c.decode() for c in candidates])
+        ids = [c.decode() for c in candidates]
         # Only jobs sent to the list read here: another queue's are in another list.
         waiting = [
-            j
-            for j in jobs
+            job_id
+            for job_id, j in zip(ids, self.store.dispatch_states(ids), strict=True)
             if j
             and j.status is JobStatus.QUEUED
             and j.dispatched_at < cutoff
@@ -181,7 +180,7 @@ class Reaper:
             for envelope in broker.waiting_envelopes(self.redis, self.queue)
             + broker.unacked_envelopes(self.redis)
         }
-        lost = [j.id for j in waiting if j.id not in present]
+        lost = [job_id for job_id in waiting if job_id not in present]
         for job_id in lost:
             log.warning("job %s: its message was lost with a killed worker; sent again", job_id)
             self.store.needs_dispatch(job_id, due=0)

@@ -108,3 +108,15 @@ def test_missing_job_claims_nothing(redis_client: redis.Redis) -> None:
     store = JobStore(redis_client, retention_s=100)
     assert store.claim("gone", max_attempts=3).outcome is ClaimOutcome.MISSING
     assert list(redis_client.scan_iter("iq:*")) == []
+
+
+def test_dispatch_states_read_what_the_reapers_decide_on(redis_client: redis.Redis) -> None:
+    store = JobStore(redis_client, retention_s=100)
+    queued, running = _new(store), _new(store)
+    store.claim(running.id, max_attempts=3)
+    states = store.dispatch_states([queued.id, "gone", running.id])
+    assert states[1] is None
+    assert states[0] is not None and states[0].status is JobStatus.QUEUED
+    assert states[0].dispatched_at == store.get(queued.id).dispatched_at  # type: ignore[union-attr]
+    assert states[0].queue == queued.queue
+    assert states[2] is not None and states[2].status is JobStatus.RUNNING

@@ -1,4 +1,4 @@
-"""``/v1/jobs``: submit, read (optionally waiting), cancel, and the job's webhook deliveries.
+"""``/v1/jobs``: submit, list, read (optionally waiting), cancel, and a job's webhook deliveries.
 
 Every view acts for the calling API key: another key's job answers 404, exactly like an unknown
 one, so ids cannot be probed.
@@ -26,6 +26,7 @@ from ..core.submission import prepare_job
 from .auth import current_owner
 from .errors import redis_outage
 from .fault_hook import kill_api_at
+from .listing import list_own_jobs
 from .parsing import parse_submission
 from .services import Services, services
 from .waiting import prefer_wait, prefers_respond_async, query_wait, wait_for_job
@@ -167,6 +168,12 @@ def _submitted(svc: Services, job: Job, headers: dict[str, str]) -> Response | R
         return reply
 
     return wait_for_job(job, wait, lambda: svc.store.get(job.id), render)
+
+
+@jobs.get("")
+def list_jobs() -> Response:
+    """The caller's own jobs, newest first, a page at a time (``api/listing.py``)."""
+    return list_own_jobs()
 
 
 @jobs.get("/<job_id>")

@@ -31,7 +31,7 @@ from .errors import (
     WaitTimeout,
 )
 from .images import ImageInput, ImageUnreadable
-from .job import Job, JobError, JobResult, JobStatus, Usage
+from .job import Job, JobError, JobPage, JobResult, JobStatus, Usage
 from .retry import RetryPolicy
 from .sync import API_KEY_ENV, Client
 
@@ -55,6 +55,7 @@ __all__ = [
     "Job",
     "JobError",
     "JobFailed",
+    "JobPage",
     "JobResult",
     "JobStatus",
     "NotFound",

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
@@ -32,6 +33,7 @@ from .calls import (
     cancel_call,
     deliveries_call,
     job_deadline_s,
+    list_call,
     parse_json,
     read_call,
     retry_after_of,
@@ -40,7 +42,7 @@ from .calls import (
 from .deliveries import Delivery
 from .errors import ApiUnreachable, ClientError, Conflict, JobFailed, WaitTimeout, api_error
 from .images import ImageInput
-from .job import Job, JobStatus
+from .job import Job, JobPage, JobStatus
 from .retry import RETRY_STATUSES, RetryPolicy
 from .sync import API_KEY_ENV
 
@@ -155,6 +157,23 @@ class AsyncClient:
                 if job.status is JobStatus.CANCELED:
                     return job
             raise
+
+    async def list_jobs(
+        self,
+        *,
+        status: str | Iterable[str] | None = None,
+        created_after: datetime | float | str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> AsyncIterator[JobPage]:
+        """See ``Client.list_jobs``: ``async for page in client.list_jobs(): ...``."""
+        while True:
+            call = list_call(status=status, created_after=created_after, limit=limit, cursor=cursor)
+            page = JobPage.from_api(parse_json((await self._send(call)).content))
+            yield page
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
 
     async def deliveries(self, job_id: str) -> list[Delivery]:
         body = parse_json((await self._send(deliveries_call(job_id))).content)

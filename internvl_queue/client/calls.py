@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -29,6 +30,7 @@ __all__ = [
     "cancel_call",
     "deliveries_call",
     "job_deadline_s",
+    "list_call",
     "parse_json",
     "read_call",
     "retry_after_of",
@@ -94,6 +96,39 @@ def submit_call(
         data=fields,
         files=image_parts(images),
     )
+
+
+def list_call(
+    *,
+    status: str | Iterable[str] | None = None,
+    created_after: datetime | float | str | None = None,
+    limit: int | None = None,
+    cursor: str | None = None,
+) -> Call:
+    """``GET /v1/jobs``: one page of the caller's jobs, newest first, after ``cursor``.
+
+    ``status``: a state or several (``JobStatus`` values). ``created_after``: a timezone-aware
+    ``datetime``, unix seconds, or the API's own ISO 8601 text (a job's ``created_at``)."""
+    params: dict[str, str] = {}
+    if status is not None:
+        params["status"] = ",".join([status] if isinstance(status, str) else status)
+    if created_after is not None:
+        params["created_after"] = _moment(created_after)
+    if limit is not None:
+        params["limit"] = str(limit)
+    if cursor is not None:
+        params["cursor"] = cursor
+    return Call("GET", "/v1/jobs", params=params)
+
+
+def _moment(value: datetime | float | str) -> str:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError(
+                "created_after needs a timezone-aware datetime (datetime.now(timezone.utc), ...)"
+            )
+        return value.isoformat()
+    return value if isinstance(value, str) else repr(float(value))
 
 
 def read_call(job_id: str, wait_s: float = 0.0) -> Call:

@@ -13,7 +13,7 @@ from typing import Any
 from ..core.status import JobStatus
 from .errors import ClientError
 
-__all__ = ["Job", "JobError", "JobResult", "JobStatus", "Usage"]
+__all__ = ["Job", "JobError", "JobPage", "JobResult", "JobStatus", "Usage"]
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,26 @@ class Job:
             error=JobError(error["code"], error["message"]) if error is not None else None,
             raw=data,
         )
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """A page of ``GET /v1/jobs``: jobs newest first, and the cursor of the next page (None:
+    the last one). With a status filter a page may hold fewer jobs than asked, or none."""
+
+    jobs: list[Job]
+    next_cursor: str | None
+
+    @classmethod
+    def from_api(cls, data: dict[str, Any]) -> JobPage:
+        try:
+            items, cursor = data["data"], data["next_cursor"]
+        except (KeyError, TypeError):
+            raise ClientError(
+                "the API sent a page of jobs this client cannot read; is the URL that of an "
+                "internvl-queue API, and the API as new as the client?"
+            ) from None
+        return cls([Job.from_api(item) for item in items], cursor)
 
 
 def _time(value: str | None) -> datetime | None:

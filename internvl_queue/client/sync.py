@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
@@ -29,6 +30,7 @@ from .calls import (
     cancel_call,
     deliveries_call,
     job_deadline_s,
+    list_call,
     parse_json,
     read_call,
     retry_after_of,
@@ -44,7 +46,7 @@ from .errors import (
     api_error,
 )
 from .images import ImageInput
-from .job import Job, JobStatus
+from .job import Job, JobPage, JobStatus
 from .retry import RETRY_STATUSES, RetryPolicy
 
 __all__ = ["API_KEY_ENV", "Client"]
@@ -193,6 +195,31 @@ class Client:
                 if job.status is JobStatus.CANCELED:
                     return job
             raise
+
+    def list_jobs(
+        self,
+        *,
+        status: str | Iterable[str] | None = None,
+        created_after: datetime | float | str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Iterator[JobPage]:
+        """Your jobs, newest first, a page at a time (``GET /v1/jobs``), until the last page.
+
+        ``status``: only jobs in this state, or these states. ``created_after``: only jobs
+        created later (a timezone-aware ``datetime``, unix seconds, or a job's ``created_at``
+        text, as the API writes it, to the millisecond). ``limit``: jobs per page (1..100, the
+        API's default 20). ``cursor``: go on from a page's ``next_cursor`` kept earlier.
+        Each page is fetched as the iteration reaches it. With a status filter a page may hold
+        fewer jobs than ``limit``, or none: the API looks at a bounded number per request.
+        """
+        while True:
+            call = list_call(status=status, created_after=created_after, limit=limit, cursor=cursor)
+            page = JobPage.from_api(parse_json(self._send(call).content))
+            yield page
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
 
     def deliveries(self, job_id: str) -> list[Delivery]:
         """Every webhook attempt made for the job, oldest first."""

@@ -17,6 +17,7 @@ __all__ = [
     "leases_key",
     "metrics_key",
     "outbox_key",
+    "owner_jobs_key",
     "queued_bytes_key",
     "queued_key",
     "rate_key",
@@ -44,6 +45,12 @@ def deliveries_key(job_id: str) -> str:
 def webhook_gone_key(job_id: str) -> str:
     """Set when the job's webhook endpoint answered 410 Gone: its later events are not sent."""
     return f"{PREFIX}:job:{job_id}:webhook_gone"
+
+
+def owner_jobs_key(owner: str) -> str:
+    """A sorted set of the ids of one API key's jobs (``""``: the open API's), scored by
+    submission time: ``GET /v1/jobs`` walks it newest first (see ``core/job_index.py``)."""
+    return f"{PREFIX}:owner:{owner or '-'}:jobs"
 
 
 def queued_key() -> str:

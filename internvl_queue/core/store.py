@@ -22,6 +22,7 @@ import redis
 from . import job_metrics, webhook_events
 from .idempotency import Binding, KeyAlreadyBound, KeyClaim
 from .job import Job, JobParams
+from .job_index import stage_entry
 from .keys import (
     cancel_channel,
     dispatching_key,
@@ -124,6 +125,7 @@ class JobStore:
             # Entries of jobs that expired while queued (their worker never came) go too.
             pipe.zremrangebyscore(queued_key(), "-inf", job.created_at - self.retention_s)
             job_metrics.stage_submitted(pipe)
+            stage_entry(pipe, job, self.retention_s)  # GET /v1/jobs lists it from now on
             if key is not None:
                 binding = Binding(job.id, key.fingerprint)
                 pipe.set(key.name, binding.to_json(), ex=key.ttl_s)

@@ -20,6 +20,7 @@ ERROR_CODES: dict[str, str] = {
     "missing_image": "400: no image sent",
     "missing_question": "400: no question sent",
     "question_too_long": "400: a question over the character or byte limit",
+    "invalid_cursor": "400: a cursor GET /v1/jobs did not give out (pass next_cursor unchanged)",
     "unauthorized": "401: a missing, malformed, unknown or revoked API key",
     "websocket_not_supported": "403: a WebSocket handshake",
     "not_found": "404: no such path",

@@ -18,7 +18,7 @@ _PUBLIC: Security = []  # no key, whatever INTERNVL_AUTH says
 
 def paths() -> dict[str, dict[str, Operation]]:
     return {
-        "/v1/jobs": {"post": _submit()},
+        "/v1/jobs": {"post": _submit(), "get": _list()},
         "/v1/jobs/{job_id}": {"get": _read()},
         "/v1/jobs/{job_id}/cancel": {"post": _cancel()},
         "/v1/jobs/{job_id}/deliveries": {"get": _deliveries()},
@@ -207,6 +207,38 @@ def _submit() -> Operation:
                 "service_unavailable",
                 retry_after=True,
             ),
+        },
+    }
+
+
+def _list() -> Operation:
+    return {
+        "operationId": "listJobs",
+        "summary": "List your jobs, newest first",
+        "description": (
+            "The calling API key's own jobs (while the API runs open: the jobs submitted "
+            "without a key), newest first, each as GET /v1/jobs/{job_id} shows it, until they "
+            "expire. Follow `next_cursor` (with the same filters) until it is null: the walk "
+            "lists every job that existed when it began exactly once, whatever is submitted "
+            "meanwhile. A page looks at a bounded number of jobs, so with a filter it may hold "
+            "fewer than `limit` jobs, or none, while `next_cursor` is still set."
+        ),
+        "tags": ["jobs"],
+        "security": _BEARER,
+        "parameters": [
+            {"$ref": "#/components/parameters/Status"},
+            {"$ref": "#/components/parameters/CreatedAfter"},
+            {"$ref": "#/components/parameters/Limit"},
+            {"$ref": "#/components/parameters/Cursor"},
+        ],
+        "responses": {
+            "200": _json(ref("JobList"), "A page of jobs, and where the next one starts."),
+            "400": _error("A cursor this API did not give out", "invalid_cursor"),
+            "401": _UNAUTHORIZED,
+            "422": _error(
+                "limit, status or created_after out of range or unreadable", "invalid_parameter"
+            ),
+            "503": _UNAVAILABLE,
         },
     }
 

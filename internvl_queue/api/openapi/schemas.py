@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...core.idempotency import MAX_KEY_CHARS
+from ...core.job_listing import DEFAULT_LIMIT, LATEST_TIMESTAMP, MAX_LIMIT
 from ...core.outbox import DeliveryOutcome
 from ...core.settings import Settings
 from ...core.status import JobStatus
@@ -61,6 +62,7 @@ def components(settings: Settings) -> Schema:
             "Error": _error(),
             "JobParams": _job_params(),
             "Job": _job(),
+            "JobList": _job_list(),
             "JobResult": _job_result(),
             "JobError": _object(
                 {"code": ref("JobErrorCode"), "message": {"type": "string"}},
@@ -108,6 +110,7 @@ def components(settings: Settings) -> Schema:
                 "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S},
                 "example": 30,
             },
+            **_listing_parameters(),
             "IdempotencyKey": {
                 "name": "Idempotency-Key",
                 "in": "header",
@@ -291,6 +294,81 @@ def _job() -> Schema:
                 "timings_ms": {"queued": 3.1, "preprocess": 21.4, "inference": 310.2, "total": 338},
             },
             "error": None,
+        },
+    }
+
+
+def _job_list() -> Schema:
+    return {
+        **_object(
+            {
+                "data": {"type": "array", "items": ref("Job"), "maxItems": MAX_LIMIT},
+                "next_cursor": {
+                    "type": ["string", "null"],
+                    "description": "Pass it as `cursor` for the next page; null: no more jobs.",
+                },
+            },
+            description="A page of GET /v1/jobs.",
+        ),
+        "example": {"data": [], "next_cursor": None},
+    }
+
+
+def _listing_parameters() -> dict[str, Schema]:
+    """The query of GET /v1/jobs (validated in ``core/job_listing.py``)."""
+    return {
+        "Status": {
+            "name": "status",
+            "in": "query",
+            "required": False,
+            "description": (
+                "Only jobs in these states: comma-separated (`queued,running`); the parameter "
+                "may also be repeated. Absent: every state."
+            ),
+            "style": "form",
+            "explode": False,
+            "schema": {"type": "array", "items": ref("JobStatus"), "minItems": 1},
+            "example": ["queued", "running"],
+        },
+        "CreatedAfter": {
+            "name": "created_after",
+            "in": "query",
+            "required": False,
+            "description": (
+                "Only jobs whose created_at, to the millisecond as the API writes it, is later: "
+                "unix seconds, or an ISO 8601 date and time with its offset "
+                "(`2026-11-24T14:00:00Z`). Passing back the newest created_at seen lists only "
+                "newer jobs."
+            ),
+            "schema": {
+                "anyOf": [
+                    {"type": "number", "minimum": 0, "maximum": LATEST_TIMESTAMP},
+                    {"type": "string", "format": "date-time"},
+                ]
+            },
+            "example": "2026-11-24T14:00:00.123Z",
+        },
+        "Limit": {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "description": f"Most jobs in the page (1 to {MAX_LIMIT}).",
+            "schema": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MAX_LIMIT,
+                "default": DEFAULT_LIMIT,
+            },
+        },
+        "Cursor": {
+            "name": "cursor",
+            "in": "query",
+            "required": False,
+            "description": (
+                "`next_cursor` of the previous page, unchanged (opaque). Absent: start from the "
+                "newest job."
+            ),
+            "schema": {"type": "string", "minLength": 1, "pattern": "^[A-Za-z0-9_-]+$"},
         },
     }
 

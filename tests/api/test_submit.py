@@ -57,6 +57,7 @@ def test_multipart_submit_is_accepted_and_queued(
         "finished_at",
         "expires_at",
         "queue_position",
+        "priority",
         "cancel_requested_at",
         "question",
         "params",

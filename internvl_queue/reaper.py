@@ -33,6 +33,7 @@ import redis
 
 from . import broker_layout as broker
 from .core.keys import queued_key
+from .core.priority import lane_queue, lane_queues
 from .core.status import JobStatus
 from .core.store import DispatchState, JobStore
 from .queue import RUN_JOB_TASK
@@ -67,7 +68,8 @@ class Reaper:
         self.redis: redis.Redis = store.redis
         self.dispatch = dispatch  # (job id, queue) -> a new broker message for it
         self.lease_s = lease_s
-        self.queue = queue  # the broker queue (kombu keeps its waiting messages in this list)
+        self.queue = queue  # the broker queue (kombu keeps its waiting messages in a list per lane)
+        self.lanes = lane_queues(queue)
         self.audit_limit = audit_limit
 
     def reap_once(self) -> ReapReport:
@@ -87,7 +89,8 @@ class Reaper:
             if job is None or job.status is not JobStatus.QUEUED:
                 self.store.dispatched(job_id)  # nothing to send any more
                 continue
-            self.dispatch(job_id, job.queue or self.queue)
+            # To its own queue and lane, whichever ones this reaper's worker consumes.
+            self.dispatch(job_id, lane_queue(job.queue or self.queue, job.priority))
             self.store.dispatched(job_id)
             dispatched += 1
         report = ReapReport(requeued, orphans, dispatched, timed_out)
@@ -161,10 +164,10 @@ class Reaper:
         candidates: list[bytes] = self.redis.zrangebyscore(  # type: ignore[assignment]
             queued_key(), "-inf", cutoff, start=0, num=1000
         )
-        if not candidates or broker.queue_length(self.redis, self.queue) > self.audit_limit:
+        if not candidates or self._waiting_messages() > self.audit_limit:
             return 0
         ids = [c.decode() for c in candidates]
-        # Only jobs sent to the list read here: another queue's are in another list.
+        # Only jobs sent to the lists read here: another queue's are in other lists.
         waiting = [
             job_id
             for job_id, j in zip(ids, self.store.dispatch_states(ids), strict=True)
@@ -177,14 +180,20 @@ class Reaper:
             return 0
         present = {
             _job_id_of(envelope)
-            for envelope in broker.waiting_envelopes(self.redis, self.queue)
-            + broker.unacked_envelopes(self.redis)
+            for envelope in [
+                *(e for lane in self.lanes for e in broker.waiting_envelopes(self.redis, lane)),
+                *broker.unacked_envelopes(self.redis),
+            ]
         }
         lost = [job_id for job_id in waiting if job_id not in present]
         for job_id in lost:
             log.warning("job %s: its message was lost with a killed worker; sent again", job_id)
             self.store.needs_dispatch(job_id, due=0)
         return len(lost)
+
+    def _waiting_messages(self) -> int:
+        """Messages waiting in the broker, in all the lanes of this reaper's queue."""
+        return sum(broker.queue_length(self.redis, lane) for lane in self.lanes)
 
 
 def _job_id_of(envelope: object) -> str | None:

@@ -35,6 +35,7 @@ from prometheus_client.registry import Collector
 from ..broker_layout import queue_length
 from ..core.job_metrics import BY_STATUS, HISTOGRAMS, JobMetrics, read_job_metrics
 from ..core.keys import outbox_key, queued_key
+from ..core.priority import lane_queues
 from ..core.workers import WorkerInfo, WorkerRegistry, WorkerState
 
 __all__ = ["ClusterCollector"]
@@ -95,7 +96,9 @@ class ClusterCollector(Collector):
             pipe.zcard(outbox_key())
             pipe.zcount(outbox_key(), "-inf", self.clock())
             queued, oldest, outbox, due = pipe.execute()
-            depths = {queue: queue_length(self.redis, queue) for queue in queues}
+            # One series per lane (core/priority.py); the normal lane is the queue's own name.
+            lanes = [lane for queue in queues for lane in lane_queues(queue)]
+            depths = {lane: queue_length(self.redis, lane) for lane in lanes}
             jobs = read_job_metrics(self.redis)
         except redis.RedisError as exc:
             log.warning("/metrics: Redis does not answer (%s); cluster figures left out", exc)
@@ -110,7 +113,8 @@ class ClusterCollector(Collector):
         )
         depth = GaugeMetricFamily(
             f"{NS}_broker_queue_messages",
-            "Messages waiting in the broker's queue (not yet taken by a worker)",
+            "Messages waiting in the broker's queue, per lane (<queue>.high, <queue>, "
+            "<queue>.low; not yet taken by a worker)",
             labels=["queue"],
         )
         for queue, length in depths.items():

@@ -1,9 +1,11 @@
-"""Hand a stored job to the GPU workers: a Celery message that carries only the job id."""
+"""Hand a stored job to the GPU workers: a Celery message that carries only the job id, sent to
+the lane of its priority (``core/priority.py``)."""
 
 from __future__ import annotations
 
 from typing import Protocol
 
+from ..core.priority import Priority, lane_queue
 from ..core.settings import Settings
 from ..queue import create_celery, send_run_job
 
@@ -11,7 +13,7 @@ __all__ = ["CeleryDispatcher", "Dispatcher"]
 
 
 class Dispatcher(Protocol):
-    def dispatch(self, job_id: str) -> None: ...
+    def dispatch(self, job_id: str, priority: Priority) -> None: ...
 
 
 class CeleryDispatcher:
@@ -19,5 +21,5 @@ class CeleryDispatcher:
         self.celery = create_celery(settings)
         self.queue = settings.queue_name
 
-    def dispatch(self, job_id: str) -> None:
-        send_run_job(self.celery, job_id, self.queue)
+    def dispatch(self, job_id: str, priority: Priority = Priority.NORMAL) -> None:
+        send_run_job(self.celery, job_id, lane_queue(self.queue, priority))

@@ -20,6 +20,7 @@ from ..core.idempotency import (
 )
 from ..core.image_budget import ImageBudget
 from ..core.job import Job
+from ..core.priority_quota import HighPriorityQuota
 from ..core.status import JobStatus
 from ..core.store import CancelOutcome
 from ..core.submission import prepare_job
@@ -103,6 +104,10 @@ def _accept(svc: Services, job: Job, images: list[bytes], key: KeyClaim | None =
     cap = svc.settings.max_queued_jobs
     size = sum(len(image) for image in images)
     budget = ImageBudget(svc.store.redis, svc.settings.max_queued_bytes)
+    quota = HighPriorityQuota(
+        svc.store, svc.settings.max_high_per_key, keep_s=svc.settings.max_timeout_s + 3600
+    )
+    quota.check(job.owner, job.priority)
     try:
         # Approximate under concurrent submits (checked, then added): a few jobs over is fine.
         if cap and svc.store.queued_count() >= cap:
@@ -128,7 +133,7 @@ def _accept(svc: Services, job: Job, images: list[bytes], key: KeyClaim | None =
     # sends its message if this process does not say it did (``JobStore.create``); refusing it
     # would make a caller without a key submit it again, and both would run.
     try:
-        svc.dispatcher.dispatch(job.id)
+        svc.dispatcher.dispatch(job.id, job.priority)
     except Exception as exc:
         log.error("job %s: stored, but could not send its message (a reaper will): %s", job.id, exc)
     else:
@@ -139,8 +144,9 @@ def _accept(svc: Services, job: Job, images: list[bytes], key: KeyClaim | None =
             log.warning("job %s: dispatched, but could not record it: %s", job.id, exc)
     try:
         budget.add(job.id, size)
+        quota.add(job.owner, job)
     except redis.RedisError as exc:  # the job is accepted; it merely goes uncounted
-        log.warning("could not count job %s in the image byte budget: %s", job.id, exc)
+        log.warning("could not count job %s in the image byte budget or quota: %s", job.id, exc)
     return job
 
 

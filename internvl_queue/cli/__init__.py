@@ -41,8 +41,8 @@ def _cmd_api(args: argparse.Namespace) -> int:
 
 
 def _run_worker(app: Any, queue: str, name: str, loglevel: str, on_forced_stop: Any = None) -> int:
-    """Run a Celery worker consuming ``queue`` only, without Celery's banner (our own start-up
-    lines say what runs); its exit status.
+    """Run a Celery worker consuming ``queue`` only (several, comma-separated: taken in that
+    order), without Celery's banner (our own start-up lines say what runs); its exit status.
 
     No gossip, mingle, worker heartbeat events or remote control (``queue.py``): workers share
     nothing but Redis, and those consumers are the ones that reconnect badly after a Redis
@@ -90,9 +90,12 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         return run_gpu_workers(gpus, args.loglevel)
     _configure_logging()
     # Importing the entry module reads the settings and registers the task and start-up hooks.
+    from ..core.priority import lane_queues
     from ..worker.main import app, settings, stop_now
 
-    return _run_worker(app, settings.queue_name, "internvl", args.loglevel, on_forced_stop=stop_now)
+    # Every lane of its queue, the highest first: the order in which it takes messages.
+    lanes = ",".join(lane_queues(settings.queue_name))
+    return _run_worker(app, lanes, "internvl", args.loglevel, on_forced_stop=stop_now)
 
 
 def _cmd_webhook_worker(args: argparse.Namespace) -> int:

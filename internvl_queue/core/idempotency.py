@@ -21,6 +21,7 @@ import redis
 from .errors import BadRequest
 from .job import Job
 from .keys import idempotency_key
+from .priority import Priority
 
 __all__ = [
     "Binding",
@@ -94,6 +95,8 @@ def request_fingerprint(job: Job, images: list[bytes]) -> str:
         "webhook_events": list(job.webhook_events),
         "images": [hashlib.sha256(data).hexdigest() for data in images],
     }
+    if job.priority is not Priority.NORMAL:  # left out otherwise: older fingerprints still match
+        fields["priority"] = job.priority.value
     canonical = json.dumps(fields, sort_keys=True).encode()
     return hashlib.sha256(canonical).hexdigest()
 

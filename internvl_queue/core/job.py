@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from .priority import Priority
 from .redis_client import HashFields
 from .status import JobStatus, check_transition
 
@@ -75,6 +76,9 @@ class Job:
     # The broker queue its messages go to (INTERNVL_QUEUE of the API that took it): a reaper
     # re-sends a job there, whichever queue the reaper's own worker consumes.
     queue: str = ""
+    # Its lane in that queue (core/priority.py): which broker list its messages go to, and how
+    # its worker's engine orders it among the requests it holds.
+    priority: Priority = Priority.NORMAL
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -96,6 +100,7 @@ class Job:
         webhook_url: str | None = None,
         webhook_events: tuple[str, ...] = (),
         queue: str = "",
+        priority: Priority = Priority.NORMAL,
     ) -> Job:
         return cls(
             id=new_job_id(),
@@ -109,6 +114,7 @@ class Job:
             webhook_events=webhook_events if webhook_url else (),
             created_at=time.time(),
             queue=queue,
+            priority=priority,
         )
 
     def moved_to(self, status: JobStatus, **changes: Any) -> Job:
@@ -141,6 +147,7 @@ class Job:
             "lease_until": repr(self.lease_until),
             "dispatched_at": repr(self.dispatched_at),
             "queue": self.queue,
+            "priority": self.priority.value,
         }
 
     @classmethod
@@ -169,6 +176,7 @@ class Job:
             lease_until=float(h.get("lease_until", "0")),
             dispatched_at=float(h.get("dispatched_at", "0")),
             queue=h.get("queue", ""),
+            priority=Priority(h.get("priority", Priority.NORMAL.value)),
         )
 
     # -- public view ----------------------------------------------------------------------------
@@ -182,6 +190,7 @@ class Job:
             "finished_at": iso8601(self.finished_at),
             "expires_at": iso8601(self.expires_at),
             "queue_position": queue_position if self.status is JobStatus.QUEUED else None,
+            "priority": self.priority.value,
             "cancel_requested_at": iso8601(self.cancel_requested_at),
             "question": self.question,
             "params": self.params.to_dict(),

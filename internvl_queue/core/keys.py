@@ -11,6 +11,7 @@ __all__ = [
     "dispatching_key",
     "done_channel",
     "event_key",
+    "high_jobs_key",
     "idempotency_key",
     "images_key",
     "job_key",
@@ -117,6 +118,12 @@ def idempotency_key(owner: str, key_digest: str) -> str:
 
 def rate_key(owner: str, window: int) -> str:
     return f"{PREFIX}:rate:{owner or '-'}:{window}"
+
+
+def high_jobs_key(owner: str) -> str:
+    """A sorted set of the ids of an owner's high-priority jobs, scored by submission time (the
+    ones still queued or running count against ``INTERNVL_MAX_HIGH_PER_KEY``)."""
+    return f"{PREFIX}:high:{owner or '-'}"
 
 
 def workers_key() -> str:

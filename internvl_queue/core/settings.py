@@ -234,6 +234,14 @@ class Settings:
     rate_limit_window_s: int = field(
         default=60, metadata=_env("INTERNVL_RATE_LIMIT_WINDOW_S", "the rate-limit window")
     )
+    max_high_per_key: int = field(
+        default=100,
+        metadata=_env(
+            "INTERNVL_MAX_HIGH_PER_KEY",
+            "high-priority jobs one API key may have queued or running at once before 429 "
+            "(0: no limit)",
+        ),
+    )
     idempotency_ttl_s: int = field(
         default=24 * 3600,
         metadata=_env("INTERNVL_IDEMPOTENCY_TTL_S", "how long an Idempotency-Key is remembered"),
@@ -364,6 +372,8 @@ class Settings:
             if getattr(self, name) < 1:
                 env = next(f.metadata["env"] for f in fields(self) if f.name == name)
                 raise SettingsError(f"{env} must be positive")
+        if self.max_high_per_key < 0:
+            raise SettingsError("INTERNVL_MAX_HIGH_PER_KEY must be 0 (no limit) or positive")
         if self.max_queued_bytes < 0:
             raise SettingsError("INTERNVL_MAX_QUEUED_BYTES must be 0 (no cap) or positive")
         if not 0 < self.gil_switch_ms <= 100:

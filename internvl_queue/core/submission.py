@@ -16,6 +16,7 @@ from . import strict_json
 from .errors import BadRequest, ValidationFailed
 from .images import check_total_pixels, inspect_image
 from .job import Job, JobParams
+from .priority import parse_priority
 from .settings import Settings
 from .webhook_events import DEFAULT_EVENTS, EVENT_TYPES
 from .webhook_url import check_webhook_url
@@ -39,6 +40,7 @@ class Submission:
     metadata: Any = None
     webhook_url: Any = None
     webhook_events: Any = None
+    priority: Any = None
 
 
 def prepare_job(submission: Submission, settings: Settings, *, owner: str = "") -> Job:
@@ -61,6 +63,7 @@ def prepare_job(submission: Submission, settings: Settings, *, owner: str = "") 
         ),
     )
     metadata = _metadata(submission.metadata)
+    priority = parse_priority(submission.priority)
     webhook_url, webhook_events = _webhook(submission, settings)
     images = submission.images
     if not images:
@@ -84,6 +87,7 @@ def prepare_job(submission: Submission, settings: Settings, *, owner: str = "") 
         webhook_url=webhook_url,
         webhook_events=webhook_events,
         queue=settings.queue_name,
+        priority=priority,
     )
 
 

@@ -24,7 +24,8 @@ class Answer:
     batch_size: int = 1
 
 
-# (image bytes, question, *, max_new_tokens, max_tiles, deadline, is_canceled) -> Answer, raising
+# (image bytes, question, *, max_new_tokens, max_tiles, deadline, is_canceled, priority: the
+# job's priority rank, 0 the highest) -> Answer, raising
 # a JobFailure for a job that cannot be answered, WorkerDefunct when no job can be. The batching
 # engine in production; a named fake in tests.
 AnswerFn = Callable[..., Answer]

@@ -54,6 +54,7 @@ class EngineAnswerer:
         max_tiles: int,
         deadline: float | None = None,
         is_canceled: Callable[[], bool] | None = None,
+        priority: int = 1,
     ) -> Answer:
         if self.engine.dead is not None:
             raise WorkerDefunct(self.engine.dead)
@@ -77,6 +78,7 @@ class EngineAnswerer:
             max_new_tokens=min(max_new_tokens, context - prompt_tokens),
             deadline=deadline,
             is_canceled=is_canceled,
+            priority=priority,
         )
         try:
             self.engine.submit(request)

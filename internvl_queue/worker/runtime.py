@@ -372,6 +372,7 @@ class WorkerRuntime:
             max_tiles=job.params.max_tiles,
             deadline=deadline,
             is_canceled=canceled.is_set,
+            priority=job.priority.rank,
         )
         queued_ms = ((job.started_at or job.created_at) - job.created_at) * 1000
         return {

@@ -39,6 +39,8 @@ def test_the_queue_and_its_oldest_job(redis_client: redis.Redis) -> None:
     assert found["internvl_queue_oldest_queued_job_age_seconds[]"] == pytest.approx(42)
     assert found["internvl_queue_jobs_submitted_total[]"] == 2
     assert found["internvl_queue_broker_queue_messages[('queue', 'q')]"] == 0  # none dispatched
+    for lane in ("q.high", "q.low"):  # the priority lanes, each its own series
+        assert found[f"internvl_queue_broker_queue_messages[('queue', '{lane}')]"] == 0
 
 
 def test_a_gpu_workers_heartbeat_becomes_its_series(redis_client: redis.Redis) -> None:

@@ -107,7 +107,7 @@ def test_a_job_the_broker_refused_is_kept_for_a_reaper_and_its_key_replays_it(
     make_app: Callable[..., Flask], settings: Settings, redis_client: redis.Redis
 ) -> None:
     class RefusingDispatcher:
-        def dispatch(self, job_id: str) -> None:
+        def dispatch(self, job_id: str, priority: object = None) -> None:
             raise ConnectionError("broker down")
 
     client = make_app(settings, dispatcher=RefusingDispatcher()).test_client()

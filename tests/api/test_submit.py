@@ -57,6 +57,7 @@ def test_multipart_submit_is_accepted_and_queued(
         "finished_at",
         "expires_at",
         "queue_position",
+        "priority",
         "cancel_requested_at",
         "question",
         "params",
@@ -301,7 +302,7 @@ def test_a_job_the_broker_refused_is_accepted_and_left_to_a_reaper(
     submit it again while a reaper sends the first one's message (two jobs run)."""
 
     class RefusingDispatcher:
-        def dispatch(self, job_id: str) -> None:
+        def dispatch(self, job_id: str, priority: object = None) -> None:
             raise ConnectionError("broker down")
 
     client = make_app(settings, dispatcher=RefusingDispatcher()).test_client()

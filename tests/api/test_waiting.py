@@ -96,7 +96,7 @@ class FinishingDispatcher:
         self.redis = redis_client
         self.finished: list[list[float]] = []
 
-    def dispatch(self, job_id: str) -> None:
+    def dispatch(self, job_id: str, priority: object = None) -> None:
         self.finished.append(_finish_after(self.redis, job_id, 0.3))
 
 

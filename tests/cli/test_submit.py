@@ -114,7 +114,7 @@ def test_wait_prints_the_answer(live_api: str, worker: WorkerProcess, image: Pat
 class NoWorker:
     """A dispatcher that sends jobs nowhere: they stay queued, as with no worker running."""
 
-    def dispatch(self, job_id: str) -> None:
+    def dispatch(self, job_id: str, priority: object = None) -> None:
         pass
 
 

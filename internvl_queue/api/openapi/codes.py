@@ -45,6 +45,8 @@ ERROR_CODES: dict[str, str] = {
     "webhooks_not_configured": "422: a webhook_url while WEBHOOK_SECRETS is not set",
     "idempotency_key_reused": "422: an Idempotency-Key already used for a different request",
     "rate_limited": "429: the API key's submit rate limit (see Retry-After)",
+    "priority_quota_exceeded": "429: the API key already has INTERNVL_MAX_HIGH_PER_KEY high jobs "
+    "queued or running",
     "request_headers_too_large": "431: request headers over the HTTP layer's limits",
     "http_error": "4xx: another refusal of the HTTP layer",
     "internal_error": "500: a bug on the service's side (logged with its traceback)",

@@ -197,8 +197,10 @@ def _submit() -> Operation:
                 "idempotency_key_reused",
             ),
             "429": _error(
-                "The API key's submit rate limit; Retry-After says when the window ends",
+                "The API key's submit rate limit (Retry-After says when the window ends), or "
+                "its quota of high-priority jobs queued or running",
                 "rate_limited",
+                "priority_quota_exceeded",
                 retry_after=True,
             ),
             "503": _error(

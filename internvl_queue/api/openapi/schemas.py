@@ -11,6 +11,7 @@ from typing import Any
 from ...core.idempotency import MAX_KEY_CHARS
 from ...core.job_listing import DEFAULT_LIMIT, LATEST_TIMESTAMP, MAX_LIMIT
 from ...core.outbox import DeliveryOutcome
+from ...core.priority import Priority
 from ...core.settings import Settings
 from ...core.status import JobStatus
 from ...core.submission import MAX_METADATA_BYTES
@@ -258,6 +259,7 @@ def _job() -> Schema:
                     "description": "While queued: 1 for the oldest job not yet started "
                     "(approximate). null otherwise.",
                 },
+                "priority": {"type": "string", "enum": [p.value for p in Priority]},
                 "cancel_requested_at": _NULLABLE_TIMESTAMP,
                 "question": {"type": "string"},
                 "params": ref("JobParams"),
@@ -281,6 +283,7 @@ def _job() -> Schema:
             "finished_at": "2026-11-24T14:00:00.461Z",
             "expires_at": "2026-11-25T14:00:00.461Z",
             "queue_position": None,
+            "priority": "normal",
             "cancel_requested_at": None,
             "question": "What animal is this?",
             "params": {"max_new_tokens": 64, "max_tiles": 6, "timeout_s": 600},
@@ -446,6 +449,21 @@ def _submit_fields(settings: Settings) -> dict[str, Schema]:
             "maximum": settings.max_timeout_s,
             "default": settings.default_timeout_s,
             "description": "Deadline from submission; past it the job fails with `timeout`.",
+        },
+        "priority": {
+            "type": "string",
+            "enum": [p.value for p in Priority],
+            "default": Priority.NORMAL.value,
+            "description": (
+                "The job's lane: workers take every high job before any normal one, and every "
+                "normal one before any low one. "
+                + (
+                    f"An API key may have at most {settings.max_high_per_key} high jobs queued "
+                    "or running (INTERNVL_MAX_HIGH_PER_KEY)."
+                    if settings.max_high_per_key
+                    else "High jobs per API key are not limited (INTERNVL_MAX_HIGH_PER_KEY=0)."
+                )
+            ),
         },
         "webhook_url": {
             "type": "string",

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
-from itertools import islice
 
 from .config import EngineConfig
 from .request import EngineRequest
 
-__all__ = ["length_bucket", "select_batch"]
+__all__ = ["enqueue", "length_bucket", "select_batch"]
 
 
 def length_bucket(max_new_tokens: int) -> int:
@@ -17,18 +17,23 @@ def length_bucket(max_new_tokens: int) -> int:
 
 
 def select_batch(waiting: Sequence[EngineRequest], config: EngineConfig) -> list[EngineRequest]:
-    """The oldest request and as many followers as fit (in arrival order).
+    """The most urgent request (the oldest of the highest priority) and as many followers as fit,
+    taken by priority, then in arrival order.
 
-    Followers must share the oldest one's length bucket when grouping by length; a request that
-    alone exceeds the tile budget still runs, alone.
+    A worker holds many messages at once (up to its Celery concurrency): a high job taken behind
+    hundreds of low ones must lead the next batch, not wait for them. Followers must share the
+    head's length bucket when grouping by length; a request that alone exceeds the tile budget
+    still runs, alone.
     """
     if not waiting:
         return []
-    head = waiting[0]
+    # Stable: arrival order within a priority. Timsort is linear on the usual one-priority list.
+    ordered = sorted(waiting, key=lambda r: r.priority)
+    head = ordered[0]
     chosen = [head]
     tiles = head.tiles
     bucket = length_bucket(head.max_new_tokens)
-    for request in islice(waiting, 1, None):
+    for request in ordered[1:]:
         if len(chosen) >= config.max_batch_jobs:
             break
         if config.group_by_length and length_bucket(request.max_new_tokens) != bucket:
@@ -38,3 +43,13 @@ def select_batch(waiting: Sequence[EngineRequest], config: EngineConfig) -> list
         chosen.append(request)
         tiles += request.tiles
     return chosen
+
+
+def enqueue(line: deque[EngineRequest], request: EngineRequest) -> None:
+    """Put ``request`` in ``line`` after every request of its priority or a higher one (a lower
+    rank), before those of a lower priority: the line stays ordered by priority, then arrival."""
+    if not line or line[-1].priority <= request.priority:
+        line.append(request)  # the usual case: one priority, or the lowest
+        return
+    at = next(i for i, queued in enumerate(line) if queued.priority > request.priority)
+    line.insert(at, request)

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from .batching import select_batch
+from .batching import enqueue, select_batch
 from .config import EngineConfig
 from .decoder import BatchDecoder, DecodeOutput
 from .faults import is_out_of_memory, is_sticky_device_error
@@ -129,7 +129,8 @@ class Engine:
                 raise EngineDead(self.dead)
             if self._stopping:
                 raise RuntimeError("the engine is stopping")
-            self._incoming.append(request)
+            # Admitted by priority: a high request does not wait for the pixels of low ones.
+            enqueue(self._incoming, request)
             self._wakeup.notify_all()
         return request
 

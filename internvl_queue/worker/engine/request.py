@@ -32,6 +32,9 @@ class EngineRequest:
     deadline: float | None = None  # time.monotonic() value after which the job stops
     is_canceled: Callable[[], bool] | None = None
     ignore_eos: bool = False  # benchmarks: always generate max_new_tokens
+    # The job's priority rank (core/priority.py: 0 high, 1 normal, 2 low): a batch is formed
+    # from the lowest rank first, and a request is admitted before those of a higher rank.
+    priority: int = 1
     submitted_at: float = field(default_factory=time.monotonic)
     future: Future[EngineResult] = field(default_factory=Future)
     # Set when the engine admits the request under its memory budget: the pixels where the model
@@ -68,6 +71,7 @@ def make_request(
     deadline: float | None = None,
     is_canceled: Callable[[], bool] | None = None,
     ignore_eos: bool = False,
+    priority: int = 1,
 ) -> EngineRequest:
     return EngineRequest(
         input_ids=prepared.input_ids,
@@ -76,4 +80,5 @@ def make_request(
         deadline=deadline,
         is_canceled=is_canceled,
         ignore_eos=ignore_eos,
+        priority=priority,
     )

@@ -75,6 +75,8 @@ class Job:
     # The broker queue its messages go to (INTERNVL_QUEUE of the API that took it): a reaper
     # re-sends a job there, whichever queue the reaper's own worker consumes.
     queue: str = ""
+    # What the job's answer is cached under (core/result_cache.py); "" when it is not cached.
+    cache_digest: str = ""
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -141,6 +143,7 @@ class Job:
             "lease_until": repr(self.lease_until),
             "dispatched_at": repr(self.dispatched_at),
             "queue": self.queue,
+            "cache_digest": self.cache_digest,
         }
 
     @classmethod
@@ -169,6 +172,7 @@ class Job:
             lease_until=float(h.get("lease_until", "0")),
             dispatched_at=float(h.get("dispatched_at", "0")),
             queue=h.get("queue", ""),
+            cache_digest=h.get("cache_digest", ""),
         )
 
     # -- public view ----------------------------------------------------------------------------

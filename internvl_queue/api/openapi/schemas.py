@@ -288,6 +288,7 @@ def _job() -> Schema:
                 "model": "OpenGVLab/InternVL3-1B-hf",
                 "usage": {"prompt_tokens": 1566, "completion_tokens": 9, "image_tiles": 6},
                 "batch_size": 37,
+                "cached": False,
                 "timings_ms": {"queued": 3.1, "preprocess": 21.4, "inference": 310.2, "total": 338},
             },
             "error": None,
@@ -306,14 +307,23 @@ def _job_result() -> Schema:
                 {"prompt_tokens": count, "completion_tokens": count, "image_tiles": count}
             ),
             "batch_size": {
-                "type": "integer",
+                "type": ["integer", "null"],
                 "minimum": 1,
-                "description": "Jobs in the GPU batch.",
+                "description": "Jobs in the GPU batch; null when answered from the result cache.",
+            },
+            "cached": {
+                "type": "boolean",
+                "description": (
+                    "true: answered at submit from the result cache (an identical earlier job's "
+                    "answer; no GPU ran: timings are 0 but total, the API's time). Absent in "
+                    "results stored before the cache existed."
+                ),
             },
             "timings_ms": _object(
                 {"queued": number, "preprocess": number, "inference": number, "total": number}
             ),
-        }
+        },
+        optional=("cached",),
     )
 
 
@@ -368,6 +378,14 @@ def _submit_fields(settings: Settings) -> dict[str, Schema]:
             "maximum": settings.max_timeout_s,
             "default": settings.default_timeout_s,
             "description": "Deadline from submission; past it the job fails with `timeout`.",
+        },
+        "cache": {
+            "type": "boolean",
+            "default": True,
+            "description": (
+                "false: neither answered from the result cache nor kept in it (the model runs). "
+                "Only matters where the operator turned the cache on (INTERNVL_RESULT_CACHE_TTL_S)."
+            ),
         },
         "webhook_url": {
             "type": "string",

@@ -172,15 +172,16 @@ class ResultCache:
 def answered_from_cache(cache: ResultCache, job: Job, model: str) -> Job | None:
     """``job`` (new, not yet stored) answered from the cache and ``succeeded``; None on a miss.
 
-    It starts and finishes now: its ``queued``, ``preprocess`` and ``inference`` times are 0 and
-    its ``total`` is what the API spent on it since it was created (validation, hashing, lookup).
+    It starts when it was created (it never waits) and finishes now: its ``queued``,
+    ``preprocess`` and ``inference`` times are 0 and its ``total`` is what the API spent on it
+    since it was created (validation, hashing, the lookup).
     """
     entry = cache.get(model, job.cache_digest)
     if entry is None:
         return None
     now = time.time()
     result = cached_result(entry, total_ms=(now - job.created_at) * 1000)
-    running = job.moved_to(JobStatus.RUNNING, started_at=now)
+    running = job.moved_to(JobStatus.RUNNING, started_at=job.created_at)
     return running.moved_to(JobStatus.SUCCEEDED, finished_at=now, result=result)
 
 

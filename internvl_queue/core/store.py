@@ -157,9 +157,11 @@ class JobStore:
             pipe.multi()
             pipe.hset(job_key(job.id), mapping=job.to_hash())
             pipe.expire(job_key(job.id), self.retention_s)
-            for old, new in ((queued, running), (running, job)):
+            # Each event dated when its move happened: the outbox sends the earlier first.
+            moves = ((queued, running, job.started_at), (running, job, job.finished_at))
+            for old, new, at in moves:
                 for kind in webhook_events.events_for(old, new):
-                    event = webhook_events.WebhookEvent.for_job(new, kind, job.finished_at)
+                    event = webhook_events.WebhookEvent.for_job(new, kind, at)
                     webhook_events.stage(pipe, event, ttl_s=self.event_ttl_s)
             job_metrics.stage_submitted(pipe)
             job_metrics.stage_finished(pipe, job)

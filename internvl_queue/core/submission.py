@@ -95,13 +95,14 @@ def prepare_job(submission: Submission, settings: Settings, *, owner: str = "") 
 
 
 def _flag(name: str, raw: Any, *, default: bool) -> bool:
-    """A boolean field: JSON true/false, or a form's true/false/1/0."""
+    """A boolean field: JSON true/false, or a form's text true/false (as the OpenAPI document
+    says a form writes a boolean; not 1/0 or yes/no)."""
     if raw is None or raw == "":
         return default
     if isinstance(raw, bool):
         return raw
-    if isinstance(raw, str) and raw.strip().lower() in ("true", "1", "false", "0"):
-        return raw.strip().lower() in ("true", "1")
+    if raw in ("true", "false"):
+        return bool(raw == "true")
     raise ValidationFailed(f"{name} must be true or false", code="invalid_parameter")
 
 

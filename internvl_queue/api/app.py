@@ -12,6 +12,7 @@ from ..core.idempotency import IdempotencyStore
 from ..core.outbox import Outbox
 from ..core.ratelimit import RateLimiter
 from ..core.redis_client import connect
+from ..core.result_cache import ResultCache
 from ..core.settings import Settings
 from ..core.store import JobStore
 from ..core.workers import WorkerRegistry
@@ -64,6 +65,7 @@ def create_app(
         outbox=Outbox.from_settings(client, settings),
         api_keys=ApiKeyStore(client),
         rate_limiter=RateLimiter(client, settings.rate_limit_jobs, settings.rate_limit_window_s),
+        result_cache=ResultCache.from_settings(client, settings),
     )
     register_error_handlers(app)
     register_auth(app, warn_if_open=warn_if_open)

@@ -146,6 +146,11 @@ def _job_families(jobs: JobMetrics) -> Iterator[Metric]:
     yield CounterMetricFamily(
         f"{NS}_generated_tokens", "Tokens generated for succeeded jobs", value=jobs.generated_tokens
     )
+    yield CounterMetricFamily(
+        f"{NS}_result_cache_hits",
+        "Jobs answered from the result cache at submit, without a GPU",
+        value=jobs.result_cache_hits,
+    )
     for name in HISTOGRAMS:
         labels = ["status"] if name in BY_STATUS else []
         family = HistogramMetricFamily(f"{NS}_job_{name}", _HISTOGRAM_HELP[name], labels=labels)

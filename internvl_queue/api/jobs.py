@@ -21,6 +21,7 @@ from ..core.idempotency import (
 from ..core.image_budget import ImageBudget
 from ..core.job import Job
 from ..core.priority_quota import HighPriorityQuota
+from ..core.result_cache import answered_from_cache
 from ..core.status import JobStatus
 from ..core.store import CancelOutcome
 from ..core.submission import prepare_job
@@ -109,6 +110,9 @@ def _accept(svc: Services, job: Job, images: list[bytes], key: KeyClaim | None =
     )
     quota.check(job.owner, job.priority)
     try:
+        # An answer in the result cache needs no queue room and no GPU: stored finished.
+        if (answered := answered_from_cache(svc.result_cache, job, svc.settings.model)) is not None:
+            return svc.store.create_finished(answered, key=key)
         # Approximate under concurrent submits (checked, then added): a few jobs over is fine.
         if cap and svc.store.queued_count() >= cap:
             raise ServiceUnavailable(

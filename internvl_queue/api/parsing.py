@@ -18,7 +18,15 @@ from .form_body import not_utf8, read_form
 
 __all__ = ["parse_submission"]
 
-_OPTIONAL = ("max_new_tokens", "max_tiles", "timeout_s", "metadata", "webhook_url", "priority")
+_OPTIONAL = (
+    "max_new_tokens",
+    "max_tiles",
+    "timeout_s",
+    "metadata",
+    "webhook_url",
+    "priority",
+    "cache",
+)
 
 
 def parse_submission(request: Request) -> Submission:

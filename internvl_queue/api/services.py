@@ -10,6 +10,7 @@ from ..core.apikeys import ApiKeyStore
 from ..core.idempotency import IdempotencyStore
 from ..core.outbox import Outbox
 from ..core.ratelimit import RateLimiter
+from ..core.result_cache import ResultCache
 from ..core.settings import Settings
 from ..core.store import JobStore
 from ..core.workers import WorkerRegistry
@@ -30,6 +31,7 @@ class Services:
     outbox: Outbox
     api_keys: ApiKeyStore
     rate_limiter: RateLimiter
+    result_cache: ResultCache
 
 
 def services() -> Services:

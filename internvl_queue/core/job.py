@@ -79,6 +79,8 @@ class Job:
     # Its lane in that queue (core/priority.py): which broker list its messages go to, and how
     # its worker's engine orders it among the requests it holds.
     priority: Priority = Priority.NORMAL
+    # What the job's answer is cached under (core/result_cache.py); "" when it is not cached.
+    cache_digest: str = ""
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -148,6 +150,7 @@ class Job:
             "dispatched_at": repr(self.dispatched_at),
             "queue": self.queue,
             "priority": self.priority.value,
+            "cache_digest": self.cache_digest,
         }
 
     @classmethod
@@ -177,6 +180,7 @@ class Job:
             dispatched_at=float(h.get("dispatched_at", "0")),
             queue=h.get("queue", ""),
             priority=Priority(h.get("priority", Priority.NORMAL.value)),
+            cache_digest=h.get("cache_digest", ""),
         )
 
     # -- public view ----------------------------------------------------------------------------

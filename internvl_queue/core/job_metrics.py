@@ -13,7 +13,8 @@ The hash (``keys.metrics_key()``) holds plain integers and float sums:
 - ``submitted``; ``finished:<status>:<error code>`` (the code empty for ``succeeded``);
 - ``hist:<name>:<i>``: observations in bucket ``i`` of ``HISTOGRAMS[name]`` (not cumulative;
   ``i == len(bounds)`` is the ``+Inf`` bucket), ``hist:<name>:sum``, ``hist:<name>:count``;
-- ``webhook_attempts:<outcome>``; ``generated_tokens``.
+- ``webhook_attempts:<outcome>``; ``generated_tokens``; ``result_cache_hits`` (jobs answered
+  from the result cache).
 
 Nothing here touches job content: no question, answer, owner or key.
 """
@@ -71,6 +72,11 @@ def stage_finished(pipe: redis.client.Pipeline, job: Job) -> None:
     pipe.hincrby(metrics_key(), f"finished:{job.status.value}:{code}", 1)
     if job.finished_at is not None:
         _observe(pipe, "total_seconds", job.finished_at - job.created_at, job.status.value)
+    if job.result is not None and job.result.get("cached"):
+        # Answered from the result cache at submit: it never queued nor reached a GPU, so it
+        # leaves the queue, batch and token figures alone.
+        pipe.hincrby(metrics_key(), "result_cache_hits", 1)
+        return
     if job.started_at is not None:
         _observe(pipe, "queued_seconds", job.started_at - job.created_at)
     if job.status is JobStatus.SUCCEEDED and job.result is not None:
@@ -126,6 +132,7 @@ class JobMetrics:
     histograms: dict[tuple[str, str], Histogram] = field(default_factory=dict)
     webhook_attempts: dict[str, int] = field(default_factory=dict)  # outcome -> attempts
     generated_tokens: int = 0
+    result_cache_hits: int = 0
 
 
 def read_job_metrics(client: redis.Redis) -> JobMetrics:
@@ -156,6 +163,7 @@ def read_job_metrics(client: redis.Redis) -> JobMetrics:
         histograms=histograms,
         webhook_attempts=attempts,
         generated_tokens=int(values.get("generated_tokens", 0)),
+        result_cache_hits=int(values.get("result_cache_hits", 0)),
     )
 
 

@@ -22,6 +22,8 @@ __all__ = [
     "queued_bytes_key",
     "queued_key",
     "rate_key",
+    "result_cache_index_key",
+    "result_cache_key",
     "webhook_gone_key",
     "worker_key",
     "workers_key",
@@ -132,3 +134,13 @@ def workers_key() -> str:
 
 def worker_key(name: str) -> str:
     return f"{PREFIX}:worker:{name}"
+
+
+def result_cache_key(entry_id: str) -> str:
+    """One cached answer (JSON), expiring with the cache's TTL (see ``core/result_cache.py``)."""
+    return f"{PREFIX}:result_cache:{entry_id}"
+
+
+def result_cache_index_key() -> str:
+    """A sorted set of cached answers' keys scored by insertion time: the oldest are evicted."""
+    return f"{PREFIX}:result_cache_index"

@@ -246,6 +246,28 @@ class Settings:
         default=24 * 3600,
         metadata=_env("INTERNVL_IDEMPOTENCY_TTL_S", "how long an Idempotency-Key is remembered"),
     )
+    # -- result cache ---------------------------------------------------------------------------
+    result_cache_ttl_s: int = field(
+        default=0,
+        metadata=_env(
+            "INTERNVL_RESULT_CACHE_TTL_S",
+            "how long a succeeded job's answer is reused for identical jobs (0: no result cache)",
+        ),
+    )
+    result_cache_max_entries: int = field(
+        default=10000,
+        metadata=_env(
+            "INTERNVL_RESULT_CACHE_MAX_ENTRIES",
+            "most answers the result cache holds; the oldest go first",
+        ),
+    )
+    result_cache_shared: bool = field(
+        default=False,
+        metadata=_env(
+            "INTERNVL_RESULT_CACHE_SHARED",
+            "reuse answers across API keys (a hit then tells a key that another asked the same)",
+        ),
+    )
     # -- webhooks -------------------------------------------------------------------------------
     webhook_secrets: str = field(
         default="",
@@ -374,6 +396,11 @@ class Settings:
                 raise SettingsError(f"{env} must be positive")
         if self.max_high_per_key < 0:
             raise SettingsError("INTERNVL_MAX_HIGH_PER_KEY must be 0 (no limit) or positive")
+        if self.result_cache_ttl_s < 0 or self.result_cache_max_entries < 1:
+            raise SettingsError(
+                "INTERNVL_RESULT_CACHE_TTL_S must be 0 (off) or positive, and "
+                "INTERNVL_RESULT_CACHE_MAX_ENTRIES positive"
+            )
         if self.max_queued_bytes < 0:
             raise SettingsError("INTERNVL_MAX_QUEUED_BYTES must be 0 (no cap) or positive")
         if not 0 < self.gil_switch_ms <= 100:

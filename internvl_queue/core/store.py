@@ -133,6 +133,47 @@ class JobStore:
         self.redis.transaction(write, *([key.name] if key is not None else []))
         return job
 
+    def create_finished(self, job: Job, *, key: KeyClaim | None = None) -> Job:
+        """Store a new job that is already terminal (answered from the result cache): no images,
+        never queued nor dispatched, with the webhook events of its whole life (``job.started``,
+        then the terminal one, as its subscription asks) and its counts, in one transaction.
+
+        ``key`` binds an Idempotency-Key to it as ``create`` does (``KeyAlreadyBound``)."""
+        assert job.status.is_terminal and job.finished_at is not None
+        job = replace(job, expires_at=job.finished_at + self.retention_s)
+        queued = replace(
+            job,
+            status=JobStatus.QUEUED,
+            started_at=None,
+            finished_at=None,
+            result=None,
+            error=None,
+        )
+        running = replace(queued, status=JobStatus.RUNNING, started_at=job.started_at)
+
+        def write(pipe: redis.client.Pipeline) -> None:
+            if key is not None:
+                bound = Binding.from_json(pipe.get(key.name))
+                if bound is not None and pipe.exists(job_key(bound.job_id)):
+                    raise KeyAlreadyBound(bound)
+            pipe.multi()
+            pipe.hset(job_key(job.id), mapping=job.to_hash())
+            pipe.expire(job_key(job.id), self.retention_s)
+            # Each event dated when its move happened: the outbox sends the earlier first.
+            moves = ((queued, running, job.started_at), (running, job, job.finished_at))
+            for old, new, at in moves:
+                for kind in webhook_events.events_for(old, new):
+                    event = webhook_events.WebhookEvent.for_job(new, kind, at)
+                    webhook_events.stage(pipe, event, ttl_s=self.event_ttl_s)
+            job_metrics.stage_submitted(pipe)
+            job_metrics.stage_finished(pipe, job)
+            if key is not None:
+                binding = Binding(job.id, key.fingerprint)
+                pipe.set(key.name, binding.to_json(), ex=key.ttl_s)
+
+        self.redis.transaction(write, *([key.name] if key is not None else []))
+        return job
+
     def dispatched(self, job_id: str) -> None:
         """The job's broker message was sent: no reaper needs to send one."""
         self.redis.zrem(dispatching_key(), job_id)

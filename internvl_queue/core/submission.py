@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from . import strict_json
+from . import result_cache, strict_json
 from .errors import BadRequest, ValidationFailed
 from .images import check_total_pixels, inspect_image
 from .job import Job, JobParams
@@ -41,6 +41,7 @@ class Submission:
     webhook_url: Any = None
     webhook_events: Any = None
     priority: Any = None
+    cache: Any = None  # false: neither answered from the result cache nor kept in it
 
 
 def prepare_job(submission: Submission, settings: Settings, *, owner: str = "") -> Job:
@@ -65,6 +66,7 @@ def prepare_job(submission: Submission, settings: Settings, *, owner: str = "") 
     metadata = _metadata(submission.metadata)
     priority = parse_priority(submission.priority)
     webhook_url, webhook_events = _webhook(submission, settings)
+    use_cache = _flag("cache", submission.cache, default=True)
     images = submission.images
     if not images:
         raise BadRequest("at least one image is required", code="missing_image")
@@ -78,7 +80,7 @@ def prepare_job(submission: Submission, settings: Settings, *, owner: str = "") 
         for index, data in enumerate(images)
     ]
     check_total_pixels(infos, settings.max_request_pixels)
-    return Job.new(
+    job = Job.new(
         question,
         params,
         image_count=len(images),
@@ -89,6 +91,23 @@ def prepare_job(submission: Submission, settings: Settings, *, owner: str = "") 
         queue=settings.queue_name,
         priority=priority,
     )
+    if not use_cache or settings.result_cache_ttl_s <= 0:
+        return job
+    scope = None if settings.result_cache_shared else owner
+    found = result_cache.digest(images, question, params, scope=scope)
+    return replace(job, cache_digest=found or "")
+
+
+def _flag(name: str, raw: Any, *, default: bool) -> bool:
+    """A boolean field: JSON true/false, or a form's text true/false (as the OpenAPI document
+    says a form writes a boolean; not 1/0 or yes/no)."""
+    if raw is None or raw == "":
+        return default
+    if isinstance(raw, bool):
+        return raw
+    if raw in ("true", "false"):
+        return bool(raw == "true")
+    raise ValidationFailed(f"{name} must be true or false", code="invalid_parameter")
 
 
 def _webhook(submission: Submission, settings: Settings) -> tuple[str | None, tuple[str, ...]]:

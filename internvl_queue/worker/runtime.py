@@ -21,6 +21,7 @@ import redis
 from ..core.errors import ImageDecodeError, JobCanceled, JobFailure, JobTimedOut
 from ..core.job import Job
 from ..core.redis_client import connect
+from ..core.result_cache import ResultCache
 from ..core.settings import Settings
 from ..core.status import JobStatus
 from ..core.store import Claim, ClaimOutcome, JobStore
@@ -50,6 +51,7 @@ class WorkerRuntime:
         # Every task thread may talk to Redis at once.
         client = connect(settings.redis_url, max_connections=settings.worker_concurrency + 16)
         self.store = JobStore.from_settings(client, settings)
+        self.result_cache = ResultCache.from_settings(client, settings)
         self.registry = WorkerRegistry(client)
         self.cancels = CancelWatcher(client)
         self.loaded: Any = None  # model.LoadedModel once load() has run
@@ -340,6 +342,8 @@ class WorkerRuntime:
             log.warning("job %s: another delivery owns it now; outcome discarded", job.id)
             return None
         self._count("jobs_succeeded" if status is JobStatus.SUCCEEDED else "jobs_failed")
+        if stored.status is JobStatus.SUCCEEDED and stored.result is not None:
+            self._keep_answer(stored.cache_digest, stored.result)
         # DEBUG: a line per job is hundreds a second on a GPU; the heartbeat logs a summary.
         log.debug(
             "job %s %s in %.0f ms%s",
@@ -349,6 +353,14 @@ class WorkerRuntime:
             f" ({error['code']})" if error else "",
         )
         return status
+
+    def _keep_answer(self, cache_digest: str, result: dict[str, Any]) -> None:
+        """Put a stored answer in the result cache, under this worker's model (which answered
+        it). Best effort: an answer not kept is merely computed again next time."""
+        try:
+            self.result_cache.put(self.settings.model, cache_digest, result)
+        except redis.RedisError as exc:
+            log.warning("could not keep an answer in the result cache: %s", exc)
 
     def _answer(self, job: Job, canceled: threading.Event) -> dict[str, Any]:
         if self.answer_fn is None:
@@ -384,6 +396,7 @@ class WorkerRuntime:
                 "image_tiles": reply.image_tiles,
             },
             "batch_size": reply.batch_size,
+            "cached": False,
             "timings_ms": {
                 "queued": round(queued_ms, 1),
                 "preprocess": round(reply.preprocess_ms, 1),

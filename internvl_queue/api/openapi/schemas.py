@@ -294,6 +294,7 @@ def _job() -> Schema:
                 "model": "OpenGVLab/InternVL3-1B-hf",
                 "usage": {"prompt_tokens": 1566, "completion_tokens": 9, "image_tiles": 6},
                 "batch_size": 37,
+                "cached": False,
                 "timings_ms": {"queued": 3.1, "preprocess": 21.4, "inference": 310.2, "total": 338},
             },
             "error": None,
@@ -387,14 +388,23 @@ def _job_result() -> Schema:
                 {"prompt_tokens": count, "completion_tokens": count, "image_tiles": count}
             ),
             "batch_size": {
-                "type": "integer",
+                "type": ["integer", "null"],
                 "minimum": 1,
-                "description": "Jobs in the GPU batch.",
+                "description": "Jobs in the GPU batch; null when answered from the result cache.",
+            },
+            "cached": {
+                "type": "boolean",
+                "description": (
+                    "true: answered at submit from the result cache (an identical earlier job's "
+                    "answer; no GPU ran: timings are 0 but total, the API's time). Absent in "
+                    "results stored before the cache existed."
+                ),
             },
             "timings_ms": _object(
                 {"queued": number, "preprocess": number, "inference": number, "total": number}
             ),
-        }
+        },
+        optional=("cached",),
     )
 
 
@@ -463,6 +473,14 @@ def _submit_fields(settings: Settings) -> dict[str, Schema]:
                     if settings.max_high_per_key
                     else "High jobs per API key are not limited (INTERNVL_MAX_HIGH_PER_KEY=0)."
                 )
+            ),
+        },
+        "cache": {
+            "type": "boolean",
+            "default": True,
+            "description": (
+                "false: neither answered from the result cache nor kept in it (the model runs). "
+                "Only matters where the operator turned the cache on (INTERNVL_RESULT_CACHE_TTL_S)."
             ),
         },
         "webhook_url": {

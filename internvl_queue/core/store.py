@@ -167,6 +167,7 @@ class JobStore:
                     webhook_events.stage(pipe, event, ttl_s=self.event_ttl_s)
             job_metrics.stage_submitted(pipe)
             job_metrics.stage_finished(pipe, job)
+            stage_entry(pipe, job, self.retention_s)  # listed like any other job
             if key is not None:
                 binding = Binding(job.id, key.fingerprint)
                 pipe.set(key.name, binding.to_json(), ex=key.ttl_s)

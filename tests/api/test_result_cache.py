@@ -133,6 +133,8 @@ def test_an_identical_job_is_answered_at_submit_without_the_gpu(
     assert _batches(cache_worker) == batches  # no GPU batch ran for it
     metrics = requests.get(f"{api}/metrics", timeout=10).text
     assert "internvl_queue_result_cache_hits_total 1.0" in metrics
+    listed = requests.get(f"{api}/v1/jobs", timeout=10).json()["data"]
+    assert [job["id"] for job in listed] == [second["id"], first["id"]]  # listed like the rest
 
 
 def test_cache_false_and_any_answer_changing_difference_run_the_model(

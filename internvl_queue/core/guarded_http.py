@@ -79,6 +79,9 @@ class GuardedHTTPConnection(http.client.HTTPConnection):
         self.allowed = allowed
         self.name = name
         self.remedy = remedy
+        # The plain socket, kept for ``CutOff``: a reply without a length (read until the peer
+        # closes) takes the socket over, and ``self.sock`` is None while it is read.
+        self.raw_socket: socket.socket | None = None
 
     def _connected_socket(self) -> socket.socket:
         addresses = permitted_addresses(
@@ -91,6 +94,7 @@ class GuardedHTTPConnection(http.client.HTTPConnection):
         )
         sock = _open_socket(addresses, self.port, self.deadline)
         sock.settimeout(self.deadline.left())  # no single read outlives the exchange either
+        self.raw_socket = sock
         return sock
 
     def connect(self) -> None:
@@ -132,10 +136,11 @@ class CutOff:
         self.timer.daemon = True
 
     def _fire(self) -> None:
-        sock = self.connection.sock
+        sock = self.connection.raw_socket
         if sock is not None:
             # The plain socket's shutdown, also under TLS: SSLSocket.shutdown would drop its SSL
-            # object under the reading thread's feet. OSError: closed already.
+            # object under the reading thread's feet (``socket.socket.shutdown`` on the wrapped
+            # socket is the same call). OSError: closed already.
             with contextlib.suppress(OSError):
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)
 

@@ -9,6 +9,7 @@ from flask.json.provider import DefaultJSONProvider
 
 from ..core.apikeys import ApiKeyStore
 from ..core.idempotency import IdempotencyStore
+from ..core.image_urls import ImageFetcher
 from ..core.outbox import Outbox
 from ..core.ratelimit import RateLimiter
 from ..core.redis_client import connect
@@ -66,6 +67,7 @@ def create_app(
         api_keys=ApiKeyStore(client),
         rate_limiter=RateLimiter(client, settings.rate_limit_jobs, settings.rate_limit_window_s),
         result_cache=ResultCache.from_settings(client, settings),
+        image_fetcher=ImageFetcher.from_settings(settings),
     )
     register_error_handlers(app)
     register_auth(app, warn_if_open=warn_if_open)

@@ -7,6 +7,7 @@ one, so ids cannot be probed.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import redis
 from flask import Blueprint, Response, jsonify, request
@@ -53,17 +54,25 @@ def submit() -> Response | Reply:
     svc = services()
     owner = current_owner()
     svc.rate_limiter.check(owner)
-    submission = parse_submission(request)
+    sent = parse_submission(request)
     key = request.headers.get("Idempotency-Key")
     if key is not None:
         check_key(key)
+    # Image URLs fetched here, so that the job is stored as if their bytes had been uploaded.
+    images = svc.image_fetcher.fetch(
+        sent.images,
+        max_bytes=svc.settings.max_request_bytes,
+        max_images=svc.settings.max_images,
+    )
+    submission = replace(sent, images=list(images))
     # Validated before the key is read: a refused request holds no key, and the fingerprint is
     # the validated request's (the same request as JSON or as a form matches).
     job = prepare_job(submission, svc.settings, owner=owner)
     if key is None:
-        job = _accept(svc, job, submission.images)
+        job = _accept(svc, job, images)
     else:
-        job, replayed = _accept_once(svc, job, submission.images, owner, key)
+        fingerprint = request_fingerprint(job, sent.images)  # image URLs as sent
+        job, replayed = _accept_once(svc, job, images, owner, key, fingerprint)
         if replayed:
             # A replay answers as the original did (202), whatever the job's state now: the
             # caller reads the outcome from the job object or by polling.
@@ -74,11 +83,10 @@ def submit() -> Response | Reply:
 
 
 def _accept_once(
-    svc: Services, job: Job, images: list[bytes], owner: str, key: str
+    svc: Services, job: Job, images: list[bytes], owner: str, key: str, fingerprint: str
 ) -> tuple[Job, bool]:
     """The job ``key`` is bound to and True (a retry), or ``job`` accepted with ``key`` bound to
     it and False; a 422 if the key is bound to a different request's job."""
-    fingerprint = request_fingerprint(job, images)
     bound = svc.idempotency.lookup(owner, key)
     # A second round is rare, a third rarer: the job a key is bound to may expire between two
     # reads of it (the key is then free again).

@@ -1,5 +1,8 @@
 """Read a submit request, multipart or JSON, into a core ``Submission`` (no validation here).
 
+Images come as bytes (files, base64) or by URL (``{"url": ...}`` in JSON, ``image_url`` form
+fields), which the view has fetched (``core/image_urls``) before it validates the submission.
+
 Both paths read text the same way: UTF-8 or refused (``400 invalid_utf8``), never repaired.
 """
 
@@ -13,6 +16,7 @@ from flask import Request
 
 from ..core import strict_json
 from ..core.errors import BadRequest, UnsupportedMediaType, ValidationFailed
+from ..core.image_urls import ImageUrl
 from ..core.submission import Submission
 from .form_body import not_utf8, read_form
 
@@ -35,17 +39,23 @@ def parse_submission(request: Request) -> Submission:
     if request.mimetype == "application/json":
         return _from_json(request)
     raise UnsupportedMediaType(
-        "send multipart/form-data (image files + fields) or application/json "
-        f"(base64 images), not {request.mimetype or 'a body without a content type'}",
+        "send multipart/form-data (image files or image_url fields + fields) or "
+        "application/json (base64 or URL images), not "
+        f"{request.mimetype or 'a body without a content type'}",
     )
 
 
 def _from_form(request: Request) -> Submission:
     form = read_form(request.get_data(cache=False), request.mimetype, request.mimetype_params)
     fields = {name: form.fields.get(name) for name in _OPTIONAL}
+    # Files first, then URLs, each in the order sent. Blank URL fields (an empty form input) name
+    # nothing.
+    urls = [url for url in form.fields.getlist("image_url") if url.strip()]
+    images: list[bytes | ImageUrl] = [*form.files.getlist("image")]
+    images += [ImageUrl(url, f"image_url[{index}]") for index, url in enumerate(urls)]
     return Submission(
         question=form.fields.get("question"),
-        images=form.files.getlist("image"),
+        images=images,
         webhook_events=_form_events(form.fields.getlist("webhook_events")),
         **fields,
     )
@@ -99,8 +109,11 @@ def _from_json(request: Request) -> Submission:
     if raw_images is None:
         raw_images = []
     if not isinstance(raw_images, list):
-        raise BadRequest("'images' must be a list of {\"data\": ...} objects", code="invalid_json")
-    images = [_image_data(item, index) for index, item in enumerate(raw_images)]
+        raise BadRequest(
+            '\'images\' must be a list of {"data": ...} or {"url": ...} objects',
+            code="invalid_json",
+        )
+    images = [_image(item, index) for index, item in enumerate(raw_images)]
     fields = {name: body.get(name) for name in _OPTIONAL}
     return Submission(
         question=body.get("question"),
@@ -110,11 +123,22 @@ def _from_json(request: Request) -> Submission:
     )
 
 
-def _image_data(item: Any, index: int) -> bytes:
+def _image(item: Any, index: int) -> bytes | ImageUrl:
+    if isinstance(item, dict) and "url" in item:
+        url = item["url"]
+        if "data" in item:
+            raise BadRequest(
+                f"images[{index}] has both 'data' and 'url'; send one of them",
+                code="invalid_json",
+            )
+        if not isinstance(url, str):
+            raise BadRequest(f"images[{index}].url must be a string", code="invalid_json")
+        return ImageUrl(url, f"images[{index}].url")
     data = item.get("data") if isinstance(item, dict) else None
     if not isinstance(data, str):
         raise BadRequest(
-            f"images[{index}] must be an object with a 'data' string", code="invalid_json"
+            f"images[{index}] must be an object with a 'data' (base64) or a 'url' string",
+            code="invalid_json",
         )
     if data.startswith("data:"):
         header, _, data = data.partition(",")

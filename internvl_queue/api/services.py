@@ -1,4 +1,5 @@
-"""What the views need (settings, store, workers, dispatcher, keys, limiter), built once per app."""
+"""What the views need (settings, store, workers, dispatcher, keys, limiter, image fetcher), built
+once per app."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from flask import current_app
 
 from ..core.apikeys import ApiKeyStore
 from ..core.idempotency import IdempotencyStore
+from ..core.image_urls import ImageFetcher
 from ..core.outbox import Outbox
 from ..core.ratelimit import RateLimiter
 from ..core.result_cache import ResultCache
@@ -32,6 +34,7 @@ class Services:
     api_keys: ApiKeyStore
     rate_limiter: RateLimiter
     result_cache: ResultCache
+    image_fetcher: ImageFetcher
 
 
 def services() -> Services:

@@ -8,8 +8,9 @@
     ├── PayloadTooLarge          413  body over the byte limit, image over the pixel limit
     ├── UnsupportedMediaType     415  request or file type we do not accept
     ├── ValidationFailed         422  well-formed but invalid values
-    │   └── WebhookUrlNotAllowed 422  a webhook_url the SSRF guard refuses
-    │       └── WebhookUrlInvalid 422  a webhook_url that could never be delivered
+    │   ├── WebhookUrlNotAllowed 422  a webhook_url the SSRF guard refuses
+    │   │   └── WebhookUrlInvalid 422  a webhook_url that could never be delivered
+    │   └── ImageUrlFailed       422  an image URL that could not be fetched (image_url_*)
     ├── TooManyRequests          429  the API key's submit rate limit (with Retry-After)
     ├── ServiceUnavailable       503  Redis or the broker does not answer; the queue is full
     └── JobFailure               the reason stored on a failed job (no HTTP status of its own)
@@ -31,6 +32,7 @@ __all__ = [
     "Conflict",
     "GpuOutOfMemory",
     "ImageDecodeError",
+    "ImageUrlFailed",
     "InferenceError",
     "JobCanceled",
     "JobFailure",
@@ -120,6 +122,13 @@ class WebhookUrlNotAllowed(ValidationFailed):
     """Raised when a webhook_url is not http(s) or resolves to an address the guard refuses."""
 
     default_code = "webhook_url_not_allowed"
+
+
+class ImageUrlFailed(ValidationFailed):
+    """Raised when an image URL cannot be fetched at submit: invalid, refused by the SSRF guard,
+    unreachable, too slow or too large (each its own ``image_url_*`` code)."""
+
+    default_code = "image_url_unreachable"
 
 
 class TooManyRequests(ServiceError):

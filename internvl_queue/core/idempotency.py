@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
 
 from .errors import BadRequest
+from .image_urls import ImageUrl
 from .job import Job
 from .keys import idempotency_key
 from .priority import Priority
@@ -80,12 +82,16 @@ def check_key(key: str) -> str:
     return key
 
 
-def request_fingerprint(job: Job, images: list[bytes]) -> str:
+def request_fingerprint(job: Job, images: Sequence[bytes | ImageUrl]) -> str:
     """A digest of a validated request (what the caller asked of the new job, and its images), to
     tell a retried request from a different one under the same key.
 
     Taken after validation, so the same request in another form (JSON ``2`` or a form's ``"2"``,
     a default written out or left out, events in another order) has the same fingerprint.
+
+    An image named by URL counts as its URL, as the caller sent it, not as the bytes fetched:
+    a retry is the same request even if what the URL serves changed in between (a "latest"
+    image, a re-encoding CDN), and it must find its job, not be refused as a different one.
     """
     fields = {
         "question": job.question,
@@ -93,12 +99,18 @@ def request_fingerprint(job: Job, images: list[bytes]) -> str:
         "metadata": job.metadata,
         "webhook_url": job.webhook_url,
         "webhook_events": list(job.webhook_events),
-        "images": [hashlib.sha256(data).hexdigest() for data in images],
+        "images": [_image_print(image) for image in images],
     }
     if job.priority is not Priority.NORMAL:  # left out otherwise: older fingerprints still match
         fields["priority"] = job.priority.value
     canonical = json.dumps(fields, sort_keys=True).encode()
     return hashlib.sha256(canonical).hexdigest()
+
+
+def _image_print(image: bytes | ImageUrl) -> str:
+    if isinstance(image, ImageUrl):
+        return f"url:{image.url}"
+    return hashlib.sha256(image).hexdigest()
 
 
 class IdempotencyStore:

@@ -268,6 +268,30 @@ class Settings:
             "reuse answers across API keys (a hit then tells a key that another asked the same)",
         ),
     )
+    # -- images by URL (fetched by the API at submit) -------------------------------------------
+    image_fetch_timeout_s: float = field(
+        default=10.0,
+        metadata=_env(
+            "INTERNVL_IMAGE_FETCH_TIMEOUT_S",
+            "seconds all of one submit's image URLs may take to fetch (DNS, connect, redirects, "
+            "body), after which it is refused with image_url_timeout",
+        ),
+    )
+    image_fetch_concurrency: int = field(
+        default=4,
+        metadata=_env(
+            "INTERNVL_IMAGE_FETCH_CONCURRENCY",
+            "submits one API process fetches image URLs for at once; more get 503 "
+            "image_fetch_busy (keep it under the API's 8 threads per process)",
+        ),
+    )
+    image_url_allowed_cidrs: str = field(
+        default="",
+        metadata=_env(
+            "INTERNVL_IMAGE_URL_ALLOWED_CIDRS",
+            "comma-separated CIDRs image URLs may reach although private/loopback/link-local",
+        ),
+    )
     # -- webhooks -------------------------------------------------------------------------------
     webhook_secrets: str = field(
         default="",
@@ -341,6 +365,16 @@ class Settings:
             if c.strip()
         )
 
+    @cached_property
+    def image_url_allowed_networks(
+        self,
+    ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(
+            ipaddress.ip_network(c.strip(), strict=False)
+            for c in self.image_url_allowed_cidrs.split(",")
+            if c.strip()
+        )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from environment variables; unset ones keep their defaults."""
@@ -377,6 +411,7 @@ class Settings:
             )
         self._validate_webhooks()
         self._validate_timeouts()
+        self._validate_image_urls()
         for name in (
             "rate_limit_window_s",
             "idempotency_ttl_s",
@@ -430,6 +465,16 @@ class Settings:
                 f"{RETENTION_MARGIN_S} s, or a job still queued at its deadline could expire "
                 "before it is marked timeout"
             )
+
+    def _validate_image_urls(self) -> None:
+        try:
+            self.image_url_allowed_networks  # noqa: B018 (parsed here to fail at start-up)
+        except ValueError as exc:
+            raise SettingsError(f"INTERNVL_IMAGE_URL_ALLOWED_CIDRS: {exc}") from None
+        if self.image_fetch_timeout_s <= 0:
+            raise SettingsError("INTERNVL_IMAGE_FETCH_TIMEOUT_S must be positive")
+        if self.image_fetch_concurrency < 1:
+            raise SettingsError("INTERNVL_IMAGE_FETCH_CONCURRENCY must be positive")
 
     def _validate_webhooks(self) -> None:
         for secret in self.webhook_secret_list:

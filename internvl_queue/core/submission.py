@@ -14,6 +14,7 @@ from typing import Any
 
 from . import result_cache, strict_json
 from .errors import BadRequest, ValidationFailed
+from .image_urls import ImageUrl
 from .images import check_total_pixels, inspect_image
 from .job import Job, JobParams
 from .priority import parse_priority
@@ -30,10 +31,13 @@ BYTES_PER_QUESTION_TOKEN = 4
 
 @dataclass(frozen=True)
 class Submission:
-    """A request as received: optional fields are raw (form strings or JSON values) or None."""
+    """A request as received: optional fields are raw (form strings or JSON values) or None.
+
+    ``images`` may name some by URL: ``ImageFetcher.fetch`` replaces those with their bytes
+    before ``prepare_job``, which takes bytes only."""
 
     question: Any
-    images: list[bytes]
+    images: list[bytes | ImageUrl]
     max_new_tokens: Any = None
     max_tiles: Any = None
     timeout_s: Any = None
@@ -67,7 +71,7 @@ def prepare_job(submission: Submission, settings: Settings, *, owner: str = "") 
     priority = parse_priority(submission.priority)
     webhook_url, webhook_events = _webhook(submission, settings)
     use_cache = _flag("cache", submission.cache, default=True)
-    images = submission.images
+    images = _bytes_only(submission.images)
     if not images:
         raise BadRequest("at least one image is required", code="missing_image")
     if len(images) > settings.max_images:
@@ -108,6 +112,13 @@ def _flag(name: str, raw: Any, *, default: bool) -> bool:
     if raw in ("true", "false"):
         return bool(raw == "true")
     raise ValidationFailed(f"{name} must be true or false", code="invalid_parameter")
+
+
+def _bytes_only(images: list[bytes | ImageUrl]) -> list[bytes]:
+    found = [image for image in images if isinstance(image, bytes)]
+    if len(found) != len(images):
+        raise TypeError("fetch a submission's image URLs (ImageFetcher.fetch) before prepare_job")
+    return found
 
 
 def _webhook(submission: Submission, settings: Settings) -> tuple[str | None, tuple[str, ...]]:

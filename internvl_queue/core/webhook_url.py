@@ -11,6 +11,9 @@ with ``getaddrinfo``, which takes names through Python's IDNA 2003 codec (that m
 international names to other hosts than IDNA 2008 does). So a URL must be printable ASCII, its
 host a DNS name (letters, digits, hyphens, underscores) or an IP address, and its port 1-65535.
 Standard library only, like ``special_addresses``.
+
+Image URLs fetched at submit (``image_urls``) are parsed and checked by the same functions: their
+``name`` argument words the messages for the field at hand.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from .errors import WebhookUrlInvalid, WebhookUrlNotAllowed
 from .special_addresses import Address, embedding, not_a_destination, refusal
 
 __all__ = [
+    "WHAT_TO_DO",
     "HostDoesNotResolve",
     "Network",
     "WebhookUrl",
@@ -45,7 +49,8 @@ MAX_URL_CHARS = 2048
 # How long a lookup may take when nothing tighter is given (a submit, in the API's request thread).
 DNS_TIMEOUT_S = 3.0
 
-_WHAT_TO_DO = (
+# What a refused caller can do (the image URL fetch says its own: ``image_urls``).
+WHAT_TO_DO = (
     "use a public receiver (an operator can allow internal networks with WEBHOOK_ALLOWED_CIDRS)"
 )
 
@@ -64,23 +69,22 @@ class WebhookUrl:
     target: str  # the request target: the path ("/" if none) and the query
 
 
-def _refuse_characters(url: str) -> None:
+def _refuse_characters(url: str, name: str) -> None:
     for index, char in enumerate(url):
         if " " < char < "\x7f":
             continue
-        name = f"U+{ord(char):04X}"
+        code = f"U+{ord(char):04X}"
         where = f"at position {index + 1}"
         if unicodedata.category(char) == "Cc":
             raise WebhookUrlInvalid(
-                f"webhook_url contains a control character ({name}) {where}; remove it"
+                f"{name} contains a control character ({code}) {where}; remove it"
             )
         if char.isspace():
             raise WebhookUrlInvalid(
-                f"webhook_url contains whitespace ({name}) {where}; percent-encode it (%20) "
-                "or remove it"
+                f"{name} contains whitespace ({code}) {where}; percent-encode it (%20) or remove it"
             )
         raise WebhookUrlInvalid(
-            f"webhook_url contains the non-ASCII character {char!r} ({name}) {where}; "
+            f"{name} contains the non-ASCII character {char!r} ({code}) {where}; "
             "percent-encode it in the path or query, and write an international host name in "
             "its ASCII (xn--) form"
         )
@@ -93,74 +97,75 @@ _LABEL = re.compile(r"[a-z0-9_-]{1,63}\Z")
 _NUMERIC = re.compile(r"(0x[0-9a-f]*|[0-9]+)\Z")
 
 
-def _port(text: str) -> int | None:
+def _port(text: str, name: str) -> int | None:
     if text == "":
         return None
     if not (text.isascii() and text.isdigit() and len(text) <= 5 and 1 <= int(text) <= 65535):
-        raise WebhookUrlInvalid(f"webhook_url's port {text!r} is not a number from 1 to 65535")
+        raise WebhookUrlInvalid(f"{name}'s port {text!r} is not a number from 1 to 65535")
     return int(text)
 
 
-def _bracketed(netloc: str) -> tuple[str, int | None]:
+def _bracketed(netloc: str, name: str) -> tuple[str, int | None]:
     end = netloc.find("]")
     literal, rest = netloc[1:end], netloc[end + 1 :]
     if end < 0 or not (rest == "" or rest.startswith(":")):
-        raise WebhookUrlInvalid(f"webhook_url's host {netloc!r} is not a bracketed IPv6 address")
+        raise WebhookUrlInvalid(f"{name}'s host {netloc!r} is not a bracketed IPv6 address")
     if "%" in literal:
         raise WebhookUrlInvalid(
-            f"webhook_url's host [{literal}] has a zone (%), which a webhook cannot use"
+            f"{name}'s host [{literal}] has a zone (%), which a URL here cannot use"
         )
     try:
         ipaddress.IPv6Address(literal)
     except ValueError:
-        raise WebhookUrlInvalid(f"webhook_url's host [{literal}] is not an IPv6 address") from None
-    return literal.lower(), _port(rest[1:])
+        raise WebhookUrlInvalid(f"{name}'s host [{literal}] is not an IPv6 address") from None
+    return literal.lower(), _port(rest[1:], name)
 
 
-def _named(netloc: str) -> tuple[str, int | None]:
+def _named(netloc: str, name: str) -> tuple[str, int | None]:
     host, _, port = netloc.partition(":")
     if ":" in port:
         raise WebhookUrlInvalid(
-            f"webhook_url's host {netloc!r} has more than one ':'; write an IPv6 address in "
+            f"{name}'s host {netloc!r} has more than one ':'; write an IPv6 address in "
             "brackets, like http://[2001:db8::1]/"
         )
     host = host.lower()
     if not host:
-        raise WebhookUrlInvalid("webhook_url has no host")
+        raise WebhookUrlInvalid(f"{name} has no host")
     labels = (host[:-1] if host.endswith(".") else host).split(".")
     if _NUMERIC.match(labels[-1]):
         try:
             ipaddress.IPv4Address(host)
         except ValueError:
             raise WebhookUrlInvalid(
-                f"webhook_url's host {host!r} is neither a DNS name nor an IPv4 address in "
+                f"{name}'s host {host!r} is neither a DNS name nor an IPv4 address in "
                 "dotted-decimal form (like 192.0.2.1)"
             ) from None
-        return host, _port(port)
+        return host, _port(port, name)
     if len(host) > 253 or not all(_LABEL.match(label) for label in labels):
         raise WebhookUrlInvalid(
-            f"webhook_url's host {host!r} is not a valid DNS name: labels of 1 to 63 letters, "
+            f"{name}'s host {host!r} is not a valid DNS name: labels of 1 to 63 letters, "
             "digits, hyphens or underscores, separated by dots"
         )
-    return host, _port(port)
+    return host, _port(port, name)
 
 
-def _host_and_port(netloc: str) -> tuple[str, int | None]:
-    return _bracketed(netloc) if netloc.startswith("[") else _named(netloc)
+def _host_and_port(netloc: str, name: str) -> tuple[str, int | None]:
+    return _bracketed(netloc, name) if netloc.startswith("[") else _named(netloc, name)
 
 
 # The authority (host and port) of a URL, as urlsplit finds it (RFC 3986 §3.2).
 _AUTHORITY = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://([^/?#]*)")
 
 
-def parse_webhook_url(url: str) -> WebhookUrl:
+def parse_webhook_url(url: str, *, name: str = "webhook_url") -> WebhookUrl:
     """``url`` parsed for a delivery; ``WebhookUrlNotAllowed`` unless it is a plain http(s) URL
-    (its subclass ``WebhookUrlInvalid`` if it could never be sent)."""
+    (its subclass ``WebhookUrlInvalid`` if it could never be sent). ``name``: the field that
+    messages name (an image URL is parsed here too: ``image_urls``)."""
     if len(url) > MAX_URL_CHARS:
-        raise WebhookUrlNotAllowed(f"webhook_url is longer than {MAX_URL_CHARS} characters")
+        raise WebhookUrlNotAllowed(f"{name} is longer than {MAX_URL_CHARS} characters")
     # First, so that urlsplit (which drops tabs and newlines, and strips leading control
     # characters and spaces, differently across patch releases) sees only printable ASCII.
-    _refuse_characters(url)
+    _refuse_characters(url, name)
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -168,14 +173,14 @@ def parse_webhook_url(url: str) -> WebhookUrl:
         # name the fault the same way everywhere.
         authority = _AUTHORITY.match(url)
         if authority:
-            _host_and_port(authority.group(1))
-        raise WebhookUrlInvalid("webhook_url is not a valid URL") from None
+            _host_and_port(authority.group(1), name)
+        raise WebhookUrlInvalid(f"{name} is not a valid URL") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise WebhookUrlNotAllowed("webhook_url must be an http:// or https:// URL with a host")
+        raise WebhookUrlNotAllowed(f"{name} must be an http:// or https:// URL with a host")
     if "@" in parts.netloc:
-        raise WebhookUrlNotAllowed("webhook_url must not carry credentials")
+        raise WebhookUrlNotAllowed(f"{name} must not carry credentials")
     https = parts.scheme == "https"
-    host, port = _host_and_port(parts.netloc)
+    host, port = _host_and_port(parts.netloc, name)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return WebhookUrl(https, host, port or (443 if https else 80), target)
 
@@ -205,15 +210,17 @@ def refused_address(address: Address, allowed: Sequence[Network]) -> str | None:
     return refusal(address)
 
 
-def _refused(host: str, address: Address, why: str, literal: bool) -> WebhookUrlNotAllowed:
+def _refused(
+    host: str, address: Address, why: str, literal: bool, name: str, remedy: str
+) -> WebhookUrlNotAllowed:
     said = (
-        f"webhook_url's address {address} is"
+        f"{name}'s address {address} is"
         if literal
-        else (f"the webhook host {host!r} resolves to {address},")
+        else (f"{name}'s host {host!r} resolves to {address},")
     )
     if not_a_destination(address):
-        return WebhookUrlNotAllowed(f"{said} {why}, which takes no webhook connection")
-    return WebhookUrlNotAllowed(f"{said} {why}, not a public address; {_WHAT_TO_DO}")
+        return WebhookUrlNotAllowed(f"{said} {why}, which takes no connection")
+    return WebhookUrlNotAllowed(f"{said} {why}, not a public address; {remedy}")
 
 
 # getaddrinfo cannot be interrupted, so lookups run here and the caller stops waiting at its
@@ -222,7 +229,7 @@ def _refused(host: str, address: Address, why: str, literal: bool) -> WebhookUrl
 _RESOLVERS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="dns")
 
 
-def resolve(host: str, port: int, timeout_s: float) -> list[str]:
+def resolve(host: str, port: int, timeout_s: float, *, name: str = "webhook_url") -> list[str]:
     """The addresses of ``host`` for a TCP connection (from ``getaddrinfo``), given up after
     ``timeout_s``: ``HostDoesNotResolve`` if it has none, or none came in time."""
     lookup = _RESOLVERS.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
@@ -232,10 +239,10 @@ def resolve(host: str, port: int, timeout_s: float) -> list[str]:
     except TimeoutError:
         lookup.cancel()
         raise HostDoesNotResolve(
-            f"the webhook host {host!r} did not resolve within {timeout_s:g} s"
+            f"{name}'s host {host!r} did not resolve within {timeout_s:g} s"
         ) from None
     except (OSError, UnicodeError) as exc:
-        raise HostDoesNotResolve(f"the webhook host {host!r} does not resolve: {exc}") from None
+        raise HostDoesNotResolve(f"{name}'s host {host!r} does not resolve: {exc}") from None
 
 
 def _literal(host: str) -> Address | None:
@@ -246,21 +253,27 @@ def _literal(host: str) -> Address | None:
 
 
 def permitted_addresses(
-    host: str, port: int, allowed: Sequence[Network], *, timeout_s: float = DNS_TIMEOUT_S
+    host: str,
+    port: int,
+    allowed: Sequence[Network],
+    *,
+    timeout_s: float = DNS_TIMEOUT_S,
+    name: str = "webhook_url",
+    remedy: str = WHAT_TO_DO,
 ) -> list[str]:
     """Every address ``host`` resolves to, if all are permitted; else ``WebhookUrlNotAllowed``.
 
     All of them are checked, not only the first, so a name with one public and one private
     address cannot be used to reach the private one. The lookup is given up after ``timeout_s``;
-    an IP address is not looked up.
+    an IP address is not looked up. ``name`` and ``remedy`` word a refusal.
     """
     literal = _literal(host)
-    addresses = [host] if literal else resolve(host, port, timeout_s)
+    addresses = [host] if literal else resolve(host, port, timeout_s, name=name)
     for text in addresses:
         address = literal or ipaddress.ip_address(text.split("%", 1)[0])
         why = refused_address(address, allowed)
         if why:
-            raise _refused(host, address, why, literal is not None)
+            raise _refused(host, address, why, literal is not None, name, remedy)
     return addresses
 
 

@@ -48,6 +48,8 @@ LIMITS = {
     "INTERNVL_MAX_TIMEOUT_S": "60",
     "INTERNVL_DEFAULT_TIMEOUT_S": "30",
     "INTERNVL_MAX_QUESTION_CHARS": "200",
+    # Generated image URLs name hosts that do not answer here: give each up soon.
+    "INTERNVL_IMAGE_FETCH_TIMEOUT_S": "2",
 }
 
 
@@ -139,6 +141,15 @@ _BEYOND_THE_SCHEMA = {
     "webhook_url_invalid",
     "webhooks_not_configured",
     "idempotency_key_reused",
+    # An image URL is fetched: whether it resolves, answers and serves an image is the world's.
+    "image_url_invalid",
+    "image_url_not_allowed",
+    "image_url_unreachable",
+    "image_url_timeout",
+    "image_url_too_large",
+    # A form's image files and image_url fields count together against INTERNVL_MAX_IMAGES: a sum
+    # of two arrays' lengths, which no schema states (each array alone is bounded).
+    "too_many_images",
 }
 
 

@@ -44,6 +44,11 @@ ERROR_CODES: dict[str, str] = {
     "webhook_url_invalid": "422: a webhook_url that could never be delivered",
     "webhooks_not_configured": "422: a webhook_url while WEBHOOK_SECRETS is not set",
     "idempotency_key_reused": "422: an Idempotency-Key already used for a different request",
+    "image_url_invalid": "422: an image URL that is not an http(s) URL we can fetch",
+    "image_url_not_allowed": "422: an image URL (or a redirect) to an address the guard refuses",
+    "image_url_unreachable": "422: an image URL that does not resolve, connect or answer 2xx",
+    "image_url_timeout": "422: image URLs not fetched within INTERNVL_IMAGE_FETCH_TIMEOUT_S",
+    "image_url_too_large": "422: an image URL's bytes over what INTERNVL_MAX_REQUEST_BYTES leaves",
     "rate_limited": "429: the API key's submit rate limit (see Retry-After)",
     "priority_quota_exceeded": "429: the API key already has INTERNVL_MAX_HIGH_PER_KEY high jobs "
     "queued or running",
@@ -53,6 +58,7 @@ ERROR_CODES: dict[str, str] = {
     "not_implemented": "501: a part of HTTP/1.1 the server does not implement",
     "service_unavailable": "503: Redis or the broker does not answer (see Retry-After)",
     "queue_full": "503: too many queued jobs or queued image bytes (see Retry-After)",
+    "image_fetch_busy": "503: this API process fetches as many image URLs as it may (Retry-After)",
 }
 
 # ``error.code`` of a job that ended ``failed`` or ``canceled``.

@@ -83,6 +83,9 @@ def _submit() -> Operation:
         "operationId": "submitJob",
         "summary": "Submit a job: one or more images and a question",
         "description": (
+            'Images come inline (files, base64) or by URL (`{"url": ...}`, `image_url` '
+            "fields), fetched by the API before it answers: a URL that cannot be fetched as an "
+            "image is refused with 422 (`image_url_*`). "
             "Queues the job and answers 202 with it; a worker answers it. Poll "
             "GET /v1/jobs/{job_id} (long poll with ?wait=), ask to wait here with "
             "`Prefer: wait=N`, or name a webhook_url. A refused submit queues nothing and binds "
@@ -195,6 +198,11 @@ def _submit() -> Operation:
                 "webhook_url_invalid",
                 "webhooks_not_configured",
                 "idempotency_key_reused",
+                "image_url_invalid",
+                "image_url_not_allowed",
+                "image_url_unreachable",
+                "image_url_timeout",
+                "image_url_too_large",
             ),
             "429": _error(
                 "The API key's submit rate limit (Retry-After says when the window ends), or "
@@ -204,9 +212,11 @@ def _submit() -> Operation:
                 retry_after=True,
             ),
             "503": _error(
-                "Queue full (jobs or image bytes), or Redis/the broker does not answer",
+                "Queue full (jobs or image bytes), Redis/the broker does not answer, or this "
+                "API process is fetching as many image URLs as it may",
                 "queue_full",
                 "service_unavailable",
+                "image_fetch_busy",
                 retry_after=True,
             ),
         },

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...core.idempotency import MAX_KEY_CHARS
+from ...core.image_urls import MAX_REDIRECTS
 from ...core.job_listing import DEFAULT_LIMIT, LATEST_TIMESTAMP, MAX_LIMIT
 from ...core.outbox import DeliveryOutcome
 from ...core.priority import Priority
@@ -16,6 +17,7 @@ from ...core.settings import Settings
 from ...core.status import JobStatus
 from ...core.submission import MAX_METADATA_BYTES
 from ...core.webhook_events import DEFAULT_EVENTS, EVENT_TYPES
+from ...core.webhook_url import MAX_URL_CHARS
 from ...core.workers import WorkerState
 from ..waiting import MAX_WAIT_S
 from .codes import ERROR_CODES, JOB_ERROR_CODES
@@ -520,21 +522,30 @@ def _submit_json(settings: Settings) -> Schema:
                 "type": "array",
                 "minItems": 1,
                 "maxItems": settings.max_images,
-                "items": _object(
-                    {
-                        "data": {
-                            "type": "string",
-                            "pattern": _BASE64_IMAGE,
-                            "contentEncoding": "base64",
-                            "contentMediaType": "image/*",
-                            "description": (
-                                "The image file, base64 or a data: URL; JPEG, PNG, WebP, GIF, "
-                                f"BMP or TIFF, at most {settings.max_image_pixels} pixels."
-                            ),
-                        }
-                    }
+                "items": {
+                    "oneOf": [
+                        _object(
+                            {
+                                "data": {
+                                    "type": "string",
+                                    "pattern": _BASE64_IMAGE,
+                                    "contentEncoding": "base64",
+                                    "contentMediaType": "image/*",
+                                    "description": (
+                                        "The image file, base64 or a data: URL; JPEG, PNG, "
+                                        "WebP, GIF, BMP or TIFF, at most "
+                                        f"{settings.max_image_pixels} pixels."
+                                    ),
+                                }
+                            }
+                        ),
+                        _object({"url": _image_url(settings)}),
+                    ]
+                },
+                "description": (
+                    f"In order, inline and by URL mixed; together at most "
+                    f"{settings.max_request_pixels} pixels and {settings.max_request_bytes} bytes."
                 ),
-                "description": f"Together at most {settings.max_request_pixels} pixels.",
             },
             **_submit_fields(settings),
             "metadata": {"type": "object", "description": _METADATA_DESCRIPTION},
@@ -557,7 +568,8 @@ def _submit_json(settings: Settings) -> Schema:
 def _submit_form(settings: Settings) -> Schema:
     return {
         "type": "object",
-        "required": ["question", "image"],
+        "required": ["question"],
+        "anyOf": [{"required": ["image"]}, {"required": ["image_url"]}],
         "dependentSchemas": {"webhook_events": _EVENTS_NEED_A_URL},
         "properties": {
             "image": {
@@ -576,6 +588,16 @@ def _submit_form(settings: Settings) -> Schema:
                     f"{settings.max_request_pixels}."
                 ),
             },
+            "image_url": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": settings.max_images,
+                "items": _image_url(settings),
+                "description": (
+                    "Images by URL, one field each, fetched at submit; they follow the image "
+                    f"files, in order. Files and URLs together at most {settings.max_images}."
+                ),
+            },
             **_submit_fields(settings),
             # A JSON part (the submit's encoding says application/json): the object's text.
             "metadata": {"type": "object", "description": _METADATA_DESCRIPTION},
@@ -588,6 +610,21 @@ def _submit_form(settings: Settings) -> Schema:
                 ),
             },
         },
+    }
+
+
+def _image_url(settings: Settings) -> Schema:
+    return {
+        "type": "string",
+        "format": "uri",
+        "pattern": "^https?://",
+        "maxLength": MAX_URL_CHARS,
+        "description": (
+            "An http(s) URL the API fetches at submit, through the SSRF guard (public addresses "
+            f"only, at most {MAX_REDIRECTS} redirects, each re-checked); within "
+            f"{settings.image_fetch_timeout_s:g} s for all of a request's URLs; the bytes then "
+            "checked like an upload's (the format from the bytes, not the Content-Type)."
+        ),
     }
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import Protocol
 
 from ..core.settings import Settings
-from ..queue import create_celery, send_run_job
+from ..queue import create_celery, send_run_job, send_run_jobs
 
 __all__ = ["CeleryDispatcher", "Dispatcher"]
 
 
 class Dispatcher(Protocol):
     def dispatch(self, job_id: str) -> None: ...
+
+    def dispatch_many(self, job_ids: list[str]) -> None: ...
 
 
 class CeleryDispatcher:
@@ -21,3 +23,6 @@ class CeleryDispatcher:
 
     def dispatch(self, job_id: str) -> None:
         send_run_job(self.celery, job_id, self.queue)
+
+    def dispatch_many(self, job_ids: list[str]) -> None:
+        send_run_jobs(self.celery, job_ids, self.queue)

@@ -104,7 +104,9 @@ def _accept(svc: Services, job: Job, images: list[bytes], key: KeyClaim | None =
     budget = ImageBudget(svc.store.redis, svc.settings.max_queued_bytes)
     try:
         # Approximate under concurrent submits (checked, then added): a few jobs over is fine.
-        if cap and svc.store.queued_count() >= cap:
+        # Batches' jobs have a cap of their own (api/batches.py): an overnight batch must not
+        # shut the door on single jobs.
+        if cap and svc.store.queued_count() - svc.store.queued_batch_count() >= cap:
             raise ServiceUnavailable(
                 f"{cap} jobs are already waiting; try again later",
                 code="queue_full",

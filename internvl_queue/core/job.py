@@ -75,6 +75,9 @@ class Job:
     # The broker queue its messages go to (INTERNVL_QUEUE of the API that took it): a reaper
     # re-sends a job there, whichever queue the reaper's own worker consumes.
     queue: str = ""
+    # The batch the job was submitted in, and the caller's name for its line ("" for neither).
+    batch_id: str = ""
+    custom_id: str = ""
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -96,6 +99,8 @@ class Job:
         webhook_url: str | None = None,
         webhook_events: tuple[str, ...] = (),
         queue: str = "",
+        batch_id: str = "",
+        custom_id: str = "",
     ) -> Job:
         return cls(
             id=new_job_id(),
@@ -109,6 +114,8 @@ class Job:
             webhook_events=webhook_events if webhook_url else (),
             created_at=time.time(),
             queue=queue,
+            batch_id=batch_id,
+            custom_id=custom_id,
         )
 
     def moved_to(self, status: JobStatus, **changes: Any) -> Job:
@@ -141,6 +148,8 @@ class Job:
             "lease_until": repr(self.lease_until),
             "dispatched_at": repr(self.dispatched_at),
             "queue": self.queue,
+            "batch_id": self.batch_id,
+            "custom_id": self.custom_id,
         }
 
     @classmethod
@@ -169,6 +178,8 @@ class Job:
             lease_until=float(h.get("lease_until", "0")),
             dispatched_at=float(h.get("dispatched_at", "0")),
             queue=h.get("queue", ""),
+            batch_id=h.get("batch_id", ""),
+            custom_id=h.get("custom_id", ""),
         )
 
     # -- public view ----------------------------------------------------------------------------
@@ -193,4 +204,7 @@ class Job:
             ),
             "result": self.result,
             "error": self.error,
+            "batch": (
+                {"id": self.batch_id, "custom_id": self.custom_id} if self.batch_id else None
+            ),
         }

@@ -45,6 +45,7 @@ __all__ = [
     "BatchStatus",
     "BatchStore",
     "LineError",
+    "cancel_requested",
     "finish_if_done",
     "is_job_id",
     "stage_job_finished",
@@ -292,6 +293,12 @@ class BatchStore:
 
     def finish_if_done(self, batch_id: str) -> Batch | None:
         return finish_if_done(self.redis, batch_id, self.retention_s, self.event_ttl_s)
+
+
+def cancel_requested(client: redis.Redis, batch_id: str) -> bool:
+    """Whether the batch was asked to cancel: a worker about to start one of its jobs cancels
+    the job instead (``JobStore.claim``), so that nothing starts once a cancel is asked."""
+    return client.hget(batch_key(batch_id), "cancel_requested_at") not in (None, b"null")
 
 
 def stage_job_started(pipe: redis.client.Pipeline, job: Job) -> None:

@@ -219,6 +219,13 @@ class JobStore:
             if job.cancel_requested_at is not None:
                 canceled = self._ended(job, JobStatus.CANCELED, error=_CANCELED_WHILE_RUNNING)
                 return Claim(ClaimOutcome.CANCELED, canceled), canceled
+            # Read after ``now``: a batch canceled once this found no cancel is canceled after
+            # this job's start, so a job never starts after its batch's cancel was asked.
+            if job.batch_id and batches.cancel_requested(self.redis, job.batch_id):
+                canceled = self._ended(
+                    job, JobStatus.CANCELED, cancel_requested_at=now, error=_BATCH_CANCELED
+                )
+                return Claim(ClaimOutcome.CANCELED, canceled), canceled
             if job.attempts >= max_attempts:
                 failed = self._ended(
                     job,
@@ -519,6 +526,7 @@ return ids
 """
 
 _CANCELED_WHILE_RUNNING = {"code": "canceled", "message": "the job was canceled while it ran"}
+_BATCH_CANCELED = {"code": "canceled", "message": "the job's batch was canceled before it ran"}
 
 
 def unowned_job_exists(client: redis.Redis) -> bool:

@@ -123,25 +123,25 @@ def _line_job(
         raise _LineRefused(line)
     raw_id = line.get("custom_id") if isinstance(line, dict) else None
 
-    def refuse(code: str, message: str) -> _LineRefused:
+    def refuse(message: str, *, code: str) -> _LineRefused:
         custom_id = raw_id if isinstance(raw_id, str) else None
         return _LineRefused(LineError(number, custom_id, code, message))
 
     if not isinstance(line, dict):
-        raise refuse("invalid_json", "a line must be a JSON object (a job's request)")
+        raise refuse("a line must be a JSON object (a job's request)", code="invalid_json")
     if not isinstance(raw_id, str) or not 1 <= len(raw_id) <= MAX_CUSTOM_ID_CHARS:
         raise refuse(
-            "invalid_custom_id",
             f"custom_id must be a string of 1 to {MAX_CUSTOM_ID_CHARS} characters",
+            code="invalid_custom_id",
         )
     if raw_id in seen:
-        raise refuse("duplicate_custom_id", f"custom_id {raw_id!r} is used by an earlier line")
+        raise refuse(f"custom_id {raw_id!r} is used by an earlier line", code="duplicate_custom_id")
     line = {"priority": BATCH_DEFAULT_PRIORITY, **line}
     try:
         submission = submission_from_object(line, what=f"line {number}")
         job = prepare_job(submission, svc.settings, owner=owner)
     except ServiceError as exc:
-        raise refuse(exc.code, exc.message) from None
+        raise refuse(exc.message, code=exc.code) from None
     seen.add(raw_id)
     return replace(job, batch_id=batch_id, custom_id=raw_id), submission.images
 

@@ -16,6 +16,7 @@ from ...core.submission import MAX_METADATA_BYTES
 from ...core.webhook_events import DEFAULT_EVENTS, EVENT_TYPES
 from ...core.workers import WorkerState
 from ..waiting import MAX_WAIT_S
+from .batch_spec import batch_schemas
 from .codes import ERROR_CODES, JOB_ERROR_CODES
 
 __all__ = ["EXAMPLE_IMAGE_BASE64", "EXAMPLE_JOB_ID", "components", "ref"]
@@ -87,6 +88,7 @@ def components(settings: Settings) -> Schema:
             "Health": _object({"status": {"const": "ok"}}),
             "Readiness": _readiness(),
             "Worker": _worker(),
+            **batch_schemas(settings),
         },
         "parameters": {
             "JobId": {
@@ -268,6 +270,13 @@ def _job() -> Schema:
                     **_nullable(ref("JobError")),
                     "description": "Set when the job failed or was canceled.",
                 },
+                "batch": {
+                    "oneOf": [
+                        _object({"id": {"type": "string"}, "custom_id": {"type": "string"}}),
+                        {"type": "null"},
+                    ],
+                    "description": "The batch the job came in, and its line's custom_id.",
+                },
             }
         ),
         "example": {
@@ -291,6 +300,7 @@ def _job() -> Schema:
                 "timings_ms": {"queued": 3.1, "preprocess": 21.4, "inference": 310.2, "total": 338},
             },
             "error": None,
+            "batch": None,
         },
     }
 

@@ -3,9 +3,11 @@
 Three shapes are accepted:
 
 - JSON Lines (``application/jsonl``, ``application/x-ndjson``): one request object a line; blank
-  lines are skipped; options in the query string (``?all_or_nothing=true&webhook_url=...``).
+  lines are skipped; options in the query string (``?all_or_nothing=true&webhook_url=...``;
+  metadata only in the JSON object shape).
 - A JSON array of request objects (``application/json``); options in the query string.
-- A JSON object ``{"requests": [...], "all_or_nothing", "webhook_url", "metadata"}``.
+- A JSON object ``{"requests": [...], "all_or_nothing", "webhook_url", "metadata"}`` (an
+  option it leaves out or sets to null is taken from the query string).
 
 A line that is not strict JSON is not a reason to refuse the batch: it becomes that line's error
 (``invalid_json``), like any other invalid line. What makes the whole body unreadable (not
@@ -89,8 +91,9 @@ def _json(text: str, request: Request) -> BatchBody:
             f'"requests"), but {exc}',
             code="invalid_json",
         ) from None
+    query = _query_options(request)  # checked whatever the body's shape
     if isinstance(body, list):
-        return BatchBody(list(enumerate(body, start=1)), **_query_options(request))
+        return BatchBody(list(enumerate(body, start=1)), **query)
     if not isinstance(body, dict) or not isinstance(body.get("requests"), list):
         raise BadRequest(
             'the body must be a JSON array of requests, or an object with a "requests" array',
@@ -103,25 +106,33 @@ def _json(text: str, request: Request) -> BatchBody:
             f"in the batch; it may have {', '.join(sorted(_ENVELOPE_FIELDS))}",
             code="invalid_parameter",
         )
+    # The body's options, where it has them; the query string's otherwise.
     return BatchBody(
         list(enumerate(body["requests"], start=1)),
-        all_or_nothing=_flag(body.get("all_or_nothing")),
-        webhook_url=body.get("webhook_url"),
-        metadata=body.get("metadata"),
+        all_or_nothing=query["all_or_nothing"]
+        if body.get("all_or_nothing") is None
+        else _flag(body["all_or_nothing"]),
+        webhook_url=_either(body.get("webhook_url"), query["webhook_url"]),
+        metadata=_either(body.get("metadata"), query["metadata"]),
     )
+
+
+def _either(preferred: Any, fallback: Any) -> Any:
+    return fallback if preferred is None else preferred
 
 
 def _query_options(request: Request) -> dict[str, Any]:
     return {
         "all_or_nothing": _flag(request.args.get("all_or_nothing")),
         "webhook_url": request.args.get("webhook_url"),
-        "metadata": request.args.get("metadata"),
+        "metadata": None,  # only in the JSON object shape: a query string is no place for JSON
     }
 
 
 def _flag(raw: Any) -> bool:
-    if raw in (None, "", False, "false", "0"):
+    """A JSON boolean (or null), or in a query string true/false/1/0 (or empty)."""
+    if raw is None or raw is False or (isinstance(raw, str) and raw in ("", "false", "0")):
         return False
-    if raw in (True, "true", "1"):
+    if raw is True or (isinstance(raw, str) and raw in ("true", "1")):
         return True
     raise ValidationFailed("all_or_nothing must be true or false", code="invalid_parameter")

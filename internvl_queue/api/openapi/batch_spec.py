@@ -25,6 +25,21 @@ _ID = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
 _TIMESTAMP: Schema = {"type": "string", "format": "date-time"}
 _NULLABLE_TIMESTAMP: Schema = {"type": ["string", "null"], "format": "date-time"}
 _COUNT: Schema = {"type": "integer", "minimum": 0}
+# A line that is not a valid BatchRequest does not refuse the batch: it is reported as that
+# line's error (unless all_or_nothing). So the body takes any line; BatchRequest says what runs.
+_ANY_LINE: Schema = {"description": "A BatchRequest; any other line is reported as invalid."}
+# Some line that is not blank (a body of blank lines is 400 empty_batch).
+_JSON_LINES: Schema = {
+    "type": "string",
+    "pattern": "\\S",
+    "description": "One BatchRequest object per line; any other line is reported as invalid.",
+}
+# As a job's: not format "uri", an empty value means no webhook.
+_WEBHOOK_URL: Schema = {
+    "type": "string",
+    "pattern": "^$|^[Hh][Tt][Tt][Pp][Ss]?://",
+    "description": "An http(s) URL for the batch's own terminal event (empty: none).",
+}
 
 
 def _closed(properties: dict[str, Schema], description: str = "") -> Schema:
@@ -76,15 +91,15 @@ def batch_schemas(settings: Settings) -> dict[str, Schema]:
                     "type": "array",
                     "minItems": 1,
                     "maxItems": settings.max_batch_requests,
-                    "items": ref("BatchRequest"),
+                    "items": _ANY_LINE,
                 },
                 "all_or_nothing": {
-                    "type": "boolean",
+                    "type": ["boolean", "null"],
                     "description": "Refuse the whole batch (422 batch_invalid) if a line is "
                     "invalid; by default the valid lines run and the others are reported.",
                 },
-                "webhook_url": {"type": "string", "format": "uri"},
-                "metadata": {"type": "object"},
+                "webhook_url": {**_WEBHOOK_URL, "type": ["string", "null"]},
+                "metadata": {"type": ["object", "null"]},
             },
         },
         "Batch": _closed(
@@ -205,14 +220,7 @@ _OPTIONS = [
         "required": False,
         "description": "For a JSON Lines or array body: where batch.completed (or "
         "batch.canceled, batch.failed) is sent.",
-        "schema": {"type": "string", "format": "uri"},
-    },
-    {
-        "name": "metadata",
-        "in": "query",
-        "required": False,
-        "description": "For a JSON Lines or array body: a JSON object kept with the batch.",
-        "schema": {"type": "string"},
+        "schema": _WEBHOOK_URL,
     },
 ]
 
@@ -235,17 +243,12 @@ def batch_paths() -> dict[str, dict[str, Any]]:
                 "requestBody": {
                     "required": True,
                     "content": {
-                        _JSONL: {
-                            "schema": {
-                                "type": "string",
-                                "description": "One BatchRequest object per line.",
-                            }
-                        },
-                        "application/x-ndjson": {"schema": {"type": "string"}},
+                        _JSONL: {"schema": _JSON_LINES},
+                        "application/x-ndjson": {"schema": _JSON_LINES},
                         _JSON: {
                             "schema": {
                                 "oneOf": [
-                                    {"type": "array", "items": ref("BatchRequest"), "minItems": 1},
+                                    {"type": "array", "items": _ANY_LINE, "minItems": 1},
                                     ref("BatchSubmit"),
                                 ]
                             }
@@ -255,7 +258,15 @@ def batch_paths() -> dict[str, dict[str, Any]]:
                 "responses": {
                     "202": {
                         **batch,
-                        "headers": {"Location": {"$ref": "#/components/headers/Location"}},
+                        "headers": {
+                            "Location": {
+                                "description": "The batch's URL.",
+                                "schema": {
+                                    "type": "string",
+                                    "pattern": "^/v1/batches/[0-9a-f]{32}$",
+                                },
+                            }
+                        },
                     },
                     "400": _error(
                         "The body cannot be read", "invalid_json", "invalid_utf8", "empty_batch"

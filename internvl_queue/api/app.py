@@ -18,6 +18,7 @@ from ..core.settings import Settings
 from ..core.store import JobStore
 from ..core.workers import WorkerRegistry
 from .auth import register_auth
+from .batches import batches
 from .dispatch import CeleryDispatcher, Dispatcher
 from .errors import register_error_handlers
 from .health import health
@@ -72,6 +73,7 @@ def create_app(
     register_error_handlers(app)
     register_auth(app, warn_if_open=warn_if_open)
     app.register_blueprint(jobs)
+    app.register_blueprint(batches)
     app.register_blueprint(health)
     app.register_blueprint(web_page)
     register_metrics(app)

@@ -7,13 +7,15 @@ from typing import Protocol
 
 from ..core.priority import Priority, lane_queue
 from ..core.settings import Settings
-from ..queue import create_celery, send_run_job
+from ..queue import create_celery, send_run_job, send_run_jobs
 
 __all__ = ["CeleryDispatcher", "Dispatcher"]
 
 
 class Dispatcher(Protocol):
     def dispatch(self, job_id: str, priority: Priority) -> None: ...
+
+    def dispatch_many(self, jobs: list[tuple[str, Priority]]) -> None: ...
 
 
 class CeleryDispatcher:
@@ -23,3 +25,11 @@ class CeleryDispatcher:
 
     def dispatch(self, job_id: str, priority: Priority = Priority.NORMAL) -> None:
         send_run_job(self.celery, job_id, lane_queue(self.queue, priority))
+
+    def dispatch_many(self, jobs: list[tuple[str, Priority]]) -> None:
+        """``dispatch`` of each (job id, priority), one producer per lane."""
+        by_lane: dict[str, list[str]] = {}
+        for job_id, priority in jobs:
+            by_lane.setdefault(lane_queue(self.queue, priority), []).append(job_id)
+        for lane, job_ids in by_lane.items():
+            send_run_jobs(self.celery, job_ids, lane)

@@ -10,7 +10,7 @@ import logging
 import time
 
 import redis
-from flask import Flask, Response, current_app, jsonify
+from flask import Flask, Response, current_app, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from ..core.errors import ServiceError
@@ -77,7 +77,9 @@ def register_error_handlers(app: Flask) -> None:
         status = exc.code or 500
         message = exc.description or exc.name
         if status == 413:
-            limit = app.config["MAX_CONTENT_LENGTH"]
+            # A route may have a limit of its own (POST /v1/batches sets its request's).
+            limit = request.max_content_length if has_request_context() else None
+            limit = limit or app.config["MAX_CONTENT_LENGTH"]
             message = f"the request body is larger than the limit of {limit} bytes"
         response, status = error_response(status, _HTTP_CODES.get(status, "http_error"), message)
         if isinstance(exc, MethodNotAllowed) and exc.valid_methods:

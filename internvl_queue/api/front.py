@@ -6,7 +6,8 @@ gunicorn's ``asgi`` worker reads every connection in one event loop, and this fr
 request's body there before Flask sees it, so a slow or stalled client costs a socket and a
 buffer, never a thread:
 
-- A body over ``max_body_bytes`` is refused with ``413 request_too_large`` *after* it has been
+- A body over ``max_body_bytes`` (or, for a path named in ``body_limits``, its own limit: a
+  batch is larger than one job) is refused with ``413 request_too_large`` *after* it has been
   read and discarded (up to ``drain_limit_bytes``): a server that answers early and closes the
   connection while the client is still sending makes the kernel reset it, and most clients
   (``requests``, ``urllib``, ``httpx``) then report a broken pipe instead of the answer. A client
@@ -31,7 +32,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -79,12 +80,15 @@ class BufferingFront:
         threads: int,
         drain_limit_bytes: int | None = None,
         observe: Observe | None = None,
+        body_limits: Mapping[str, int] | None = None,
     ) -> None:
         self.wsgi_app = wsgi_app
         # Called with (method, path, status, seconds) once each request is answered (or its
         # client left): the HTTP metrics (api/http_metrics.py).
         self.observe = observe
         self.max_body_bytes = max_body_bytes
+        # Paths whose bodies have a limit of their own (``/v1/batches``); exact paths only.
+        self.body_limits = dict(body_limits or {})
         self.read_timeout_s = read_timeout_s
         # Reading and discarding a refused body costs the loop little; past this much the
         # connection is closed instead (and such a client may see a reset).
@@ -126,8 +130,9 @@ class BufferingFront:
     async def _answer(self, scope: Scope, receive: Receive, send: Send) -> int:
         """Serve one request; the status sent (499 if the client left before its reply)."""
         headers = _header_dict(scope)
+        limit = self.body_limits.get(scope["path"], self.max_body_bytes)
         try:
-            body = await self._read_body(headers, receive)
+            body = await self._read_body(headers, receive, limit)
         except _Refused as refused:
             await _send(send, refused.reply)
             return refused.reply[0]
@@ -157,33 +162,26 @@ class BufferingFront:
     async def _on_thread(self, call: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, call)
 
-    async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
+    async def _read_body(self, headers: dict[str, str], receive: Receive, limit: int) -> bytes:
         declared = _content_length(headers)
-        if declared is not None and declared > self.max_body_bytes:
+        if declared is not None and declared > limit:
             if "100-continue" in headers.get("expect", "").lower():
-                raise self._too_large()  # the client waits for a 100 before sending: it never will
-            if declared <= self.drain_limit_bytes:
+                raise _too_large(limit)  # the client waits for a 100 before sending: it never will
+            if declared <= max(self.drain_limit_bytes, limit):
                 await self._drain(receive)
-            raise self._too_large()
+            raise _too_large(limit)
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await self._receive(receive)
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body_bytes:  # a chunked body with no declared length
+            if size > limit:  # a chunked body with no declared length
                 await self._drain(receive, already=size)
-                raise self._too_large()
+                raise _too_large(limit)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
-
-    def _too_large(self) -> _Refused:
-        return _Refused(
-            413,
-            "request_too_large",
-            f"the request body is larger than the limit of {self.max_body_bytes} bytes",
-        )
 
     async def _receive(self, receive: Receive) -> Message:
         try:
@@ -210,6 +208,12 @@ class BufferingFront:
             size += len(message.get("body", b""))
             if not message.get("more_body", False):
                 return
+
+
+def _too_large(limit: int) -> _Refused:
+    return _Refused(
+        413, "request_too_large", f"the request body is larger than the limit of {limit} bytes"
+    )
 
 
 async def _unless_gone(work: Awaitable[T], receive: Receive) -> T | None:

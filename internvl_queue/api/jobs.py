@@ -122,7 +122,9 @@ def _accept(svc: Services, job: Job, images: list[bytes], key: KeyClaim | None =
         if (answered := answered_from_cache(svc.result_cache, job, svc.settings.model)) is not None:
             return svc.store.create_finished(answered, key=key)
         # Approximate under concurrent submits (checked, then added): a few jobs over is fine.
-        if cap and svc.store.queued_count() >= cap:
+        # Batches' jobs have a cap of their own (api/batches.py): an overnight batch must not
+        # shut the door on single jobs.
+        if cap and svc.store.queued_count() - svc.store.queued_batch_count() >= cap:
             raise ServiceUnavailable(
                 f"{cap} jobs are already waiting; try again later",
                 code="queue_full",

@@ -20,7 +20,7 @@ from ..core.image_urls import ImageUrl
 from ..core.submission import Submission
 from .form_body import not_utf8, read_form
 
-__all__ = ["parse_submission"]
+__all__ = ["parse_submission", "submission_from_object"]
 
 _OPTIONAL = (
     "max_new_tokens",
@@ -96,6 +96,16 @@ def _from_json(request: Request) -> Submission:
         raise not_utf8("the JSON body", exc) from None
     try:
         body = strict_json.parse(text)
+    except strict_json.NotStrictJson as exc:
+        raise BadRequest(
+            f"the body must be a strict JSON object, but {exc}", code="invalid_json"
+        ) from None
+    return submission_from_object(body)
+
+
+def submission_from_object(body: Any, what: str = "the body") -> Submission:
+    """A parsed JSON submit (a job's body, or one line of a batch) as a ``Submission``."""
+    try:
         if not isinstance(body, dict):
             raise strict_json.NotStrictJson("it is not an object")
         for name, value in body.items():
@@ -103,7 +113,7 @@ def _from_json(request: Request) -> Submission:
                 strict_json.check(value, max_depth=strict_json.MAX_DEPTH - 1)
     except strict_json.NotStrictJson as exc:
         raise BadRequest(
-            f"the body must be a strict JSON object, but {exc}", code="invalid_json"
+            f"{what} must be a strict JSON object, but {exc}", code="invalid_json"
         ) from None
     raw_images = body.get("images")
     if raw_images is None:

@@ -39,6 +39,7 @@ class _Gunicorn(BaseApplication):
         # Built in each gunicorn worker process, after the fork: every process has its own Redis
         # and broker connections. The open-mode warning is logged once, by the arbiter.
         from ..api import create_app
+        from ..api.batches import BATCHES_PATH
         from ..api.front import BufferingFront
         from ..api.metrics import http_metrics
         from ..core.settings import Settings
@@ -48,6 +49,7 @@ class _Gunicorn(BaseApplication):
         return BufferingFront(
             app,
             max_body_bytes=settings.max_request_bytes,
+            body_limits={BATCHES_PATH: settings.max_batch_request_bytes},
             read_timeout_s=settings.request_read_timeout_s,
             threads=self.threads,
             observe=http_metrics(app).observe,

@@ -47,3 +47,8 @@ class ImageBudget:
     def add(self, job_id: str, size: int) -> None:
         if self.max_bytes:
             self.redis.zadd(queued_bytes_key(), {job_id: size})
+
+    def add_many(self, sizes: dict[str, int]) -> None:
+        """``add`` for many jobs (a batch's) in one command."""
+        if self.max_bytes and sizes:
+            self.redis.zadd(queued_bytes_key(), sizes)

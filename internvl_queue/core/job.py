@@ -81,6 +81,9 @@ class Job:
     priority: Priority = Priority.NORMAL
     # What the job's answer is cached under (core/result_cache.py); "" when it is not cached.
     cache_digest: str = ""
+    # The batch the job was submitted in, and the caller's name for its line ("" for neither).
+    batch_id: str = ""
+    custom_id: str = ""
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -103,6 +106,8 @@ class Job:
         webhook_events: tuple[str, ...] = (),
         queue: str = "",
         priority: Priority = Priority.NORMAL,
+        batch_id: str = "",
+        custom_id: str = "",
     ) -> Job:
         return cls(
             id=new_job_id(),
@@ -117,6 +122,8 @@ class Job:
             created_at=time.time(),
             queue=queue,
             priority=priority,
+            batch_id=batch_id,
+            custom_id=custom_id,
         )
 
     def moved_to(self, status: JobStatus, **changes: Any) -> Job:
@@ -151,6 +158,8 @@ class Job:
             "queue": self.queue,
             "priority": self.priority.value,
             "cache_digest": self.cache_digest,
+            "batch_id": self.batch_id,
+            "custom_id": self.custom_id,
         }
 
     @classmethod
@@ -181,6 +190,8 @@ class Job:
             queue=h.get("queue", ""),
             priority=Priority(h.get("priority", Priority.NORMAL.value)),
             cache_digest=h.get("cache_digest", ""),
+            batch_id=h.get("batch_id", ""),
+            custom_id=h.get("custom_id", ""),
         )
 
     # -- public view ----------------------------------------------------------------------------
@@ -206,4 +217,7 @@ class Job:
             ),
             "result": self.result,
             "error": self.error,
+            "batch": (
+                {"id": self.batch_id, "custom_id": self.custom_id} if self.batch_id else None
+            ),
         }

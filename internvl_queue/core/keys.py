@@ -6,6 +6,8 @@ __all__ = [
     "PREFIX",
     "active_api_keys_key",
     "api_keys_key",
+    "batch_key",
+    "batch_lines_key",
     "cancel_channel",
     "deliveries_key",
     "dispatching_key",
@@ -19,6 +21,7 @@ __all__ = [
     "metrics_key",
     "outbox_key",
     "owner_jobs_key",
+    "queued_batch_key",
     "queued_bytes_key",
     "queued_key",
     "rate_key",
@@ -59,6 +62,22 @@ def owner_jobs_key(owner: str) -> str:
 def queued_key() -> str:
     """A sorted set of queued job ids scored by submission time (positions, the queue cap)."""
     return f"{PREFIX}:queued"
+
+
+def queued_batch_key() -> str:
+    """The queued jobs that belong to a batch (a subset of ``queued_key``, same scores): the
+    single-job cap counts the queue without them, and batches have a cap of their own."""
+    return f"{PREFIX}:queued:batch"
+
+
+def batch_key(batch_id: str) -> str:
+    """A hash: the batch record and its counters (``core/batches.py``)."""
+    return f"{PREFIX}:batch:{batch_id}"
+
+
+def batch_lines_key(batch_id: str) -> str:
+    """A list, one entry per input line in input order: the line's job id, or its error (JSON)."""
+    return f"{PREFIX}:batch:{batch_id}:lines"
 
 
 def leases_key() -> str:

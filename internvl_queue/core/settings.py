@@ -224,6 +224,26 @@ class Settings:
             "jobs waiting for a worker before submits get 503 (0: no cap)",
         ),
     )
+    # -- batches (POST /v1/batches) ------------------------------------------------------------
+    max_batch_requests: int = field(
+        default=50_000,
+        metadata=_env("INTERNVL_MAX_BATCH_REQUESTS", "most lines (requests) in one batch"),
+    )
+    max_batch_request_bytes: int = field(
+        default=512 * 1024 * 1024,
+        metadata=_env(
+            "INTERNVL_MAX_BATCH_REQUEST_BYTES",
+            "largest body POST /v1/batches accepts (other routes: INTERNVL_MAX_REQUEST_BYTES)",
+        ),
+    )
+    max_queued_batch_jobs: int = field(
+        default=200_000,
+        metadata=_env(
+            "INTERNVL_MAX_QUEUED_BATCH_JOBS",
+            "queued jobs of batches before a new batch gets 503; they do not count against "
+            "INTERNVL_MAX_QUEUED_JOBS (0: no cap)",
+        ),
+    )
     rate_limit_jobs: int = field(
         default=3000,
         metadata=_env(
@@ -425,6 +445,8 @@ class Settings:
             "visibility_timeout_s",
             "max_attempts",
             "max_waiters",
+            "max_batch_requests",
+            "max_batch_request_bytes",
         ):
             if getattr(self, name) < 1:
                 env = next(f.metadata["env"] for f in fields(self) if f.name == name)
@@ -436,6 +458,8 @@ class Settings:
                 "INTERNVL_RESULT_CACHE_TTL_S must be 0 (off) or positive, and "
                 "INTERNVL_RESULT_CACHE_MAX_ENTRIES positive"
             )
+        if self.max_queued_batch_jobs < 0:
+            raise SettingsError("INTERNVL_MAX_QUEUED_BATCH_JOBS must be 0 (no cap) or positive")
         if self.max_queued_bytes < 0:
             raise SettingsError("INTERNVL_MAX_QUEUED_BYTES must be 0 (no cap) or positive")
         if not 0 < self.gil_switch_ms <= 100:

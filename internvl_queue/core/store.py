@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from . import job_metrics, webhook_events
+from . import batches, job_metrics, webhook_events
 from .idempotency import Binding, KeyAlreadyBound, KeyClaim
 from .job import Job, JobParams
 from .job_index import stage_entry
@@ -30,6 +30,7 @@ from .keys import (
     images_key,
     job_key,
     leases_key,
+    queued_batch_key,
     queued_key,
 )
 from .settings import Settings
@@ -114,18 +115,9 @@ class JobStore:
                 if bound is not None and pipe.exists(job_key(bound.job_id)):
                     raise KeyAlreadyBound(bound)
             pipe.multi()
-            pipe.hset(job_key(job.id), mapping=job.to_hash())
-            pipe.rpush(images_key(job.id), *images)
-            pipe.expire(job_key(job.id), self.retention_s)
-            pipe.expire(images_key(job.id), self.retention_s)
-            pipe.zadd(queued_key(), {job.id: job.created_at})
-            # The caller dispatches the job at once and says so (``dispatched``); if it dies
-            # first, a reaper sends the message once this entry is due.
-            pipe.zadd(dispatching_key(), {job.id: job.created_at + DISPATCH_GRACE_S})
+            self._stage_new(pipe, job, images)
             # Entries of jobs that expired while queued (their worker never came) go too.
             pipe.zremrangebyscore(queued_key(), "-inf", job.created_at - self.retention_s)
-            job_metrics.stage_submitted(pipe)
-            stage_entry(pipe, job, self.retention_s)  # GET /v1/jobs lists it from now on
             if key is not None:
                 binding = Binding(job.id, key.fingerprint)
                 pipe.set(key.name, binding.to_json(), ex=key.ttl_s)
@@ -175,6 +167,38 @@ class JobStore:
         self.redis.transaction(write, *([key.name] if key is not None else []))
         return job
 
+    def create_many(self, jobs: list[tuple[Job, list[bytes]]], chunk: int = 500) -> list[Job]:
+        """Store many new jobs (a batch's), ``chunk`` to a transaction: one round trip each,
+        not one per job. Each job is written exactly as ``create`` writes it."""
+        stored: list[Job] = []
+        for start in range(0, len(jobs), chunk):
+            pipe = self.redis.pipeline(transaction=True)
+            for job, images in jobs[start : start + chunk]:
+                job = replace(
+                    job, expires_at=job.created_at + self.retention_s, dispatched_at=job.created_at
+                )
+                self._stage_new(pipe, job, images)
+                stored.append(job)
+            oldest = time.time() - self.retention_s
+            pipe.zremrangebyscore(queued_key(), "-inf", oldest)
+            pipe.zremrangebyscore(queued_batch_key(), "-inf", oldest)
+            pipe.execute()
+        return stored
+
+    def _stage_new(self, pipe: redis.client.Pipeline, job: Job, images: list[bytes]) -> None:
+        pipe.hset(job_key(job.id), mapping=job.to_hash())
+        pipe.rpush(images_key(job.id), *images)
+        pipe.expire(job_key(job.id), self.retention_s)
+        pipe.expire(images_key(job.id), self.retention_s)
+        pipe.zadd(queued_key(), {job.id: job.created_at})
+        if job.batch_id:
+            pipe.zadd(queued_batch_key(), {job.id: job.created_at})
+        # The caller dispatches the job at once and says so (``dispatched``); if it dies
+        # first, a reaper sends the message once this entry is due.
+        pipe.zadd(dispatching_key(), {job.id: job.created_at + DISPATCH_GRACE_S})
+        job_metrics.stage_submitted(pipe)
+        stage_entry(pipe, job, self.retention_s)  # GET /v1/jobs lists it from now on
+
     def dispatched(self, job_id: str) -> None:
         """The job's broker message was sent: no reaper needs to send one."""
         self.redis.zrem(dispatching_key(), job_id)
@@ -182,6 +206,10 @@ class JobStore:
     def queued_count(self) -> int:
         """Jobs accepted and not yet started, across all queues and workers."""
         return int(self.redis.zcard(queued_key()))
+
+    def queued_batch_count(self) -> int:
+        """Those of the queued jobs that belong to a batch."""
+        return int(self.redis.zcard(queued_batch_key()))
 
     def queue_position(self, job_id: str) -> int | None:
         """1 for the oldest queued job; None if the job is not queued.
@@ -234,6 +262,13 @@ class JobStore:
                 return Claim(ClaimOutcome.OWNED, job), None
             if job.cancel_requested_at is not None:
                 canceled = self._ended(job, JobStatus.CANCELED, error=_CANCELED_WHILE_RUNNING)
+                return Claim(ClaimOutcome.CANCELED, canceled), canceled
+            # Read after ``now``: a batch canceled once this found no cancel is canceled after
+            # this job's start, so a job never starts after its batch's cancel was asked.
+            if job.batch_id and batches.cancel_requested(self.redis, job.batch_id):
+                canceled = self._ended(
+                    job, JobStatus.CANCELED, cancel_requested_at=now, error=_BATCH_CANCELED
+                )
                 return Claim(ClaimOutcome.CANCELED, canceled), canceled
             if job.attempts >= max_attempts:
                 failed = self._ended(
@@ -440,12 +475,14 @@ class JobStore:
         """
         key = job_key(job_id)
         answer: list[T] = []
+        counted_in_batch: list[str] = []  # the batch a finishing job was counted in
 
         def transaction(pipe: redis.client.Pipeline) -> None:
             raw = pipe.hgetall(key)
             current = Job.from_hash(raw) if raw else None  # type: ignore[arg-type]
             outcome, new = decide(current)
             answer[:] = [outcome]
+            counted_in_batch.clear()
             if new is None:
                 return
             now = time.time()
@@ -475,9 +512,31 @@ class JobStore:
                 current is not None and current.cancel_requested_at is None
             ):
                 pipe.publish(cancel_channel(), job_id)
+            if new.batch_id:
+                self._stage_batch_move(pipe, current, new, counted_in_batch)
 
-        self.redis.transaction(transaction, key)
+        replies: list[Any] = self.redis.transaction(transaction, key) or []
+        if counted_in_batch and int(replies[-1]) <= 0:
+            # This job was the batch's last pending one (core/batches.py, step 2).
+            batches.finish_if_done(
+                self.redis, counted_in_batch[0], self.retention_s, self.event_ttl_s
+            )
         return answer[0]
+
+    def _stage_batch_move(
+        self, pipe: redis.client.Pipeline, current: Job | None, new: Job, counted: list[str]
+    ) -> None:
+        """The batch's side of a move of one of its jobs, in the same MULTI; staged last (the
+        transaction's last reply is then the batch's pending count, when ``counted``)."""
+        if new.status is not JobStatus.QUEUED:
+            pipe.zrem(queued_batch_key(), new.id)
+        elif current is not None and current.status is not JobStatus.QUEUED:
+            pipe.zadd(queued_batch_key(), {new.id: new.created_at})
+        if new.status is JobStatus.RUNNING and current is not None and not current.started_at:
+            batches.stage_job_started(pipe, new)
+        if new.status.is_terminal and not (current is not None and current.status.is_terminal):
+            batches.stage_job_finished(pipe, new, self.retention_s)
+            counted.append(new.batch_id)
 
 
 # A new job's message is sent by the API right after it is stored; a reaper sends it only if the
@@ -511,6 +570,7 @@ return ids
 """
 
 _CANCELED_WHILE_RUNNING = {"code": "canceled", "message": "the job was canceled while it ran"}
+_BATCH_CANCELED = {"code": "canceled", "message": "the job's batch was canceled before it ran"}
 
 
 def unowned_job_exists(client: redis.Redis) -> bool:

@@ -22,7 +22,14 @@ from .settings import Settings
 from .webhook_events import DEFAULT_EVENTS, EVENT_TYPES
 from .webhook_url import check_webhook_url
 
-__all__ = ["MAX_METADATA_BYTES", "Submission", "max_question_bytes", "prepare_job"]
+__all__ = [
+    "MAX_METADATA_BYTES",
+    "Submission",
+    "check_metadata",
+    "check_webhook_target",
+    "max_question_bytes",
+    "prepare_job",
+]
 
 MAX_METADATA_BYTES = 4096
 # The API's cheap bound on a question: UTF-8 bytes per allowed token (see max_question_bytes).
@@ -119,6 +126,16 @@ def _bytes_only(images: list[bytes | ImageUrl]) -> list[bytes]:
     if len(found) != len(images):
         raise TypeError("fetch a submission's image URLs (ImageFetcher.fetch) before prepare_job")
     return found
+
+
+def check_webhook_target(url: Any, settings: Settings) -> str | None:
+    """A webhook_url checked as a job's is (a batch's own webhook): the URL, or None for none."""
+    return _webhook(Submission(question=None, images=[], webhook_url=url), settings)[0]
+
+
+def check_metadata(raw: Any) -> dict[str, Any] | None:
+    """Metadata checked as a job's is (a batch's own metadata)."""
+    return _metadata(raw)
 
 
 def _webhook(submission: Submission, settings: Settings) -> tuple[str | None, tuple[str, ...]]:

@@ -303,7 +303,7 @@ class WorkerRuntime:
             self._count("jobs_failed")
             return JobStatus.FAILED
         if claim.outcome is ClaimOutcome.CANCELED:
-            log.info("job %s: redelivered with a cancel pending; canceled", job_id)
+            log.info("job %s: canceled before it started (its own or its batch's cancel)", job_id)
             return JobStatus.CANCELED
         job = claim.job
         try:

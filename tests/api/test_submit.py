@@ -65,7 +65,9 @@ def test_multipart_submit_is_accepted_and_queued(
         "webhook",
         "result",
         "error",
+        "batch",
     }
+    assert job["batch"] is None  # not submitted in a batch
     # stored, with both images in order, and one message on the queue carrying only the id
     assert redis_client.exists(job_key(job["id"]))
     assert redis_client.lrange(f"iq:job:{job['id']}:images", 0, -1) == [JPEG, photo(30, 30)]

@@ -51,6 +51,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         },
         "tags": [
             {"name": "jobs", "description": "Submit, read, cancel jobs; their webhook log."},
+            {"name": "batches", "description": "Many jobs in one request; their results."},
             {"name": "operations", "description": "Health, readiness and metrics."},
             {"name": "reference", "description": "This document."},
             {"name": "web", "description": "The page a person uses."},

@@ -59,10 +59,18 @@ ERROR_CODES: dict[str, str] = {
     "service_unavailable": "503: Redis or the broker does not answer (see Retry-After)",
     "queue_full": "503: too many queued jobs or queued image bytes (see Retry-After)",
     "image_fetch_busy": "503: this API process fetches as many image URLs as it may (Retry-After)",
+    "empty_batch": "400: a batch without a request",
+    "batch_invalid": "422: all_or_nothing, and some line of the batch is invalid",
+    "too_many_batch_requests": "422: a batch of more than INTERNVL_MAX_BATCH_REQUESTS lines",
+    "invalid_custom_id": "422 (a batch line): custom_id missing, not a string, or too long",
+    "duplicate_custom_id": "422 (a batch line): a custom_id used by an earlier line",
+    "batch_not_found": "404: an unknown or expired batch id, or another API key's batch",
+    "batch_already_finished": "409: cancel of a batch that already finished",
 }
 
 # ``error.code`` of a job that ended ``failed`` or ``canceled``.
 JOB_ERROR_CODES: dict[str, str] = {
+    "expired": "(batch results) the job's record expired before the batch's",
     "timeout": "the job passed its deadline (timeout_s), queued or running",
     "model_error": "the model raised while answering",
     "gpu_out_of_memory": "the job does not fit in GPU memory, even alone",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .batch_spec import batch_paths
 from .schemas import EXAMPLE_IMAGE_BASE64, ref
 
 __all__ = ["paths"]
@@ -22,6 +23,7 @@ def paths() -> dict[str, dict[str, Operation]]:
         "/v1/jobs/{job_id}": {"get": _read()},
         "/v1/jobs/{job_id}/cancel": {"post": _cancel()},
         "/v1/jobs/{job_id}/deliveries": {"get": _deliveries()},
+        **batch_paths(),
         "/healthz": {"get": _healthz()},
         "/readyz": {"get": _readyz()},
         "/openapi.json": {"get": _openapi()},

@@ -20,6 +20,7 @@ from ...core.webhook_events import DEFAULT_EVENTS, EVENT_TYPES
 from ...core.webhook_url import MAX_URL_CHARS
 from ...core.workers import WorkerState
 from ..waiting import MAX_WAIT_S
+from .batch_spec import batch_schemas
 from .codes import ERROR_CODES, JOB_ERROR_CODES
 
 __all__ = ["EXAMPLE_IMAGE_BASE64", "EXAMPLE_JOB_ID", "components", "ref"]
@@ -92,6 +93,7 @@ def components(settings: Settings) -> Schema:
             "Health": _object({"status": {"const": "ok"}}),
             "Readiness": _readiness(),
             "Worker": _worker(),
+            **batch_schemas(settings),
         },
         "parameters": {
             "JobId": {
@@ -275,6 +277,13 @@ def _job() -> Schema:
                     **_nullable(ref("JobError")),
                     "description": "Set when the job failed or was canceled.",
                 },
+                "batch": {
+                    "oneOf": [
+                        _object({"id": {"type": "string"}, "custom_id": {"type": "string"}}),
+                        {"type": "null"},
+                    ],
+                    "description": "The batch the job came in, and its line's custom_id.",
+                },
             }
         ),
         "example": {
@@ -300,6 +309,7 @@ def _job() -> Schema:
                 "timings_ms": {"queued": 3.1, "preprocess": 21.4, "inference": 310.2, "total": 338},
             },
             "error": None,
+            "batch": None,
         },
     }
 

@@ -274,3 +274,21 @@ def test_batch_jobs_do_not_fill_the_single_job_queue(make_app, settings: Setting
     assert client.post("/v1/jobs", json=single).json["error"]["code"] == "queue_full"
     full = client.post("/v1/batches", json=[line("x")])
     assert full.status_code == 503 and full.json["error"]["code"] == "queue_full"
+
+
+def test_batch_lines_run_low_by_default_normal_on_request_and_never_high(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    body = jsonl([line("a"), line("b", priority="normal"), line("c", priority="high")])
+    reply = client.post("/v1/batches", data=body, content_type="application/jsonl")
+    assert reply.status_code == 202, reply.json
+    batch = reply.json
+    assert [(e["custom_id"], e["code"]) for e in batch["errors"]] == [("c", "invalid_parameter")]
+    assert "one by one" in batch["errors"][0]["message"]
+    store = JobStore(redis_client, retention_s=100)
+    lanes = {
+        r["custom_id"]: store.get(r["job_id"]).priority.value  # type: ignore[union-attr]
+        for r in results(client, batch["id"])
+        if r["job_id"]
+    }
+    assert lanes == {"a": "low", "b": "normal"}

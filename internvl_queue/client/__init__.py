@@ -12,6 +12,7 @@ webhooks) is here too, beside the client. See docs/client.md.
 from typing import TYPE_CHECKING, Any
 
 from ..core.signing import WebhookVerificationError, verify_webhook
+from .batch import Batch, BatchCounts
 from .calls import POLL_S, WAIT_MARGIN_S
 from .deliveries import Delivery
 from .errors import (
@@ -46,6 +47,8 @@ __all__ = [
     "ApiUnreachable",
     "AsyncClient",
     "BadRequest",
+    "Batch",
+    "BatchCounts",
     "Client",
     "ClientError",
     "Conflict",

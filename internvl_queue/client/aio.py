@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
@@ -26,16 +26,22 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     ) from exc
 
 from .. import __version__
+from .batch import Batch
 from .calls import (
     POLL_S,
     WAIT_MARGIN_S,
     Call,
+    batch_call,
+    batch_cancel_call,
+    batch_results_call,
+    batch_submit_call,
     cancel_call,
     deliveries_call,
     job_deadline_s,
     list_call,
     parse_json,
     read_call,
+    result_lines,
     retry_after_of,
     submit_call,
 )
@@ -85,6 +91,7 @@ class AsyncClient:
         webhook_url: str | None = None,
         webhook_events: Iterable[str] | str | None = None,
         idempotency_key: str | None = None,
+        priority: str | None = None,
     ) -> Job:
         """See ``Client.submit``."""
         call = submit_call(
@@ -97,6 +104,7 @@ class AsyncClient:
             webhook_url=webhook_url,
             webhook_events=webhook_events,
             idempotency_key=idempotency_key,
+            priority=priority,
         )
         return Job.from_api(parse_json((await self._send(call)).content))
 
@@ -124,6 +132,7 @@ class AsyncClient:
         webhook_url: str | None = None,
         webhook_events: Iterable[str] | str | None = None,
         idempotency_key: str | None = None,
+        priority: str | None = None,
         wait_timeout: float | None = None,
     ) -> Job:
         """See ``Client.run``."""
@@ -138,6 +147,7 @@ class AsyncClient:
             webhook_url=webhook_url,
             webhook_events=webhook_events,
             idempotency_key=idempotency_key,
+            priority=priority,
         )
         timeout = wait_timeout
         if timeout is None:
@@ -174,6 +184,39 @@ class AsyncClient:
             if page.next_cursor is None:
                 return
             cursor = page.next_cursor
+
+    async def submit_batch(
+        self,
+        requests: Iterable[Mapping[str, Any]],
+        *,
+        all_or_nothing: bool = False,
+        webhook_url: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Batch:
+        """See ``Client.submit_batch``."""
+        call = batch_submit_call(
+            requests, all_or_nothing=all_or_nothing, webhook_url=webhook_url, metadata=metadata
+        )
+        return Batch.from_api(parse_json((await self._send(call)).content))
+
+    async def get_batch(self, batch_id: str) -> Batch:
+        return Batch.from_api(parse_json((await self._send(batch_call(batch_id))).content))
+
+    async def batch_results(self, batch_id: str) -> Iterator[dict[str, Any]]:
+        """See ``Client.batch_results``: the whole reply is read, then its lines iterated."""
+        return result_lines((await self._send(batch_results_call(batch_id))).content)
+
+    async def cancel_batch(self, batch_id: str) -> Batch:
+        """See ``Client.cancel_batch``."""
+        try:
+            reply = await self._send(batch_cancel_call(batch_id))
+            return Batch.from_api(parse_json(reply.content))
+        except Conflict as exc:
+            if exc.code == "batch_already_finished" and exc.retried:
+                batch = await self.get_batch(batch_id)
+                if batch.status == "canceled":
+                    return batch
+            raise
 
     async def deliveries(self, job_id: str) -> list[Delivery]:
         body = parse_json((await self._send(deliveries_call(job_id))).content)
@@ -219,6 +262,7 @@ class AsyncClient:
                     headers={**self._headers, **call.headers},
                     data=call.data,
                     files=call.files,
+                    json=call.json,
                     timeout=httpx.Timeout(self.timeout, read=self.timeout + call.wait_s),
                     follow_redirects=False,
                 )
@@ -231,6 +275,8 @@ class AsyncClient:
                     self._unreachable(timed_out), timed_out=timed_out
                 )
                 retry_after = None
+                if not call.repeatable:  # it may have gone through: sending again may repeat it
+                    raise failure from None
             else:
                 if reply.status_code < 300:
                     return reply

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,19 +20,24 @@ from urllib.parse import quote
 
 from ..core.backoff import parse_retry_after
 from .errors import ClientError
-from .images import FilePart, ImageInput, image_parts
+from .images import FilePart, ImageInput, has_url, image_json, image_parts, listed
 from .job import Job
 
 __all__ = [
     "POLL_S",
     "WAIT_MARGIN_S",
     "Call",
+    "batch_call",
+    "batch_cancel_call",
+    "batch_results_call",
+    "batch_submit_call",
     "cancel_call",
     "deliveries_call",
     "job_deadline_s",
     "list_call",
     "parse_json",
     "read_call",
+    "result_lines",
     "retry_after_of",
     "submit_call",
 ]
@@ -56,6 +61,10 @@ class Call:
     headers: dict[str, str] = field(default_factory=dict)
     data: dict[str, str] | None = None
     files: list[FilePart] | None = None
+    json: Any = None  # a JSON body (instead of ``data``/``files``)
+    # Whether the request may be sent again when no answer came (it may have gone through):
+    # every request is, but ``POST /v1/batches``, which has no Idempotency-Key.
+    repeatable: bool = True
     # A long poll: the API holds the request this long, so the read timeout grows by it.
     wait_s: float = 0.0
 
@@ -71,31 +80,116 @@ def submit_call(
     webhook_url: str | None = None,
     webhook_events: Iterable[str] | str | None = None,
     idempotency_key: str | None = None,
+    priority: str | None = None,
 ) -> Call:
-    """``POST /v1/jobs`` as multipart; an ``Idempotency-Key`` is made when none is given, so
-    that a retry of this very request can never create a second job."""
-    fields = {"question": question}
+    """``POST /v1/jobs``: multipart, or JSON when an image is a URL (JSON keeps the images'
+    order, where a form sends its ``image_url`` fields after the files). An ``Idempotency-Key``
+    is made when none is given, so that a retry of this very request can never create a second
+    job."""
+    body = job_body(
+        question,
+        max_new_tokens=max_new_tokens,
+        max_tiles=max_tiles,
+        timeout_s=timeout_s,
+        metadata=metadata,
+        webhook_url=webhook_url,
+        webhook_events=webhook_events,
+        priority=priority,
+    )
+    key = idempotency_key if idempotency_key is not None else uuid.uuid4().hex
+    headers = {"Idempotency-Key": key}
+    given = listed(images)
+    if has_url(given):
+        return Call("POST", "/v1/jobs", headers=headers, json={**body, "images": image_json(given)})
+    fields = {
+        name: json.dumps(value) if isinstance(value, dict) else str(value)
+        for name, value in body.items()
+    }
+    if "webhook_events" in body:
+        fields["webhook_events"] = ",".join(body["webhook_events"])
+    return Call("POST", "/v1/jobs", headers=headers, data=fields, files=image_parts(given))
+
+
+def job_body(
+    question: str,
+    *,
+    max_new_tokens: int | None = None,
+    max_tiles: int | None = None,
+    timeout_s: int | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    webhook_url: str | None = None,
+    webhook_events: Iterable[str] | str | None = None,
+    priority: str | None = None,
+) -> dict[str, Any]:
+    """A job's fields as JSON values, those left None out (the service's defaults)."""
+    body: dict[str, Any] = {"question": question}
     for name, value in (
         ("max_new_tokens", max_new_tokens),
         ("max_tiles", max_tiles),
         ("timeout_s", timeout_s),
         ("webhook_url", webhook_url),
+        ("priority", priority),
     ):
         if value is not None:
-            fields[name] = str(value)
+            body[name] = value
     if metadata is not None:
-        fields["metadata"] = json.dumps(dict(metadata))
+        body["metadata"] = dict(metadata)
     if webhook_events is not None:
         names = [webhook_events] if isinstance(webhook_events, str) else list(webhook_events)
-        fields["webhook_events"] = ",".join(names)
-    key = idempotency_key if idempotency_key is not None else uuid.uuid4().hex
-    return Call(
-        "POST",
-        "/v1/jobs",
-        headers={"Idempotency-Key": key},
-        data=fields,
-        files=image_parts(images),
-    )
+        body["webhook_events"] = names
+    return body
+
+
+def batch_submit_call(
+    requests: Iterable[Mapping[str, Any]],
+    *,
+    all_or_nothing: bool = False,
+    webhook_url: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Call:
+    """``POST /v1/batches`` (the object body). Each request is a job's JSON fields plus a
+    ``custom_id``; its ``images`` may be given as to ``submit`` (paths, bytes, PIL images,
+    URLs) and are sent as base64 or ``{"url": ...}``.
+
+    Not repeated when no answer came: the API has no ``Idempotency-Key`` for batches, and a
+    second batch of the same lines would run them twice."""
+    lines = []
+    for request in requests:
+        line = dict(request)
+        if "images" in line:
+            line["images"] = image_json(line["images"])
+        lines.append(line)
+    body: dict[str, Any] = {"requests": lines, "all_or_nothing": all_or_nothing}
+    if webhook_url is not None:
+        body["webhook_url"] = webhook_url
+    if metadata is not None:
+        body["metadata"] = dict(metadata)
+    return Call("POST", "/v1/batches", json=body, repeatable=False)
+
+
+def batch_call(batch_id: str) -> Call:
+    return Call("GET", _batch_path(batch_id))
+
+
+def batch_results_call(batch_id: str) -> Call:
+    return Call("GET", f"{_batch_path(batch_id)}/results")
+
+
+def batch_cancel_call(batch_id: str) -> Call:
+    return Call("POST", f"{_batch_path(batch_id)}/cancel")
+
+
+def _batch_path(batch_id: str) -> str:
+    if not batch_id:
+        raise ValueError("a batch id is needed")
+    return f"/v1/batches/{quote(batch_id, safe='')}"
+
+
+def result_lines(body: bytes) -> Iterator[dict[str, Any]]:
+    """The lines of ``GET /v1/batches/<id>/results``, each a dict."""
+    for line in body.splitlines():
+        if line.strip():
+            yield parse_json(line)
 
 
 def list_call(

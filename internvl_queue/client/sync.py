@@ -23,16 +23,22 @@ from typing import Any, Self
 import requests
 
 from .. import __version__
+from .batch import Batch
 from .calls import (
     POLL_S,
     WAIT_MARGIN_S,
     Call,
+    batch_call,
+    batch_cancel_call,
+    batch_results_call,
+    batch_submit_call,
     cancel_call,
     deliveries_call,
     job_deadline_s,
     list_call,
     parse_json,
     read_call,
+    result_lines,
     retry_after_of,
     submit_call,
 )
@@ -101,10 +107,13 @@ class Client:
         webhook_url: str | None = None,
         webhook_events: Iterable[str] | str | None = None,
         idempotency_key: str | None = None,
+        priority: str | None = None,
     ) -> Job:
         """Queue a job (``POST /v1/jobs``) and return it as accepted, usually ``queued``.
 
-        ``images``: paths, bytes or PIL images (PNG-encoded), or one of them alone. Options left
+        ``images``: paths, bytes or PIL images (PNG-encoded), image URLs (a str starting with
+        ``http://`` or ``https://``, or ``{"url": ...}``: the API fetches them), or one of them
+        alone. ``priority``: ``high``, ``normal`` or ``low`` (the job's lane). Options left
         None take the service's defaults. ``idempotency_key``: made for you when None; the same
         key is sent on every retry, so a retried submit never makes a second job.
         """
@@ -118,6 +127,7 @@ class Client:
             webhook_url=webhook_url,
             webhook_events=webhook_events,
             idempotency_key=idempotency_key,
+            priority=priority,
         )
         return Job.from_api(parse_json(self._send(call).content))
 
@@ -153,6 +163,7 @@ class Client:
         webhook_url: str | None = None,
         webhook_events: Iterable[str] | str | None = None,
         idempotency_key: str | None = None,
+        priority: str | None = None,
         wait_timeout: float | None = None,
     ) -> Job:
         """``submit`` then ``wait``: the succeeded job (``job.result.answer``).
@@ -172,6 +183,7 @@ class Client:
             webhook_url=webhook_url,
             webhook_events=webhook_events,
             idempotency_key=idempotency_key,
+            priority=priority,
         )
         timeout = wait_timeout
         if timeout is None:
@@ -220,6 +232,52 @@ class Client:
             if page.next_cursor is None:
                 return
             cursor = page.next_cursor
+
+    def submit_batch(
+        self,
+        requests: Iterable[Mapping[str, Any]],
+        *,
+        all_or_nothing: bool = False,
+        webhook_url: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Batch:
+        """Queue many jobs in one request (``POST /v1/batches``) and return the batch.
+
+        ``requests``: dicts of a job's JSON fields plus a ``custom_id`` (unique in the batch),
+        e.g. ``{"custom_id": "p-1", "question": "...", "images": ["a.jpg"]}``; ``images`` as for
+        ``submit``. An invalid line is listed in ``batch.errors`` and the others run; with
+        ``all_or_nothing`` one invalid line refuses the batch (``ValidationFailed``,
+        ``batch_invalid``). Retried on ``429``/``503``, but not when no answer came (the API may
+        have made the batch; a second one would run every line twice).
+        """
+        call = batch_submit_call(
+            requests, all_or_nothing=all_or_nothing, webhook_url=webhook_url, metadata=metadata
+        )
+        return Batch.from_api(parse_json(self._send(call).content))
+
+    def get_batch(self, batch_id: str) -> Batch:
+        """The batch as it is now (``GET /v1/batches/<id>``), its counts exact."""
+        return Batch.from_api(parse_json(self._send(batch_call(batch_id)).content))
+
+    def batch_results(self, batch_id: str) -> Iterator[dict[str, Any]]:
+        """The batch's result lines in input order (``GET /v1/batches/<id>/results``): dicts with
+        ``index``, ``custom_id``, ``job_id``, ``status``, ``result``, ``error``. Readable while
+        the batch runs (pending lines are ``queued`` or ``running``); final once it finished."""
+        return result_lines(self._send(batch_results_call(batch_id)).content)
+
+    def cancel_batch(self, batch_id: str) -> Batch:
+        """Cancel what has not run (``POST /v1/batches/<id>/cancel``); running jobs are asked to
+        stop, so the batch may still be ``running`` for a moment. A finished batch raises
+        ``Conflict`` (``batch_already_finished``)."""
+        try:
+            return Batch.from_api(parse_json(self._send(batch_cancel_call(batch_id)).content))
+        except Conflict as exc:
+            # A retried cancel whose first attempt went through: this call's own outcome.
+            if exc.code == "batch_already_finished" and exc.retried:
+                batch = self.get_batch(batch_id)
+                if batch.status == "canceled":
+                    return batch
+            raise
 
     def deliveries(self, job_id: str) -> list[Delivery]:
         """Every webhook attempt made for the job, oldest first."""
@@ -271,6 +329,7 @@ class Client:
                     headers={**self._headers, **call.headers},
                     data=call.data,
                     files=call.files,
+                    json=call.json,
                     timeout=(self.timeout, self.timeout + call.wait_s),
                     allow_redirects=False,
                 )
@@ -280,6 +339,8 @@ class Client:
                     self._unreachable(timed_out), timed_out=timed_out
                 )
                 retry_after = None
+                if not call.repeatable:  # it may have gone through: sending again may repeat it
+                    raise failure from None
             except requests.RequestException as exc:  # a bad URL: no retry can help
                 raise ClientError(f"cannot send a request to {self.base_url!r}: {exc}") from None
             else:

@@ -3,6 +3,8 @@ reply: what is retried, after how long, with which Idempotency-Key, and what is 
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -184,3 +186,36 @@ def test_a_cancel_retried_after_a_dropped_reply_returns_the_job_it_canceled() ->
         ("POST", f"/v1/jobs/{canceled['id']}/cancel"),
         ("GET", f"/v1/jobs/{canceled['id']}"),
     ]
+
+
+BATCH = {
+    "id": "b_1",
+    "status": "queued",
+    "counts": {
+        "total": 1,
+        "invalid": 0,
+        "jobs": 1,
+        "pending": 1,
+        "succeeded": 0,
+        "failed": 0,
+        "canceled": 0,
+    },
+    "created_at": "2026-11-24T14:00:00.123Z",
+    "errors": [],
+}
+LINE = {"custom_id": "c1", "question": "What is it?", "images": [IMAGE]}
+
+
+def test_a_batch_submit_is_retried_on_503_but_not_sent_again_when_no_answer_came() -> None:
+    script = [error(503, "queue_full", **{"Retry-After": "0"}), reply_json(202, BATCH)]
+    with edge(script) as (api, client):
+        batch = client.submit_batch([LINE])
+    assert batch.id == "b_1"
+    assert batch.counts.pending == 1
+    assert [r.path for r in api.received] == ["/v1/batches", "/v1/batches"]
+    sent = json.loads(api.received[0].body)
+    assert sent["all_or_nothing"] is False
+    assert sent["requests"] == [{**LINE, "images": [{"data": base64.b64encode(IMAGE).decode()}]}]
+    with edge([DROP, reply_json(202, BATCH)]) as (api, client), pytest.raises(ApiUnreachable):
+        client.submit_batch([LINE])
+    assert len(api.received) == 1  # a second send could have made a second batch

@@ -77,8 +77,10 @@ class HeldConnection:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is not None:
+        if isinstance(exc, redis.RedisError) or not isinstance(exc, Exception | None):
             # A reply may still be on its way (a WAIT cut short): never reuse such a connection.
+            # (A refusal raised by the caller's code, e.g. a key already bound, leaves it clean:
+            # the pipeline has sent UNWATCH.)
             self.connection.disconnect()
         self.client.connection_pool.release(self.connection)
 

@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from internvl_queue.core.durability import NotDurable, ReplicaWait
+from internvl_queue.core.idempotency import KeyAlreadyBound, KeyClaim
 from internvl_queue.core.job import Job, JobParams
 from internvl_queue.core.keys import job_key
 from internvl_queue.core.status import JobStatus
@@ -99,3 +100,17 @@ def test_an_outcome_the_replica_does_not_take_is_stored_and_logged(
     assert "a failover now would run it again" in caplog.text
     store.confirm_durable()
     assert replica.hget(job_key(job.id), "status") == b"succeeded"
+
+
+def test_a_key_bound_under_the_wait_refuses_the_second_job_and_stores_nothing(
+    clients: tuple[redis.Redis, redis.Redis],
+) -> None:
+    primary, replica = clients
+    store = _store(primary)
+    key = KeyClaim("iq:test-key", "fingerprint", 60)
+    first = store.create(_job(), [b"img"], key=key)
+    with pytest.raises(KeyAlreadyBound) as bound:
+        store.create(_job(), [b"img"], key=key)
+    assert bound.value.binding.job_id == first.id
+    assert len(list(primary.scan_iter("iq:job:*:images"))) == 1  # the second was not written
+    assert replica.exists("iq:test-key") == 1

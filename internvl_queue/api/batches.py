@@ -19,6 +19,7 @@ import redis
 from flask import Blueprint, Response, jsonify, request
 
 from ..core.batches import Batch, BatchStore, LineError, is_job_id
+from ..core.durability import NotDurable
 from ..core.errors import Conflict, JobNotFound, ServiceError, ServiceUnavailable
 from ..core.image_budget import ImageBudget
 from ..core.job import Job, new_job_id
@@ -170,6 +171,7 @@ def _accept(
     size = sum(len(image) for _, images in jobs for image in images)
     budget = ImageBudget(svc.store.redis, svc.settings.max_queued_bytes)
     store = _batch_store(svc)
+    short: NotDurable | None = None
     try:
         # Approximate under concurrent submits (checked, then added), like the job cap.
         if cap and jobs and svc.store.queued_batch_count() + len(jobs) > cap:
@@ -194,6 +196,10 @@ def _accept(
     except redis.RedisError as exc:
         redis_outage().failed(exc, "storing a batch")
         raise ServiceUnavailable("the job store is unavailable; try again") from None
+    except NotDurable as not_yet:
+        # Stored on the primary, too few replicas took it in time: it runs, but is not
+        # answered 202 (which must survive a failover); 503 below, with the batch's id.
+        stored, short = not_yet.stored, not_yet
     ids = [job.id for job in stored]
     # Accepted from here. Messages not sent now are sent by a reaper (their dispatching entries
     # come due), exactly as for a single job.
@@ -201,7 +207,7 @@ def _accept(
         svc.dispatcher.dispatch_many([(job.id, job.priority) for job in stored])
     except Exception as exc:
         log.error("batch %s: stored; messages not all sent (a reaper will): %s", batch.id, exc)
-        return batch
+        return _durable(batch, short)
     try:
         pipe = svc.store.redis.pipeline(transaction=False)
         for start in range(0, len(ids), _CHUNK):
@@ -210,7 +216,22 @@ def _accept(
         budget.add_many({job.id: sum(map(len, images)) for job, images in jobs})
     except redis.RedisError as exc:  # a reaper sends duplicates later: harmless
         log.warning("batch %s: dispatched, but could not record it: %s", batch.id, exc)
-    return batch
+    return _durable(batch, short)
+
+
+def _durable(batch: Batch, short: NotDurable | None) -> Batch:
+    """``batch``, or 503 ``not_durable`` when too few replicas took its jobs in time. Batches
+    take no Idempotency-Key: the message names the batch, which runs, so the caller follows it
+    rather than sending it again (that would submit a second batch)."""
+    if short is None:
+        return batch
+    log.warning("batch %s: stored, but not durable yet: %s", batch.id, short)
+    raise ServiceUnavailable(
+        f"batch {batch.id} was stored and will run, but {short}, so it could be lost if Redis "
+        f"failed over now; follow it at {BATCHES_PATH}/{batch.id} rather than sending it again",
+        code="not_durable",
+        retry_after=1,
+    )
 
 
 @batches.get("/<batch_id>")

@@ -12,6 +12,7 @@ from dataclasses import replace
 import redis
 from flask import Blueprint, Response, jsonify, request
 
+from ..core.durability import NotDurable
 from ..core.errors import Conflict, JobNotFound, ServiceUnavailable, ValidationFailed
 from ..core.idempotency import (
     KeyAlreadyBound,
@@ -37,6 +38,9 @@ from .waiting import prefer_wait, prefers_respond_async, query_wait, wait_for_jo
 __all__ = ["jobs"]
 
 log = logging.getLogger(__name__)
+
+# Seconds a caller waits before retrying a submit the replicas did not confirm in time.
+NOT_DURABLE_RETRY_AFTER_S = 1
 
 jobs = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
@@ -98,6 +102,13 @@ def _accept_once(
                     "new request with a new key",
                     code="idempotency_key_reused",
                 )
+            try:  # a retry after 503 not_durable: answered 202 only once replicas hold it
+                svc.store.confirm_durable()
+            except NotDurable as short:
+                raise not_durable(original.id, short) from None
+            except redis.RedisError as exc:
+                redis_outage().failed(exc, "confirming a job on the replicas")
+                raise ServiceUnavailable("the job store is unavailable; try again") from None
             return original, True
         try:
             claim = svc.idempotency.claim(owner, key, fingerprint)
@@ -117,6 +128,7 @@ def _accept(svc: Services, job: Job, images: list[bytes], key: KeyClaim | None =
         svc.store, svc.settings.max_high_per_key, keep_s=svc.settings.max_timeout_s + 3600
     )
     quota.check(job.owner, job.priority)
+    short: NotDurable | None = None
     try:
         # An answer in the result cache needs no queue room and no GPU: stored finished.
         if (answered := answered_from_cache(svc.result_cache, job, svc.settings.model)) is not None:
@@ -142,6 +154,12 @@ def _accept(svc: Services, job: Job, images: list[bytes], key: KeyClaim | None =
     except redis.RedisError as exc:
         redis_outage().failed(exc, "storing a job")
         raise ServiceUnavailable("the job store is unavailable; try again") from None
+    except NotDurable as not_yet:
+        # Stored on the primary, not (yet) on enough replicas: accepted like any job below
+        # (dispatched, counted), but not answered 202, which must survive a failover.
+        if not_yet.stored.status.is_terminal:  # answered from the cache: nothing to send
+            raise not_durable(not_yet.stored.id, not_yet) from None
+        job, short = not_yet.stored, not_yet
     kill_api_at("after-store")
     # From here the job is accepted: stored, and bound to its key. Whatever fails now, a reaper
     # sends its message if this process does not say it did (``JobStore.create``); refusing it
@@ -161,7 +179,22 @@ def _accept(svc: Services, job: Job, images: list[bytes], key: KeyClaim | None =
         quota.add(job.owner, job)
     except redis.RedisError as exc:  # the job is accepted; it merely goes uncounted
         log.warning("could not count job %s in the image byte budget or quota: %s", job.id, exc)
+    if short is not None:
+        raise not_durable(job.id, short)
     return job
+
+
+def not_durable(job_id: str, short: NotDurable) -> ServiceUnavailable:
+    """503 for a job stored on the primary that too few replicas took in time. It is kept and
+    will run: the caller's retry with the same Idempotency-Key finds it (202 once replicas hold
+    it); a retry without a key submits a second job."""
+    log.warning("job %s: stored, but not durable yet: %s", job_id, short)
+    return ServiceUnavailable(
+        f"job {job_id} was stored, but {short}, so it could be lost if Redis failed over now; "
+        "send the request again with the same Idempotency-Key to get it",
+        code="not_durable",
+        retry_after=NOT_DURABLE_RETRY_AFTER_S,
+    )
 
 
 def _submitted(svc: Services, job: Job, headers: dict[str, str]) -> Response | Reply:

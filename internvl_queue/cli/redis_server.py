@@ -70,9 +70,11 @@ def start_redis(
     port: int | None = None,
     timeout: float = 10,
     maxmemory_bytes: int | None = None,
+    replica_of: int | None = None,
 ) -> RedisServer:
     """Run redis-server on a loopback port (a free one by default), files in ``data_dir``; wait
-    until it answers. ``persistent``: an append-only file, fsynced every second."""
+    until it answers. ``persistent``: an append-only file, fsynced every second. ``replica_of``:
+    the port of a loopback primary it replicates (``replicaof``); waited for until in sync."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError(
@@ -100,6 +102,8 @@ def start_redis(
     ]
     if maxmemory_bytes is not None:
         args += ["--maxmemory", str(maxmemory_bytes), "--maxmemory-policy", "noeviction"]
+    if replica_of is not None:
+        args += ["--replicaof", "127.0.0.1", str(replica_of)]
     process = spawn_tied(args, os.environ)
     server = RedisServer(process, port, data_dir, persistent)
     client = redis.Redis(port=port, socket_connect_timeout=1)
@@ -107,6 +111,8 @@ def start_redis(
     while True:
         try:
             client.ping()
+            if replica_of is not None and not _in_sync(client):
+                raise redis.ConnectionError("not in sync with its primary yet")
             if maxmemory_bytes is not None:
                 _check_memory_limit(client, maxmemory_bytes, server)
             return server
@@ -130,6 +136,11 @@ def _check_memory_limit(client: redis.Redis, maxmemory_bytes: int, server: Redis
             f"redis-server runs with maxmemory {limit} and policy {policy!r} instead of "
             f"{maxmemory_bytes} and 'noeviction': check its version (6 or later)"
         )
+
+
+def _in_sync(replica: redis.Redis) -> bool:
+    info = replica.info("replication")
+    return bool(info.get("master_link_status") == "up" and not info.get("master_sync_in_progress"))
 
 
 def _text(value: object) -> str:

@@ -12,6 +12,7 @@ __all__ = [
     "deliveries_key",
     "dispatching_key",
     "done_channel",
+    "durability_barrier_key",
     "event_key",
     "high_jobs_key",
     "idempotency_key",
@@ -33,6 +34,11 @@ __all__ = [
 ]
 
 PREFIX = "iq"
+
+
+def durability_barrier_key() -> str:
+    """A counter written only so that a ``WAIT`` after it covers every earlier write."""
+    return f"{PREFIX}:durability-barrier"
 
 
 def job_key(job_id: str) -> str:

@@ -99,6 +99,19 @@ class Settings:
         default=24 * 3600,
         metadata=_env("INTERNVL_JOB_RETENTION_S", "how long job records are kept"),
     )
+    redis_min_replicas: int = field(
+        default=0,
+        metadata=_env(
+            "INTERNVL_REDIS_MIN_REPLICAS",
+            "replicas that must hold a new job (or an outcome) before it is acknowledged",
+        ),
+    )
+    redis_replica_timeout_ms: int = field(
+        default=500,
+        metadata=_env(
+            "INTERNVL_REDIS_REPLICA_TIMEOUT_MS", "how long a write waits for those replicas"
+        ),
+    )
     queue_name: str = field(
         default="internvl", metadata=_env("INTERNVL_QUEUE", "Celery queue the GPU workers consume")
     )
@@ -451,6 +464,13 @@ class Settings:
             if getattr(self, name) < 1:
                 env = next(f.metadata["env"] for f in fields(self) if f.name == name)
                 raise SettingsError(f"{env} must be positive")
+        if self.redis_min_replicas < 0:
+            raise SettingsError("INTERNVL_REDIS_MIN_REPLICAS must be 0 (no wait) or positive")
+        # WAIT 0 would block for ever; over the client's 10 s socket timeout, the read fails.
+        if not 1 <= self.redis_replica_timeout_ms <= 5000:
+            raise SettingsError(
+                "INTERNVL_REDIS_REPLICA_TIMEOUT_MS must be between 1 and 5000 (milliseconds)"
+            )
         if self.max_high_per_key < 0:
             raise SettingsError("INTERNVL_MAX_HIGH_PER_KEY must be 0 (no limit) or positive")
         if self.result_cache_ttl_s < 0 or self.result_cache_max_entries < 1:

@@ -10,6 +10,7 @@ on its pub/sub channel (for long polls), so none of these can disagree with the 
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 import redis
 
 from . import batches, job_metrics, webhook_events
+from .durability import HeldConnection, NotDurable, ReplicaWait
 from .idempotency import Binding, KeyAlreadyBound, KeyClaim
 from .job import Job, JobParams
 from .job_index import stage_entry
@@ -27,6 +29,7 @@ from .keys import (
     cancel_channel,
     dispatching_key,
     done_channel,
+    durability_barrier_key,
     images_key,
     job_key,
     leases_key,
@@ -46,6 +49,11 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+# WAITs for the replicas to take a job's outcome before its worker goes on regardless.
+_OUTCOME_WAIT_ROUNDS = 3
 
 
 class ClaimOutcome(StrEnum):
@@ -81,9 +89,17 @@ class DispatchState:
 
 class JobStore:
     def __init__(
-        self, client: redis.Redis, *, retention_s: int, event_ttl_s: float | None = None
+        self,
+        client: redis.Redis,
+        *,
+        retention_s: int,
+        event_ttl_s: float | None = None,
+        replica_wait: ReplicaWait | None = None,
     ) -> None:
         self.redis = client
+        # New jobs and outcomes are acknowledged only once this many replicas hold them
+        # (core/durability.py): a failover then cannot lose them.
+        self.replica_wait = replica_wait or ReplicaWait()
         self.retention_s = retention_s
         # Webhook events outlive their last retry; by default they live as long as a job record.
         self.event_ttl_s = retention_s if event_ttl_s is None else event_ttl_s
@@ -93,7 +109,12 @@ class JobStore:
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Settings) -> JobStore:
         return cls(
-            client, retention_s=settings.job_retention_s, event_ttl_s=settings.webhook_window_s
+            client,
+            retention_s=settings.job_retention_s,
+            event_ttl_s=settings.webhook_window_s,
+            replica_wait=ReplicaWait(
+                settings.redis_min_replicas, settings.redis_replica_timeout_ms
+            ),
         )
 
     def create(self, job: Job, images: list[bytes], *, key: KeyClaim | None = None) -> Job:
@@ -102,6 +123,9 @@ class JobStore:
         With ``key``, the same transaction binds that Idempotency-Key to the job, unless the key
         is already bound to a job that exists: then nothing is written and ``KeyAlreadyBound``
         says which job. (A binding whose job expired is overwritten.)
+
+        ``NotDurable`` (its ``job`` set) when fewer replicas than ``replica_wait`` asks took it
+        in time: the job is stored on the primary all the same.
         """
         job = replace(
             job, expires_at=job.created_at + self.retention_s, dispatched_at=job.created_at
@@ -122,7 +146,7 @@ class JobStore:
                 binding = Binding(job.id, key.fingerprint)
                 pipe.set(key.name, binding.to_json(), ex=key.ttl_s)
 
-        self.redis.transaction(write, *([key.name] if key is not None else []))
+        self._durable_transaction(job, write, *([key.name] if key is not None else []))
         return job
 
     def create_finished(self, job: Job, *, key: KeyClaim | None = None) -> Job:
@@ -164,15 +188,62 @@ class JobStore:
                 binding = Binding(job.id, key.fingerprint)
                 pipe.set(key.name, binding.to_json(), ex=key.ttl_s)
 
-        self.redis.transaction(write, *([key.name] if key is not None else []))
+        self._durable_transaction(job, write, *([key.name] if key is not None else []))
         return job
+
+    def _durable_transaction(
+        self, job: Job, write: Callable[[redis.client.Pipeline], None], *watches: str
+    ) -> None:
+        """``write`` in a transaction, then ``WAIT`` for the replicas ``replica_wait`` asks for
+        on the same connection; ``NotDurable`` carrying ``job`` when they did not all answer."""
+        if not self.replica_wait.enabled:
+            self.redis.transaction(write, *watches)
+            return
+        with HeldConnection(self.redis) as held:
+            held.transaction(write, *watches)
+            acked = held.wait(self.replica_wait)
+        if acked < self.replica_wait.replicas:
+            raise NotDurable(acked, self.replica_wait, stored=job)
+
+    def confirm_durable(self) -> None:
+        """``NotDurable`` unless the replicas ``replica_wait`` asks for hold every write made so
+        far, by any connection (a job read back for a retry): replication is one ordered stream,
+        so a ``WAIT`` after a write of our own covers all the writes before it."""
+        if not self.replica_wait.enabled:
+            return
+        with HeldConnection(self.redis) as held:
+            pipe = held.pipeline(False)
+            pipe.incr(durability_barrier_key())
+            pipe.execute()
+            acked = held.wait(self.replica_wait)
+        if acked < self.replica_wait.replicas:
+            raise NotDurable(acked, self.replica_wait)
 
     def create_many(self, jobs: list[tuple[Job, list[bytes]]], chunk: int = 500) -> list[Job]:
         """Store many new jobs (a batch's), ``chunk`` to a transaction: one round trip each,
-        not one per job. Each job is written exactly as ``create`` writes it."""
+        not one per job. Each job is written exactly as ``create`` writes it.
+
+        ``NotDurable`` after the last chunk when fewer replicas than ``replica_wait`` asks hold
+        them all: they are stored on the primary all the same."""
+        if not self.replica_wait.enabled:
+            return self._create_many(self.redis.pipeline, jobs, chunk)
+        with HeldConnection(self.redis) as held:
+            stored = self._create_many(held.pipeline, jobs, chunk)
+            # One WAIT for all chunks: it covers every earlier write of the connection.
+            acked = held.wait(self.replica_wait)
+        if acked < self.replica_wait.replicas:
+            raise NotDurable(acked, self.replica_wait, stored=stored)
+        return stored
+
+    def _create_many(
+        self,
+        pipeline: Callable[[bool], redis.client.Pipeline],
+        jobs: list[tuple[Job, list[bytes]]],
+        chunk: int,
+    ) -> list[Job]:
         stored: list[Job] = []
         for start in range(0, len(jobs), chunk):
-            pipe = self.redis.pipeline(transaction=True)
+            pipe = pipeline(True)
             for job, images in jobs[start : start + chunk]:
                 job = replace(
                     job, expires_at=job.created_at + self.retention_s, dispatched_at=job.created_at
@@ -476,6 +547,7 @@ class JobStore:
         key = job_key(job_id)
         answer: list[T] = []
         counted_in_batch: list[str] = []  # the batch a finishing job was counted in
+        finished: list[bool] = []  # whether the transaction stored a terminal record
 
         def transaction(pipe: redis.client.Pipeline) -> None:
             raw = pipe.hgetall(key)
@@ -483,10 +555,12 @@ class JobStore:
             outcome, new = decide(current)
             answer[:] = [outcome]
             counted_in_batch.clear()
+            finished.clear()
             if new is None:
                 return
             now = time.time()
             finishing = new.status.is_terminal
+            finished[:] = [finishing]
             pipe.multi()
             pipe.hset(key, mapping=new.to_hash())
             if new.status is not JobStatus.QUEUED:
@@ -515,13 +589,37 @@ class JobStore:
             if new.batch_id:
                 self._stage_batch_move(pipe, current, new, counted_in_batch)
 
-        replies: list[Any] = self.redis.transaction(transaction, key) or []
+        if self.replica_wait.enabled:
+            with HeldConnection(self.redis) as held:
+                replies: list[Any] = held.transaction(transaction, key)
+                if finished:
+                    self._wait_for_outcome(held, job_id)
+        else:
+            replies = self.redis.transaction(transaction, key) or []
         if counted_in_batch and int(replies[-1]) <= 0:
             # This job was the batch's last pending one (core/batches.py, step 2).
             batches.finish_if_done(
                 self.redis, counted_in_batch[0], self.retention_s, self.event_ttl_s
             )
         return answer[0]
+
+    def _wait_for_outcome(self, held: HeldConnection, job_id: str) -> None:
+        """``WAIT`` until the replicas hold a job's outcome, a few rounds; then go on, logged.
+
+        An outcome the replicas never took comes back after a failover as the record before it
+        (running, its lease lapses: the job runs again), so waiting longer is worth it; but a
+        replica down for good must not stop the fleet, so after the rounds the job goes on."""
+        for _ in range(_OUTCOME_WAIT_ROUNDS):
+            if held.wait(self.replica_wait) >= self.replica_wait.replicas:
+                return
+        log.warning(
+            "job %s: its outcome is stored, but fewer than %d replicas took it within %d ms "
+            "(%d times); a failover now would run it again",
+            job_id,
+            self.replica_wait.replicas,
+            self.replica_wait.timeout_ms,
+            _OUTCOME_WAIT_ROUNDS,
+        )
 
     def _stage_batch_move(
         self, pipe: redis.client.Pipeline, current: Job | None, new: Job, counted: list[str]

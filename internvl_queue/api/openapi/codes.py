@@ -58,6 +58,9 @@ ERROR_CODES: dict[str, str] = {
     "not_implemented": "501: a part of HTTP/1.1 the server does not implement",
     "service_unavailable": "503: Redis or the broker does not answer (see Retry-After)",
     "queue_full": "503: too many queued jobs or queued image bytes (see Retry-After)",
+    "not_durable": "503: the job was stored, but too few Redis replicas "
+    "(INTERNVL_REDIS_MIN_REPLICAS) took it in time; it is kept: retry with the same "
+    "Idempotency-Key (see Retry-After)",
     "image_fetch_busy": "503: this API process fetches as many image URLs as it may (Retry-After)",
     "empty_batch": "400: a batch without a request",
     "batch_invalid": "422: all_or_nothing, and some line of the batch is invalid",

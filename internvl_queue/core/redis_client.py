@@ -141,6 +141,14 @@ class BlockingSentinelConnectionPool(SentinelConnectionPool, redis.BlockingConne
     connection to a demoted primary is dropped) with the blocking pool's waiting for a free
     connection. MRO: the sentinel pool's ``__init__`` passes its kwargs on to the blocking one."""
 
+    def disconnect(self, inuse_connections: bool = True) -> None:
+        super().disconnect(inuse_connections)
+        if inuse_connections:
+            # A full close (``get_master_address`` drops only idle connections when the primary
+            # moves): the connections to the sentinels are this pool's too.
+            for node in self.sentinel_manager.sentinels:
+                node.connection_pool.disconnect()
+
 
 def connect(
     target: str | RedisTarget, *, max_connections: int = 128, socket_timeout_s: float = 10

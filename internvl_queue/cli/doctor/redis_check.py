@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from ...core.redis_client import RedisTarget
 from ..local_service import running_service
@@ -61,6 +62,15 @@ def check_redis_target(target: RedisTarget, source: str, timeout_s: float = 3.0)
     if not target.uses_sentinel:
         return check_redis(target.url, source, timeout_s)
     sentinel = target.sentinel(timeout_s)
+    try:
+        return _sentinel_checks(target, sentinel, source, timeout_s)
+    finally:
+        sentinel.close()
+
+
+def _sentinel_checks(
+    target: RedisTarget, sentinel: Sentinel, source: str, timeout_s: float
+) -> list[Check]:
     answered: list[str] = []
     silent: list[str] = []
     primary: tuple[str, int] | None = None
@@ -72,8 +82,6 @@ def check_redis_target(target: RedisTarget, source: str, timeout_s: float = 3.0)
         except (redis.RedisError, OSError) as exc:
             silent.append(f"{host}:{port} ({_reason(exc)})")
             continue
-        finally:
-            node.close()
         answered.append(f"{host}:{port}")
         if primary is None:
             primary = (str(state["ip"]), int(state["port"]))

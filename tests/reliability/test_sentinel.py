@@ -6,14 +6,29 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import redis
+import requests
 
 from internvl_queue.cli.doctor.redis_check import check_redis_target
 from internvl_queue.cli.doctor.report import Level
 from internvl_queue.core.redis_client import connect
+from internvl_queue.core.workers import WorkerRegistry
+from tests.api.api_process import ApiProcess
+from tests.conftest import WorkerProcess
+from tests.receiver import Receiver
+from tests.reliability.harness import (
+    TERMINAL,
+    Burst,
+    WebhookWorker,
+    fault_settings,
+    stack_env,
+    wait_for,
+)
+from tests.reliability.test_redis_restart import _terminal_events
 from tests.sentinel_cluster import MASTER_NAME, SentinelCluster, sentinel_cluster
 
 
@@ -87,3 +102,76 @@ def test_doctor_lists_the_primary_the_replicas_and_the_sentinels(cluster: Sentin
     again = check_redis_target(cluster.target(), "REDIS_SENTINELS", timeout_s=1)
     assert again[0].level is Level.WARN
     assert f"not answering: 127.0.0.1:{cluster.sentinel_ports[2]}" in again[0].detail
+
+
+def test_the_service_on_sentinels_runs_jobs_before_and_after_failovers(
+    cluster: SentinelCluster, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """A real API, GPU worker and webhook worker configured with REDIS_SENTINELS: a job runs and
+    its webhook arrives before a failover, after ``SENTINEL FAILOVER`` and after the new primary
+    is SIGKILLed too (the old one, a replica by then, is promoted back); no process exits."""
+    hooks = Receiver().start()
+    settings = replace(
+        fault_settings(cluster.env()["REDIS_URL"], str(tiny_model_dir)),
+        redis_sentinels=cluster.sentinels_setting,
+        redis_master_name=MASTER_NAME,
+    )
+    env = {**stack_env(settings), **cluster.env()}
+    api = ApiProcess(settings.redis_url, tmp_path / "api.log", **env)
+    worker = WorkerProcess(settings, tmp_path / "worker.log", **env)
+    webhooks = WebhookWorker(env, tmp_path / "webhooks.log")
+    client = connect(cluster.target(), max_connections=4)
+    worker.registry = WorkerRegistry(client)  # its own would use REDIS_URL's (unused) host
+    processes = {"API": api, "worker": worker, "webhook worker": webhooks}
+    try:
+        api.wait_ready()
+        worker.wait_ready()
+        webhooks.wait_ready()
+        burst = Burst(api.url, webhook_url=hooks.url)
+        done: list[str] = []
+        for moment in ("before any failover", "after SENTINEL FAILOVER", "after a SIGKILL"):
+            if moment == "after SENTINEL FAILOVER":
+                cluster.failover()
+            elif moment == "after a SIGKILL":
+                # The old primary, a replica now (once the sentinels have reconfigured it and it
+                # has synced), must have caught up before it is promoted.
+                wait_for(lambda: client.wait(1, 500) == 1, 30, "the old primary to replicate")
+                cluster.kill_primary()
+            job_id = _submit_until_accepted(burst)
+            done.append(job_id)
+
+            def finished(job_id: str = job_id) -> bool:
+                reply = requests.get(f"{api.url}/v1/jobs/{job_id}", timeout=30)
+                return reply.status_code == 200 and reply.json()["status"] in TERMINAL
+
+            try:
+                wait_for(finished, 60, f"the job submitted {moment}")
+                wait_for(lambda: set(done) <= set(_terminal_events(hooks)), 60, "its webhook")
+            except AssertionError as exc:
+                logs = f"{worker.log()[-3000:]}\n{webhooks.log()[-2000:]}"
+                raise AssertionError(f"{exc}\n{logs}") from None
+            reply = requests.get(f"{api.url}/v1/jobs/{job_id}", timeout=30).json()
+            assert reply["status"] == "succeeded", reply
+            for name, process in processes.items():
+                assert process.process.poll() is None, f"the {name} exited\n{process.log()}"
+    finally:
+        for process in processes.values():
+            if process.process.poll() is None:
+                process.kill()
+            process.close()
+        client.connection_pool.disconnect()
+        hooks.stop()
+
+
+def _submit_until_accepted(burst: Burst, timeout: float = 30) -> str:
+    """A job accepted (202); while the failover is under way the API answers 503 with
+    Retry-After, never anything else."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = burst.submit()
+        if reply.status_code == 202:
+            return str(reply.json()["id"])
+        assert reply.status_code == 503, reply.text
+        assert reply.headers.get("Retry-After"), reply.headers
+        assert time.monotonic() < deadline, "the API never accepted a job after the failover"
+        time.sleep(0.2)

@@ -92,7 +92,10 @@ def _quiet_worker_logs(loglevel: int = logging.INFO, **_: Any) -> None:
 
 
 def create_celery(settings: Settings) -> Celery:
-    app = Celery("internvl_queue", broker=settings.redis_url, set_as_current=False)
+    target = settings.redis_target
+    # With sentinels, kombu's sentinel:// transport asks them for the primary at every
+    # (re)connect, so the broker follows a failover like our own connections (core/redis_client).
+    app = Celery("internvl_queue", broker=target.celery_broker_url(), set_as_current=False)
     app.conf.update(
         task_default_queue=settings.queue_name,
         task_serializer="json",
@@ -112,6 +115,7 @@ def create_celery(settings: Settings) -> Celery:
             # message came from to the end: 20 high messages behind 500 low ones were then taken
             # one for one with the low (python -m benchmarks.lane_order).
             "queue_order_strategy": "priority",
+            **target.celery_transport_options(),
         },
         broker_connection_retry_on_startup=True,
         # A lost broker is retried for ever (Celery's default gives up after 100 tries and the

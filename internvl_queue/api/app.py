@@ -57,7 +57,7 @@ def create_app(
     # Werkzeug refuses larger bodies with 413 before reading them.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json = StrictJSONProvider(app)
-    client = connect(settings.redis_url)
+    client = connect(settings.redis_target)
     app.extensions[EXTENSION] = Services(
         settings=settings,
         store=JobStore.from_settings(client, settings),

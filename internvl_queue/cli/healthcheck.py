@@ -22,9 +22,11 @@ import sys
 from typing import TextIO
 
 import redis
+from redis.sentinel import SentinelConnectionPool
 
+from ..core.redis_client import RedisTarget, connect
 from ..core.workers import WorkerRegistry, WorkerState
-from .local_service import redis_url
+from .local_service import redis_target
 
 __all__ = ["run_healthcheck", "webhook_worker_health", "worker_health"]
 
@@ -70,7 +72,10 @@ def webhook_worker_health(client: redis.Redis) -> tuple[bool, str]:
 
 def _where(client: redis.Redis) -> str:
     """host:port/db of the client, without any password the URL may hold."""
-    kwargs = client.connection_pool.connection_kwargs
+    pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        return f"primary {pool.service_name!r}"
+    kwargs = pool.connection_kwargs
     return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
 
 
@@ -78,9 +83,8 @@ def run_healthcheck(
     kind: str, url: str | None = None, host: str | None = None, out: TextIO = sys.stdout
 ) -> int:
     """Print one line and return 0 (healthy) or 1; ``url`` defaults to the service's Redis."""
-    client = redis.Redis.from_url(
-        url or redis_url(), socket_timeout=_TIMEOUT_S, socket_connect_timeout=_TIMEOUT_S
-    )
+    target = RedisTarget(url) if url else redis_target()
+    client = connect(target, max_connections=2, socket_timeout_s=_TIMEOUT_S)
     try:
         if kind == "worker":
             healthy, why = worker_health(client, host or socket.gethostname())

@@ -12,22 +12,30 @@ import sys
 from datetime import UTC, datetime
 from typing import TextIO
 
+from redis.sentinel import SentinelConnectionPool
+
 from ..core.apikeys import ApiKey, ApiKeyStore
 from ..core.redis_client import connect
 from ..core.store import unowned_job_exists
-from .local_service import redis_url
+from .local_service import redis_target
 
 __all__ = ["create_key", "format_table", "list_keys", "open_store", "revoke_key", "where"]
 
 
 def open_store() -> ApiKeyStore:
     """The key store in the service's Redis: ``REDIS_URL``, else the running ``up``'s."""
-    return ApiKeyStore(connect(redis_url(), max_connections=2))
+    return ApiKeyStore(connect(redis_target(), max_connections=2))
 
 
 def where(store: ApiKeyStore) -> str:
     """The store's Redis as ``host:port/db`` (or a socket path), without any password."""
-    kwargs = store.redis.connection_pool.connection_kwargs
+    pool = store.redis.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        host, port = pool.get_master_address()
+        return (
+            f"{host}:{port}/{pool.connection_kwargs.get('db', 0)} (primary {pool.service_name!r})"
+        )
+    kwargs = pool.connection_kwargs
     if "path" in kwargs:
         return str(kwargs["path"])
     return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"

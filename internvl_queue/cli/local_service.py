@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..core.data_dir import default_data_dir
+from ..core.redis_client import RedisTarget
 
 __all__ = [
     "DEFAULT_API_URL",
@@ -24,6 +25,7 @@ __all__ = [
     "RunningService",
     "api_url",
     "default_data_dir",
+    "redis_target",
     "redis_url",
     "running_service",
 ]
@@ -85,6 +87,12 @@ def redis_url() -> str:
         return configured
     service = running_service()
     return service.redis_url if service is not None else DEFAULT_REDIS_URL
+
+
+def redis_target() -> RedisTarget:
+    """``redis_url()``, or the primary that ``REDIS_SENTINELS`` name (ValueError with one
+    sentence when those variables are wrong)."""
+    return RedisTarget.from_env(os.environ, redis_url())
 
 
 def api_url() -> str:

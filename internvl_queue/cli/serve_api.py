@@ -64,7 +64,7 @@ def _warn_once_if_open(server: Any) -> None:
     from ..core.settings import Settings
 
     settings = Settings.from_env()
-    client = connect(settings.redis_url, max_connections=1)
+    client = connect(settings.redis_target, max_connections=1)
     try:
         warn_if_no_key(ApiKeyStore(client), settings.auth)
     finally:

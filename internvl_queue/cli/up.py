@@ -34,7 +34,7 @@ from pathlib import Path
 
 import redis
 
-from ..core.redis_client import connect
+from ..core.redis_client import RedisTarget, connect
 from ..core.settings import Settings
 from ..core.signing import generate_secret
 from ..core.workers import WorkerRegistry
@@ -148,7 +148,10 @@ def _run_up(host: str, port: int, data_dir: Path, demo: bool, stop: StopRequest)
         )
 
     redis_server: RedisServer | None = None
-    if env.get("REDIS_URL"):
+    if env.get("REDIS_SENTINELS"):
+        env.setdefault("REDIS_URL", settings.redis_url)
+        _say(f"using Redis at {settings.redis_target.describe()}")
+    elif env.get("REDIS_URL"):
         _say(f"using Redis at {env['REDIS_URL']}")
     else:
         limit = redis_maxmemory(settings)
@@ -191,7 +194,9 @@ def _supervise(
             return 0
         RunningService(os.getpid(), env["REDIS_URL"], api_url, model).write(data_dir)
         _say(f"API on {api_url}; the worker is loading {model}. Ctrl-C stops everything")
-        registry = WorkerRegistry(connect(env["REDIS_URL"], max_connections=1))
+        registry = WorkerRegistry(
+            connect(RedisTarget.from_env(env, env["REDIS_URL"]), max_connections=1)
+        )
         exit_code = 0
         announced = False
         while not stop.requested:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Literal
 
+from .redis_client import RedisTarget, parse_sentinels
+
 __all__ = ["DEFAULT_MODEL", "Settings", "SettingsError"]
 
 DEFAULT_MODEL = "OpenGVLab/InternVL3-1B-hf"
@@ -45,6 +47,20 @@ class Settings:
     redis_url: str = field(
         default="redis://127.0.0.1:6379/0",
         metadata=_env("REDIS_URL", "Redis for job records, images and the Celery broker"),
+    )
+    redis_sentinels: str = field(
+        default="",
+        metadata=_env(
+            "REDIS_SENTINELS", "host:port,host:port of Redis Sentinels naming the primary"
+        ),
+    )
+    redis_master_name: str = field(
+        default="",
+        metadata=_env("REDIS_MASTER_NAME", "the primary's name in the sentinels' configuration"),
+    )
+    redis_sentinel_password: str = field(
+        default="",
+        metadata=_env("REDIS_SENTINEL_PASSWORD", "password of the sentinels themselves"),
     )
     model: str = field(
         default=DEFAULT_MODEL,
@@ -408,6 +424,17 @@ class Settings:
             if c.strip()
         )
 
+    @cached_property
+    def redis_target(self) -> RedisTarget:
+        """Where Redis is: REDIS_URL, or the primary the sentinels name (with REDIS_URL's
+        database and password)."""
+        return RedisTarget(
+            self.redis_url,
+            parse_sentinels(self.redis_sentinels),
+            self.redis_master_name.strip(),
+            self.redis_sentinel_password,
+        )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from environment variables; unset ones keep their defaults."""
@@ -427,6 +454,10 @@ class Settings:
     def validate(self) -> None:
         """``SettingsError`` with one sentence naming the variables, for any bad or contradictory
         value."""
+        try:
+            self.redis_target.check()
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
         if self.auth not in ("required", "open"):
             raise SettingsError(f"INTERNVL_AUTH must be required or open, not {self.auth!r}")
         if self.device not in ("auto", "cpu", "cuda"):

@@ -28,7 +28,7 @@ log = logging.getLogger("internvl_queue.webhooks")
 
 settings = Settings.from_env()
 app = create_webhook_celery(settings)
-_redis = connect(settings.redis_url, max_connections=settings.webhook_concurrency + 8)
+_redis = connect(settings.redis_target, max_connections=settings.webhook_concurrency + 8)
 outbox = Outbox.from_settings(_redis, settings)
 # One outage log for the pump and the deliveries: a Redis outage is one line, and one at its end.
 _outage = Outage(log, "Redis")

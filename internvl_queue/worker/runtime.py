@@ -49,7 +49,7 @@ class WorkerRuntime:
         self.settings = settings
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         # Every task thread may talk to Redis at once.
-        client = connect(settings.redis_url, max_connections=settings.worker_concurrency + 16)
+        client = connect(settings.redis_target, max_connections=settings.worker_concurrency + 16)
         self.store = JobStore.from_settings(client, settings)
         self.result_cache = ResultCache.from_settings(client, settings)
         self.registry = WorkerRegistry(client)

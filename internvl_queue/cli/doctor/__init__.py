@@ -15,12 +15,12 @@ from dataclasses import replace
 from typing import TextIO
 
 from ...core.settings import DEFAULT_MODEL, Settings
-from ..local_service import default_data_dir, redis_url, running_service
+from ..local_service import default_data_dir, redis_target, running_service
 from .disk import check_disk
 from .gpu import check_device
 from .model import check_model, hf_cache_dir, hub_offline
 from .packages import check_packages
-from .redis_check import check_redis, redis_source
+from .redis_check import check_redis_target, redis_source
 from .report import Check, Level, exit_code, format_check, verdict
 
 __all__ = ["run_doctor"]
@@ -69,7 +69,10 @@ def run_doctor(out: TextIO = sys.stdout) -> int:
     report(check_packages())
     device_report = check_device(device)
     report(device_report.checks)
-    report(check_redis(redis_url(), redis_source()))
+    try:
+        report(check_redis_target(redis_target(), redis_source()))
+    except ValueError as exc:  # the settings check has said it too; Redis cannot be checked
+        report([Check("Redis", Level.FAIL, f"{exc}: fix it to check Redis")])
     model_report = check_model(model, data_dir=default_data_dir(), offline=hub_offline())
     checked = model_report.check
     report([replace(checked, detail=f"{checked.detail} ({model_source})")])

@@ -6,20 +6,25 @@ Read from ``INFO``, not ``CONFIG GET``: managed Redis services often disable CON
 from __future__ import annotations
 
 import os
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
+from ...core.redis_client import RedisTarget
 from ..local_service import running_service
 from .report import Check, Level, human_bytes
 
-__all__ = ["check_redis", "redacted", "redis_source"]
+__all__ = ["check_redis", "check_redis_target", "redacted", "redis_source"]
 
 
 def redis_source() -> str:
     """Where ``local_service.redis_url()`` took its URL from, in words."""
+    if os.environ.get("REDIS_SENTINELS"):
+        return "REDIS_SENTINELS"
     if os.environ.get("REDIS_URL"):
         return "REDIS_URL"
     if running_service() is not None:
@@ -48,6 +53,72 @@ def check_redis(url: str, source: str, timeout_s: float = 3.0) -> list[Check]:
         )
     except ValueError as exc:
         return [Check("Redis", Level.FAIL, f"{shown} is not a Redis URL ({exc}): fix REDIS_URL")]
+    return _server_checks(client, shown)
+
+
+def check_redis_target(target: RedisTarget, source: str, timeout_s: float = 3.0) -> list[Check]:
+    """``check_redis``, or with sentinels: what they say (primary, replicas, which of them
+    answer), then the same checks on the primary they name."""
+    if not target.uses_sentinel:
+        return check_redis(target.url, source, timeout_s)
+    sentinel = target.sentinel(timeout_s)
+    try:
+        return _sentinel_checks(target, sentinel, source, timeout_s)
+    finally:
+        sentinel.close()
+
+
+def _sentinel_checks(
+    target: RedisTarget, sentinel: Sentinel, source: str, timeout_s: float
+) -> list[Check]:
+    answered: list[str] = []
+    silent: list[str] = []
+    primary: tuple[str, int] | None = None
+    replicas: list[str] = []
+    for (host, port), node in zip(target.sentinels, sentinel.sentinels, strict=True):
+        try:
+            state: dict[str, Any] = node.sentinel_master(target.master_name)  # type: ignore[assignment]
+            found: list[dict[str, Any]] = node.sentinel_slaves(target.master_name)
+        except (redis.RedisError, OSError) as exc:
+            silent.append(f"{host}:{port} ({_reason(exc)})")
+            continue
+        answered.append(f"{host}:{port}")
+        if primary is None:
+            primary = (str(state["ip"]), int(state["port"]))
+            replicas = [
+                f"{r['ip']}:{r['port']} ({'down' if r.get('is_sdown') else 'online'})"
+                for r in found
+            ]
+    if primary is None:
+        return [
+            Check(
+                "Redis Sentinel",
+                Level.FAIL,
+                f"no sentinel of {target.describe()} names the primary: {'; '.join(silent)}",
+            )
+        ]
+    checks = [
+        Check(
+            "Redis Sentinel",
+            Level.WARN if silent or not replicas else Level.OK,
+            f"primary {target.master_name!r} at {primary[0]}:{primary[1]}; replicas: "
+            f"{', '.join(replicas) or 'none (a failover has nowhere to go)'}; sentinels "
+            f"answering: {', '.join(answered)}"
+            + (f"; not answering: {'; '.join(silent)}" if silent else ""),
+        )
+    ]
+    creds = {k: v for k, v in target.primary_credentials().items() if v is not None}
+    client = sentinel.master_for(
+        target.master_name,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        **creds,
+    )
+    return checks + _server_checks(client, f"the primary {primary[0]}:{primary[1]} ({source})")
+
+
+def _server_checks(client: redis.Redis, shown: str) -> list[Check]:
     try:
         info = client.info()
     except redis.AuthenticationError as exc:

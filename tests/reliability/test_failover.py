@@ -88,6 +88,7 @@ class Service:
                 + ", ".join(
                     f"{key.decode()}={self.client.llen(key)}"
                     for key in self.client.scan_iter(count=1000, _type="list")
+                    if not key.startswith(b"iq:job:")  # each job's list of deliveries
                 )
             )
         except redis.RedisError as exc:
@@ -260,7 +261,9 @@ _cases = itertools.count()
 # Found by this test, not fixed here: when the primary dies while the webhook worker holds
 # delivery tasks (their acks fail: "could not ack message ... the broker went away"), its Celery
 # consumer never takes a task again (no "connection to broker lost", no delivery in minutes),
-# although its own Redis client recovers; the outbox's events wait for a restart. Strict: once
+# although its own Redis client recovers; the outbox's events wait for a restart. Seen: the
+# webhook queue holds WEBHOOK_CONCURRENCY (4) messages nobody takes, so the pump (which leases no
+# more than the queue has room for) leases nothing; 277 events overdue by 75 s. Strict: once
 # fixed, this case passes and the mark must go.
 _WEBHOOK_WORKER_STALLS = pytest.mark.xfail(
     strict=True,

@@ -44,6 +44,8 @@ class Receiver:
         self.port = port or free_port()
         self.script = list(script or [])
         self.received: list[Received] = []
+        # Seconds each request waits before its reply (a slow receiver); may change while running.
+        self.delay_s = 0.0
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -70,6 +72,8 @@ class Receiver:
                     reply = receiver.script.pop(0) if receiver.script else Reply()
                 if reply.hold is not None:
                     reply.hold.wait(10)
+                if receiver.delay_s:
+                    time.sleep(receiver.delay_s)
                 try:
                     self.send_response(reply.status)
                     for name, value in reply.headers.items():

@@ -144,6 +144,13 @@ class ServiceUnavailable(ServiceError):
     http_status = 503
     default_code = "service_unavailable"
 
+    def __init__(
+        self, message: str, *, code: str | None = None, retry_after: int | None = 1
+    ) -> None:
+        # Every 503 says when to try again (Redis failing over is back within seconds), as the
+        # handler of a bare RedisError does; a caller that retries then keeps its key and job.
+        super().__init__(message, code=code, retry_after=retry_after)
+
 
 class JobFailure(ServiceError):
     """Base for the reasons a job ends ``failed``; stored on the job as its ``error``."""

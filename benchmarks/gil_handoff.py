@@ -62,18 +62,11 @@ def call_us(busy_threads: int, interval_ms: float) -> float:
 
 def engine_jobs_s(model: str, jobs: int) -> dict[tuple[float, int], float]:
     """W1 burst jobs/s of the engine for each (switch interval, busy threads)."""
-    from benchmarks.engine_bench import W1, Submitter, make_engine
-    from internvl_queue.worker.engine import Preprocessor, default_processes
-    from internvl_queue.worker.model import load_model
+    from benchmarks.engine_bench import W1
+    from benchmarks.whole_path import warm_submitter
 
-    loaded = load_model(model, "auto")
-    processes = default_processes(loaded.device.type)
-    preprocessor = Preprocessor(
-        model, loaded.processor, loaded.dtype, processes=processes, max_pixels=10**8
-    )
-    engine = make_engine(loaded)
-    submitter = Submitter(loaded, engine, 256, preprocessor)
-    submitter.burst(W1, min(jobs, 256))  # warm-up
+    submitter = warm_submitter(model, warmup=min(jobs, 256))
+    engine, preprocessor = submitter.engine, submitter.preprocessor
     figures = {}
     try:
         for interval in (5.0, 0.2):

@@ -195,7 +195,9 @@ def whole_path(
         server.stop()
 
 
-def engine_alone(model: str, jobs: int) -> float:
+def warm_submitter(model: str, warmup: int = 256) -> Submitter:
+    """The model loaded, the worker's preprocessing pool and a started engine, behind
+    ``engine_bench``'s ``Submitter``, after a W1 warm-up burst of ``warmup`` jobs."""
     from internvl_queue.worker.engine import Preprocessor, default_processes
     from internvl_queue.worker.model import load_model
 
@@ -204,9 +206,14 @@ def engine_alone(model: str, jobs: int) -> float:
     preprocessor = Preprocessor(
         model, loaded.processor, loaded.dtype, processes=processes, max_pixels=10**8
     )
-    engine = make_engine(loaded)
-    submitter = Submitter(loaded, engine, 256, preprocessor)
-    submitter.burst(W1, 256)
+    submitter = Submitter(loaded, make_engine(loaded), 256, preprocessor)
+    submitter.burst(W1, warmup)
+    return submitter
+
+
+def engine_alone(model: str, jobs: int) -> float:
+    submitter = warm_submitter(model)
+    engine, preprocessor = submitter.engine, submitter.preprocessor
     figures = submitter.burst(W1, jobs)
     say(f"engine alone: {figures}")
     engine.stop()

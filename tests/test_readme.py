@@ -18,6 +18,18 @@ FIRST_REQUEST = (
 )
 
 
+def _readme_command(readme: str, start: str) -> str:
+    """The README's command that begins with ``start`` (indented in a list or a code block),
+    with its backslash-continued lines, as a user would paste it."""
+    lines = readme.splitlines()
+    index = next(i for i, line in enumerate(lines) if line.strip().startswith(start))
+    command = [lines[index].strip()]
+    while command[-1].endswith("\\"):
+        index += 1
+        command.append(lines[index].strip())
+    return "\n".join(command)
+
+
 def _fresh_copy(destination: Path) -> Path:
     """The repository as a clone of this tree would be: tracked and new, non-ignored files."""
     listed = subprocess.run(
@@ -51,6 +63,17 @@ def test_readme_service_command_and_first_request_from_a_fresh_copy(tmp_path: Pa
         job = json.loads(reply.stdout)
         assert job["status"] == "succeeded", job
         assert job["result"]["answer"] and job["result"]["model"] == "demo"
+        # The README's other requests against the same service, as written there.
+        high = _readme_command(readme, "curl -s -F image=@examples/cat.jpg -F question='What is")
+        reply = subprocess.run(
+            ["bash", "-c", high], cwd=clone, env=env, capture_output=True, timeout=60
+        )
+        assert json.loads(reply.stdout)["priority"] == "high", reply.stdout
+        metrics = _readme_command(readme, "curl -s http://127.0.0.1:8000/metrics")
+        reply = subprocess.run(
+            ["bash", "-c", metrics], cwd=clone, env=env, capture_output=True, timeout=60
+        )
+        assert b"internvl_queue_jobs_submitted_total 2.0" in reply.stdout, reply.stdout
     finally:
         code = service.interrupt()
         shutil.rmtree(clone / ".venv", ignore_errors=True)  # 5 GB of CUDA torch

@@ -42,8 +42,9 @@ from internvl_queue.worker.model import LoadedModel, build_inputs, load_model
 
 QUESTION = "Describe this picture in one short sentence, naming the main object and its colour."
 NEW_TOKENS = 64
-# Compute roofline on an H100 (ANCHORS.md): ~0.91 TFLOP per W1 job, ~7 TFLOP per W7 job.
-ROOFLINE_JOBS_S = {"W1": 880.0, "W7": 125.0}
+# Compute rooflines (ANCHORS.md, issue 25): 1B shape ~0.91 TFLOP per W1 job, ~7 TFLOP per W7 job;
+# 8B shape ~7 TFLOP per W1 job (≈ 125 jobs/s on an H100 / H200).
+ROOFLINE_JOBS_S = {"1b": {"W1": 880.0, "W7": 125.0}, "8b": {"W1": 125.0}}
 RESULTS = Path(__file__).parent / "RESULTS.md"
 
 
@@ -119,6 +120,44 @@ def baseline(loaded: LoadedModel, workload: Workload, jobs: int) -> dict[str, fl
     return {"jobs_s": jobs / elapsed, "s_per_job": elapsed / jobs, "tiles": tiles}
 
 
+def peer(
+    loaded: LoadedModel, workload: Workload, batch_sizes: list[int], jobs: int
+) -> dict[str, Any]:
+    """transformers' own static batched ``generate``, the peer of issue 25: batches of equal
+    prompts (one workload's jobs all have the same length, so no padding), bf16, exactly
+    ``NEW_TOKENS`` new tokens. Its inputs are prepared and on the GPU before the clock starts
+    (the engine's bursts include preprocessing), so the comparison favours the peer."""
+    one = [
+        build_inputs(loaded.processor, [decode(d)], QUESTION, max_tiles=workload.max_tiles)
+        for d in images_for(workload)
+    ]
+    by_size: dict[str, float] = {}
+    for size in batch_sizes:
+        picked = [one[i % len(one)] for i in range(size)]
+        inputs = {
+            key: torch.cat([p[key] for p in picked]).to(loaded.device)
+            for key in ("input_ids", "attention_mask", "pixel_values")
+        }
+        inputs["pixel_values"] = inputs["pixel_values"].to(loaded.dtype)
+        batches = max(1, jobs // size)
+        with torch.inference_mode():  # one untimed batch: allocations and kernel selection
+            loaded.model.generate(**inputs, do_sample=False, max_new_tokens=2)
+        sync()
+        started = time.perf_counter()
+        for _ in range(batches):
+            with torch.inference_mode():
+                loaded.model.generate(
+                    **inputs, do_sample=False, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS
+                )
+        sync()
+        by_size[str(size)] = batches * size / (time.perf_counter() - started)
+        print(workload.name, "peer static batch", size, f"{by_size[str(size)]:.1f} jobs/s")
+        del inputs
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    best = max(by_size, key=lambda size: by_size[size])
+    return {"by_size": by_size, "best_size": int(best), "jobs_s": by_size[best]}
+
+
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -172,6 +211,9 @@ class Submitter:
         }
 
     def single(self, workload: Workload, repeats: int) -> dict[str, float]:
+        """One job at a time on an idle engine: its latency, and where the time goes (the
+        preprocessing hop, then the decoder's phases, synchronised, for a second set of
+        ``repeats`` jobs so that the synchronisations do not slow the first)."""
         images = images_for(workload, repeats)
         captures = CAPTURES.count
         latencies = []
@@ -179,10 +221,26 @@ class Submitter:
             started = time.perf_counter()
             self.one(data, workload).future.result()
             latencies.append(time.perf_counter() - started)
-        return {
+        figures = {
             "p50_ms": statistics.median(latencies) * 1000,
             "captures": CAPTURES.count - captures,
         }
+        decoder = self.engine.decoder
+        decoder.profile, decoder.profile_log = True, []
+        preprocess = []
+        try:
+            for data in images:
+                started = time.perf_counter()
+                prepared = self.preprocessor([data], QUESTION, max_tiles=workload.max_tiles)
+                preprocess.append(time.perf_counter() - started)
+                request = make_request(prepared, max_new_tokens=NEW_TOKENS, ignore_eos=True)
+                self.engine.submit(request).future.result()
+        finally:
+            decoder.profile = False
+        figures["preprocess_ms"] = statistics.median(preprocess) * 1000
+        for phase in ("vision", "prefill", "decode"):
+            figures[f"{phase}_ms"] = statistics.median(p[phase] for _, p in decoder.profile_log)
+        return figures
 
     def steady(self, workload: Workload, rate: float, seconds: float) -> dict[str, float]:
         """Poisson arrivals at ``rate`` jobs/s; latency from arrival to answer."""
@@ -290,25 +348,37 @@ def main() -> None:
     parser.add_argument("--keep-model", type=Path, help="write the built checkpoint here")
     parser.add_argument("--no-append", action="store_true")
     parser.add_argument("--workloads", default="W1,W7", help="comma-separated: W1, W7")
+    parser.add_argument("--shape", default="1b", choices=["1b", "8b"], help="built when no --model")
+    parser.add_argument(
+        "--peer",
+        default="W1:64/128/256,W7:32/64",
+        help="transformers' static batched generate at these batch sizes per workload; '' for none",
+    )
+    parser.add_argument("--peer-jobs", type=int, default=512, help="jobs per peer batch size")
     args = parser.parse_args()
     workloads = [{"W1": W1, "W7": W7}[name] for name in args.workloads.split(",")]
 
     workdir = Path(tempfile.mkdtemp(prefix="internvl-bench-"))
     model_dir = Path(args.model) if args.model else None
     if model_dir is None:
-        from benchmarks.shapes import write_internvl3_1b_shaped
+        from benchmarks.shapes import write_shaped
 
-        model_dir = write_internvl3_1b_shaped(args.keep_model or workdir / "internvl3-1b-shaped")
+        model_dir = write_shaped(args.shape, args.keep_model or workdir / f"internvl-{args.shape}")
     started = time.perf_counter()
     loaded = load_model(str(model_dir), args.device)
     load_s = time.perf_counter() - started
     device_name = loaded.gpu_name or "cpu"
     print(f"model {model_dir} on {device_name} ({loaded.dtype})", flush=True)
     figures: dict[str, Any] = {"device": device_name, "dtype": str(loaded.dtype)}
+    figures["shape"] = args.shape if not args.model else str(model_dir)
+    peer_sizes = dict(part.split(":") for part in args.peer.split(",") if part)
 
     for w in workloads:
         figures[f"baseline_{w.name}"] = baseline(loaded, w, args.baseline_jobs)
         print(w.name, "baseline", figures[f"baseline_{w.name}"], flush=True)
+        if w.name in peer_sizes:
+            sizes = [int(size) for size in peer_sizes[w.name].split("/")]
+            figures[f"peer_{w.name}"] = peer(loaded, w, sizes, args.peer_jobs)
 
     processes = default_processes(loaded.device.type) if args.processes < 0 else args.processes
     started = time.perf_counter()
@@ -377,24 +447,35 @@ def main() -> None:
 def render(f: dict[str, Any], args: argparse.Namespace) -> str:
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     rows = [
-        f"\n## Engine benchmark, {f['device']}, {f['dtype']}, {date}\n",
+        f"\n## Engine benchmark, {f['shape']} shape, {f['device']}, {f['dtype']}, {date}\n",
         f"`python -m benchmarks.engine_bench` ({args.jobs} jobs per burst, "
         f"{args.threads} submitting threads, {f['preprocess_processes']} preprocessing processes, "
         f"{NEW_TOKENS} new tokens, eos ignored)\n",
         "| figure | per-request baseline | engine | engine / baseline | fraction of roofline |",
         "|---|---|---|---|---|",
     ]
+    for w in [k.removeprefix("peer_") for k in f if k.startswith("peer_")]:
+        p, burst = f[f"peer_{w}"], f[f"burst_{w}"]
+        sizes = ", ".join(f"b={size}: {jobs_s:.1f}" for size, jobs_s in p["by_size"].items())
+        rows.append(
+            f"| {w}: transformers' static batched generate, jobs/s ({sizes}) | | engine "
+            f"{burst['jobs_s']:.1f} vs the peer's best {p['jobs_s']:.1f} | "
+            f"**{burst['jobs_s'] / p['jobs_s']:.2f}x the peer** | |"
+        )
     for w in [k.removeprefix("burst_") for k in f if k.startswith("burst_")]:
         base, burst = f[f"baseline_{w}"], f[f"burst_{w}"]
         rows.append(
             f"| {w} burst jobs/s ({burst['tiles']} tiles) | {base['jobs_s']:.2f} | "
             f"{burst['jobs_s']:.1f} (mean batch {burst['mean_batch']:.0f}) | "
             f"{burst['jobs_s'] / base['jobs_s']:.0f}x | "
-            f"{burst['jobs_s'] / ROOFLINE_JOBS_S[w]:.1%} |"
+            f"{_roofline_fraction(f, w, burst['jobs_s'])} |"
         )
+    one = f["single_W1"]
     rows.append(
         f"| W1 single job, idle GPU | {f['baseline_W1']['s_per_job'] * 1000:.0f} ms | "
-        f"{f['single_W1']['p50_ms']:.0f} ms (p50 of 20) | | |"
+        f"{one['p50_ms']:.0f} ms (p50 of 20); where it goes (medians, GPU synchronised): "
+        f"preprocessing {one['preprocess_ms']:.0f}, vision {one['vision_ms']:.0f}, prefill "
+        f"{one['prefill_ms']:.0f}, decode {one['decode_ms']:.0f} ms ({NEW_TOKENS} steps) | | |"
     )
     if "steady_W1" in f:
         rows.extend(_extra_rows(f))
@@ -411,6 +492,11 @@ def render(f: dict[str, Any], args: argparse.Namespace) -> str:
         phases = ", ".join(f"{k} {v:.0f} ms" for k, v in profile.items())
         rows.append(f"| one {w} batch of {size:.0f} jobs: where the time goes | | {phases} | | |")
     return "\n".join(rows)
+
+
+def _roofline_fraction(f: dict[str, Any], workload: str, jobs_s: float) -> str:
+    roofline = ROOFLINE_JOBS_S.get(f["shape"], {}).get(workload)
+    return f"{jobs_s / roofline:.1%}" if roofline else "-"
 
 
 def _startup_rows(f: dict[str, Any]) -> list[str]:

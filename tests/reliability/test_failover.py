@@ -258,27 +258,9 @@ def _kill_primary(cluster: SentinelCluster) -> Failover:
 _cases = itertools.count()
 
 
-# Found by this test, not fixed here: when the primary dies while the webhook worker holds
-# delivery tasks (their acks fail: "could not ack message ... the broker went away"), its Celery
-# consumer never takes a task again (no "connection to broker lost", no delivery in minutes),
-# although its own Redis client recovers; the outbox's events wait for a restart. Seen: the
-# webhook queue holds WEBHOOK_CONCURRENCY (4) messages nobody takes, so the pump (which leases no
-# more than the queue has room for) leases nothing; 277 events overdue by 75 s. Strict: once
-# fixed, this case passes and the mark must go.
-_WEBHOOK_WORKER_STALLS = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the webhook worker's Celery consumer stops after a failover with deliveries in hand",
-)
-
-
 @pytest.mark.parametrize(
     "moment",
-    [
-        "during submits",
-        "during a batch",
-        pytest.param("during webhook delivery", marks=_WEBHOOK_WORKER_STALLS),
-    ],
+    ["during submits", "during a batch", "during webhook delivery"],
 )
 def test_no_accepted_job_is_lost_when_the_primary_dies(service: Service, moment: str) -> None:
     case = next(_cases)

@@ -7,6 +7,8 @@ the consumer came back 29 s after Redis, while the health check said healthy fro
 
 - ``Consumer`` (``worker_consumer`` in ``queue.py``) retries every 1-2 s instead (a refused
   connection costs nothing), and logs one line when an outage starts, not one per try;
+- it restarts (reconnects) when a message cannot be acked or rejected because the broker went
+  away, as it does when its own read fails: see ``Consumer.call_soon_ack``;
 - ``consuming_step(on_change)`` is a bootstep of the consumer's blueprint, started once the task
   consumer is set up (connected, taking messages) and stopped when the consumer restarts on a lost
   connection, or shuts down: ``on_change(True/False)``, which the GPU worker publishes in its
@@ -22,8 +24,9 @@ from typing import Any
 
 from celery import bootsteps
 from celery.worker.consumer import Consumer as CeleryConsumer
+from kombu.message import Message
 
-__all__ = ["RETRY_INTERVAL_MAX_S", "Consumer", "consuming_step"]
+__all__ = ["RETRY_INTERVAL_MAX_S", "BrokerLostAtAck", "Consumer", "consuming_step"]
 
 log = logging.getLogger("internvl_queue.broker")
 
@@ -32,8 +35,40 @@ _RETRY = {"interval_start": 1.0, "interval_step": 1.0, "interval_max": 1.0}
 RETRY_INTERVAL_MAX_S = 2.0
 
 
+class BrokerLostAtAck(ConnectionError):
+    """A message could not be acked (or rejected): its broker connection is gone."""
+
+
 class Consumer(CeleryConsumer):
     """Celery's consumer, with quick reconnection and one log line per outage."""
+
+    def call_soon_ack(self, p: Any, *args: Any, **kwargs: Any) -> Any:
+        """Settle a message (``Message.ack_log_error`` or ``reject_log_error``); if that failed
+        because the broker went away, restart the consumer on a new connection.
+
+        Why: kombu logs and swallows such a failure, and its Redis transport then keeps the
+        message counted against the prefetch window (``QoS.ack`` forgets a delivery only after
+        the broker answered). A worker whose window was full at the outage (every thread busy,
+        as many messages taken as it has threads: the webhook worker under a slow receiver) then
+        never polls the broker again, so it never sees the connection is lost and never takes a
+        message again, although the broker is back (seen at a Sentinel failover: the webhook
+        queue kept its messages until a restart). Raised in the consumer's event loop, a
+        connection error restarts the consumer as a failed read does; the message the broker
+        still holds as unacked comes back after the visibility timeout, and a task run twice
+        changes nothing (a job's stored outcome, a webhook event's lease).
+        """
+        settle = p
+        message = getattr(settle, "__self__", None)
+
+        def settle_or_reconnect(*a: Any, **kw: Any) -> Any:
+            settled = settle(*a, **kw)  # logs (and swallows) a lost connection
+            if isinstance(message, Message) and not message.acknowledged:
+                raise BrokerLostAtAck(
+                    f"message {message.delivery_tag} could not be acked: the broker went away"
+                )
+            return settled
+
+        return super().call_soon_ack(settle_or_reconnect, *args, **kwargs)
 
     def ensure_connected(self, conn: Any) -> Any:
         ensure = conn.ensure_connection

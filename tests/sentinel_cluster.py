@@ -121,13 +121,16 @@ class SentinelCluster:
 
 
 @contextmanager
-def sentinel_cluster(root: Path, timeout: float = 30) -> Iterator[SentinelCluster]:
+def sentinel_cluster(
+    root: Path, timeout: float = 30, *, persistent: bool = False
+) -> Iterator[SentinelCluster]:
     """Start the cluster, wait until every sentinel sees the primary, its replica and the two
-    other sentinels (a failover needs their votes), yield it, stop it."""
+    other sentinels (a failover needs their votes), yield it, stop it. ``persistent``: each
+    server keeps an append-only file, so that one killed comes back with its data."""
     binary = shutil.which("redis-server")
     assert binary is not None, "redis-server is not installed (scripts/setup.sh)"
-    primary = start_redis(root / "primary", persistent=False)
-    replica = start_redis(root / "replica", persistent=False)
+    primary = start_redis(root / "primary", persistent=persistent)
+    replica = start_redis(root / "replica", persistent=persistent)
     cluster = SentinelCluster([primary, replica], [free_port() for _ in range(3)])
     try:
         with redis.Redis(port=replica.port) as client:

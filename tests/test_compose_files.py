@@ -4,10 +4,14 @@ from .env, and .env.example lists it (scripts/test-compose.sh runs the stack its
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from internvl_queue.core.settings import Settings
@@ -157,3 +161,55 @@ def test_the_compose_test_runs_the_documented_cpu_commands_as_written() -> None:
     assert commands[0] == "docker-compose -f docker-compose.yml -f compose/cpu.yml up -d --build"
     # No `compose ... config` whose output is edited and run instead (the old GPU workaround).
     assert not re.search(r"(cpu\.yml|\bcompose) config\b", script)
+
+
+SENTINEL_FILES = ("docker-compose.yml", "compose/cpu.yml", "compose/sentinel.yml")
+THE_SERVICE = ("api", "worker", "webhook-worker")
+
+
+def test_the_sentinel_override_points_every_process_at_the_three_sentinels() -> None:
+    services = _compose_file("compose/sentinel.yml")["services"]
+    sentinels = sorted(name for name in services if name.startswith("sentinel-"))
+    assert sentinels == ["sentinel-1", "sentinel-2", "sentinel-3"]
+    listed = ",".join(f"{name}:26379" for name in sentinels)
+    for name in THE_SERVICE:
+        env = services[name]["environment"]
+        assert env["REDIS_SENTINELS"] == listed, name
+        assert env["REDIS_MASTER_NAME"] == "${REDIS_MASTER_NAME:-internvl}", name
+        assert set(services[name]["depends_on"]) == set(sentinels), name
+    # By default (compose's), the sentinels monitor `redis` first, under the name the processes
+    # ask for, and each Redis node asks them, in the same order, which node is the primary before
+    # it starts (tests/test_compose_sentinel_scripts.py runs both scripts).
+    for script in ("sentinel.sh", "redis-node.sh"):
+        assert "${FIRST_PRIMARY:-redis:6379}" in (ROOT / "compose" / script).read_text(), script
+    node = (ROOT / "compose" / "redis-node.sh").read_text()
+    assert f"${{SENTINELS:-{listed.replace(',', ' ')}}}" in node
+    for name in ("redis", "redis-replica"):
+        assert services[name]["environment"]["REDIS_NODE"] == name
+        assert (
+            "./compose/redis.conf:/usr/local/etc/redis/redis.conf:ro" in services[name]["volumes"]
+        )
+
+
+@pytest.mark.skipif(
+    shutil.which("docker-compose") is None, reason="docker-compose is not installed"
+)
+def test_docker_compose_accepts_the_sentinel_override() -> None:
+    """``docker-compose config`` (1.29, as scripts/test-compose.sh installs it) merges the files:
+    the override's settings reach the service's containers next to the base file's."""
+    command = ["docker-compose", *(f"-f{path}" for path in SENTINEL_FILES), "config"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "REDIS_"))}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    merged = yaml.safe_load(done.stdout)["services"]
+    assert {"redis", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"} <= set(merged)
+    for name in THE_SERVICE:
+        env_of = merged[name]["environment"]
+        assert env_of["REDIS_SENTINELS"] == "sentinel-1:26379,sentinel-2:26379,sentinel-3:26379"
+        assert env_of["REDIS_MASTER_NAME"] == "internvl"
+        assert str(env_of["INTERNVL_REDIS_MIN_REPLICAS"]) == "1"
+        # The base file's settings are kept beside them (its REDIS_URL: the database number).
+        assert env_of["REDIS_URL"] == "redis://redis:6379/0" and "WEBHOOK_SECRETS" in env_of
+        assert set(merged[name]["depends_on"]) >= {"redis", "sentinel-1", "sentinel-2"}
+    assert merged["redis"]["command"] == ["sh", "/usr/local/bin/redis-node.sh"]
+    assert merged["worker"]["environment"]["INTERNVL_DEVICE"] == "cpu"  # cpu.yml still applies

@@ -25,7 +25,7 @@ from transformers import (
 
 from internvl_queue.testing.tiny_model import make_tiny_model
 
-__all__ = ["write_internvl3_1b_shaped"]
+__all__ = ["internvl3_78b_config", "write_internvl3_1b_shaped"]
 
 
 def write_internvl3_1b_shaped(directory: Path, *, seed: int = 0) -> Path:
@@ -69,3 +69,37 @@ def write_internvl3_1b_shaped(directory: Path, *, seed: int = 0) -> Path:
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
+
+
+def internvl3_78b_config(image_token_id: int) -> InternVLConfig:
+    """InternVL3-78B's shape (78.4 B parameters, about 157 GB in bf16: larger than one GPU):
+    InternViT-6B (3 200 hidden, 45 layers, 25 heads, MLP 12 800, RMS norm, QK norm) + Qwen2.5-72B
+    (8 192 hidden, 80 layers, 64 heads, 8 KV heads, MLP 29 568, vocabulary 151 674, untied head).
+    For a worker spanning GPUs (docs/gpus.md); build it on the meta device to plan, or directly on
+    the GPUs with a device map to measure."""
+    return InternVLConfig(
+        vision_config=InternVLVisionConfig(
+            hidden_size=3200,
+            num_hidden_layers=45,
+            num_attention_heads=25,
+            intermediate_size=12800,
+            use_qk_norm=True,
+            norm_type="rms_norm",
+        ),
+        text_config=Qwen2Config(
+            hidden_size=8192,
+            num_hidden_layers=80,
+            num_attention_heads=64,
+            num_key_value_heads=8,
+            intermediate_size=29_568,
+            vocab_size=151_674,
+            max_position_embeddings=32_768,
+            rope_theta=1_000_000.0,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=False,
+        ),
+        image_token_id=image_token_id,
+        image_seq_length=256,
+        downsample_ratio=0.5,
+        tie_word_embeddings=False,
+    )

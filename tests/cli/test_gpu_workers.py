@@ -8,6 +8,7 @@ CUDA_VISIBLE_DEVICES and heartbeat, sharing one Redis queue.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import pytest
 import redis
 from flask import Flask
 
-from internvl_queue.cli.gpu_workers import parse_gpus
+from internvl_queue.cli.gpu_workers import child_env, group_gpus, parse_gpus
 from internvl_queue.core.settings import Settings
 from internvl_queue.core.status import JobStatus
 from internvl_queue.core.store import JobStore
@@ -34,7 +35,7 @@ def test_gpu_lists_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
     assert parse_gpus("0,1") == [0, 1]
     assert parse_gpus("3") == [3]
     assert parse_gpus("all", count=lambda: 4) == [0, 1, 2, 3]
-    for bad in ("", "a", "0,0", "-1", "0,,1"):
+    for bad in ("", "a", "0,0", "-1", "0,,1", "0,1,1,2"):
         with pytest.raises(ValueError):
             parse_gpus(bad)
     with pytest.raises(ValueError, match="no CUDA GPU"):
@@ -43,6 +44,70 @@ def test_gpu_lists_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
     assert parse_gpus("1") == [1]
     with pytest.raises(ValueError):
         parse_gpus("2")
+
+
+def test_gpus_are_grouped_for_workers_that_span_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    four = lambda: 4  # noqa: E731  (a host with four GPUs)
+    assert group_gpus(parse_gpus("0,1,2,3"), 2) == [[0, 1], [2, 3]]
+    assert group_gpus(parse_gpus("all", count=four), 2) == [[0, 1], [2, 3]]
+    assert group_gpus(parse_gpus("all", count=four), 4) == [[0, 1, 2, 3]]
+    assert group_gpus(parse_gpus("all", count=four), 1) == [[0], [1], [2], [3]]
+    assert group_gpus(parse_gpus("3,1,2,0"), 2) == [[3, 1], [2, 0]]  # in the order listed
+
+    # Each child sees its group alone, spans it, and reports the host's indices.
+    env = child_env([2, 3], {"PATH": "/bin"})
+    assert env["CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert env["INTERNVL_GPUS_PER_WORKER"] == "2"
+    assert env["INTERNVL_GPU_GROUP"] == "2,3" and env["INTERNVL_GPU_INDEX"] == "2"
+    # Through the parent's own CUDA_VISIBLE_DEVICES: host GPUs 6 and 7 are its 2 and 3.
+    inherited = child_env([2, 3], {"CUDA_VISIBLE_DEVICES": "4,5,6,7"})
+    assert inherited["CUDA_VISIBLE_DEVICES"] == "6,7"
+    assert child_env([0], {})["INTERNVL_GPUS_PER_WORKER"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("spec", "per_worker", "sentence"),
+    [
+        ("all", 4, "--gpus-per-worker 4 needs at least 4 GPUs, but --gpus gives 3 (0,1,2)"),
+        ("0,1,2", 2, "--gpus gives 3 GPUs (0,1,2), which do not split into groups of 2"),
+        ("0,1,2,3,4,5", 4, "list a multiple of 4 GPUs or change --gpus-per-worker"),
+        ("0,1,1,2", 2, "--gpus 0,1,1,2 lists GPU 1 more than once"),
+        ("0,1", 0, "--gpus-per-worker must be 1 or more"),
+    ],
+)
+def test_impossible_groupings_are_refused_with_one_sentence(
+    monkeypatch: pytest.MonkeyPatch, spec: str, per_worker: int, sentence: str
+) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.raises(ValueError, match=re.escape(sentence)):
+        group_gpus(parse_gpus(spec, count=lambda: 3), per_worker)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "sentence"),
+    [
+        (["--gpus", "0,1,2", "--gpus-per-worker", "4"], "needs at least 4 GPUs"),
+        (["--gpus", "0,1,2", "--gpus-per-worker", "2"], "do not split into groups of 2"),
+        (["--gpus", "0,0"], "lists GPU 0 more than once"),
+        (["--gpus-per-worker", "2"], "--gpus-per-worker needs --gpus"),
+    ],
+)
+def test_the_worker_command_refuses_an_impossible_grouping(
+    arguments: list[str], sentence: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    done = subprocess.run(
+        [sys.executable, "-m", "internvl_queue", "worker", *arguments],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("internvl-queue worker: "), done.stderr
+    assert sentence in lines[0]
 
 
 def _gpu_workers(registry: WorkerRegistry, parent: int) -> dict[int, WorkerInfo]:

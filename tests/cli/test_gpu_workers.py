@@ -1,7 +1,7 @@
 """``internvl-queue worker --gpus``: one worker process per GPU, supervised by one parent.
 
 On this CPU-only machine the children run the tiny model on the CPU (INTERNVL_DEVICE=cpu), but
-everything else is as on a GPU host: two real worker processes, each with its own
+everything else is as on a GPU host: two or three real worker processes, each with its own
 CUDA_VISIBLE_DEVICES and heartbeat, sharing one Redis queue.
 """
 
@@ -125,7 +125,20 @@ def _wait(check: Callable[[], bool], timeout: float, what: str, log: Path) -> No
         time.sleep(0.1)
 
 
-def test_one_worker_per_gpu_share_a_burst_and_stop_together(
+@pytest.mark.parametrize(
+    ("arguments", "groups"),
+    [
+        # Three workers, one per GPU.
+        (["--gpus", "0,1,2"], [[0], [1], [2]]),
+        # Two workers spanning two GPUs each (here on the CPU: the model is loaded whole, with a
+        # warning, but the grouping, the environment and the heartbeats are as on a GPU host).
+        (["--gpus", "0,1,2,3", "--gpus-per-worker", "2"], [[0, 1], [2, 3]]),
+    ],
+    ids=["three-workers", "two-workers-of-two-gpus"],
+)
+def test_gpu_workers_share_a_burst_and_stop_together(
+    arguments: list[str],
+    groups: list[list[int]],
     settings: Settings,
     tiny_model_dir: Path,
     redis_client: redis.Redis,
@@ -144,24 +157,29 @@ def test_one_worker_per_gpu_share_a_burst_and_stop_together(
     log = tmp_path / "gpus.log"
     with log.open("wb") as out:
         parent = subprocess.Popen(
-            [sys.executable, "-m", "internvl_queue", "worker", "--gpus", "0,1"],
+            [sys.executable, "-m", "internvl_queue", "worker", *arguments],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
     registry = WorkerRegistry(redis_client)
+    firsts = [group[0] for group in groups]
     try:
-        _wait(lambda: len(_gpu_workers(registry, parent.pid)) == 2, 120, "two workers", log)
+        _wait(
+            lambda: len(_gpu_workers(registry, parent.pid)) == len(groups),
+            120,
+            f"{len(groups)} workers",
+            log,
+        )
         workers = _gpu_workers(registry, parent.pid)
-        assert set(workers) == {0, 1}
-        assert workers[0].pid != workers[1].pid
+        assert sorted(workers) == firsts
+        assert len({w.pid for w in workers.values()}) == len(groups)
+        assert [workers[g].gpus for g in firsts] == groups  # each reports its own GPUs
 
         client = make_app(mine).test_client()
         ready = client.get("/readyz").json
-        assert sorted(w["gpu_index"] for w in ready["workers"] if w["gpu_index"] is not None) == [
-            0,
-            1,
-        ]
+        listed = sorted(w["gpus"] for w in ready["workers"] if w["gpus"] is not None)
+        assert listed == groups
         ids = [
             client.post("/v1/jobs", json=json_body(f"question {i}", max_new_tokens=4)).json["id"]
             for i in range(40)
@@ -179,29 +197,34 @@ def test_one_worker_per_gpu_share_a_burst_and_stop_together(
             log,
         )
         served = {g: w.jobs_succeeded for g, w in _gpu_workers(registry, parent.pid).items()}
-        assert sum(served.values()) == 40, served
-        assert all(count > 0 for count in served.values()), served  # both GPUs took a share
+        assert sum(served.values()) == 40, served  # each job ran once, on one worker
+        assert all(count > 0 for count in served.values()), served  # every worker took a share
 
-        # A worker that dies is started again by the parent; the other keeps serving.
-        os.kill(workers[1].pid, signal.SIGKILL)
+        # A worker that dies is started again by the parent; the others keep serving.
+        last = firsts[-1]
+        os.kill(workers[last].pid, signal.SIGKILL)
         _wait(
             lambda: (
-                (w := _gpu_workers(registry, parent.pid).get(1)) is not None
-                and w.pid != workers[1].pid
+                (w := _gpu_workers(registry, parent.pid).get(last)) is not None
+                and w.pid != workers[last].pid
             ),
             120,
-            "GPU 1's worker restarted",
+            f"GPU {last}'s worker restarted",
             log,
         )
         now_running = _gpu_workers(registry, parent.pid)
-        assert now_running[0].pid == workers[0].pid
-        workers[2] = now_running[1]  # the restarted one: it must stop too
+        assert all(now_running[g].pid == workers[g].pid for g in firsts[:-1])
+        assert now_running[last].gpus == groups[-1]
+        workers[-1] = now_running[last]  # the restarted one: it must stop too
     finally:
         parent.send_signal(signal.SIGTERM)
         code = parent.wait(90)
     output = log.read_text()
     assert code == 0, output
     assert "stopping the workers" in output and "stopped" in output
+    if len(groups[0]) > 1:
+        assert "CUDA_VISIBLE_DEVICES=2,3" in output
+        assert "INTERNVL_GPUS_PER_WORKER=2 has no effect on the cpu" in output
     children = [w.pid for w in workers.values()]
     for pid in children:
         with pytest.raises(ProcessLookupError):

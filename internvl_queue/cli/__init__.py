@@ -88,10 +88,13 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         )
         return 2
     if args.gpus is not None:
+        from ..core.settings import Settings
         from .gpu_workers import group_gpus, parse_gpus, run_gpu_workers
 
         try:
-            groups = group_gpus(parse_gpus(args.gpus), args.gpus_per_worker or 1)
+            # Without the flag, INTERNVL_GPUS_PER_WORKER groups them (compose's .env sets it).
+            per_worker = args.gpus_per_worker or Settings.from_env().gpus_per_worker
+            groups = group_gpus(parse_gpus(args.gpus), per_worker)
         except ValueError as exc:
             print(f"internvl-queue worker: {exc}", file=sys.stderr)
             return 2
@@ -221,7 +224,8 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="with --gpus: one worker per group of N GPUs (in the order listed), the model "
-        "loaded across its group (for a model larger than one GPU); default 1",
+        "loaded across its group (for a model larger than one GPU); default "
+        "$INTERNVL_GPUS_PER_WORKER, else 1",
     )
     worker.set_defaults(func=_cmd_worker)
 

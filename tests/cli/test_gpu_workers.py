@@ -91,12 +91,17 @@ def test_impossible_groupings_are_refused_with_one_sentence(
         (["--gpus", "0,1,2", "--gpus-per-worker", "2"], "do not split into groups of 2"),
         (["--gpus", "0,0"], "lists GPU 0 more than once"),
         (["--gpus-per-worker", "2"], "--gpus-per-worker needs --gpus"),
+        # Without the flag, INTERNVL_GPUS_PER_WORKER (compose's .env) groups them.
+        (["--gpus", "0,1,2", "INTERNVL_GPUS_PER_WORKER=2"], "do not split into groups of 2"),
+        (["--gpus", "0,1", "INTERNVL_GPUS_PER_WORKER=0"], "INTERNVL_GPUS_PER_WORKER must be"),
     ],
 )
 def test_the_worker_command_refuses_an_impossible_grouping(
     arguments: list[str], sentence: str
 ) -> None:
     env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env.update(a.split("=", 1) for a in arguments if "=" in a)
+    arguments = [a for a in arguments if "=" not in a]
     done = subprocess.run(
         [sys.executable, "-m", "internvl_queue", "worker", *arguments],
         env=env,

@@ -75,8 +75,8 @@ def internvl3_78b_config(image_token_id: int) -> InternVLConfig:
     """InternVL3-78B's shape (78.4 B parameters, about 157 GB in bf16: larger than one GPU):
     InternViT-6B (3 200 hidden, 45 layers, 25 heads, MLP 12 800, RMS norm, QK norm) + Qwen2.5-72B
     (8 192 hidden, 80 layers, 64 heads, 8 KV heads, MLP 29 568, vocabulary 151 674, untied head).
-    For a worker spanning GPUs (docs/gpus.md); build it on the meta device to plan, or directly on
-    the GPUs with a device map to measure."""
+    For a worker spanning GPUs (docs/deployment.md); build it on the meta device to plan, or
+    directly on the GPUs with a device map to measure."""
     return InternVLConfig(
         vision_config=InternVLVisionConfig(
             hidden_size=3200,

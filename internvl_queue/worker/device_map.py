@@ -13,7 +13,7 @@ each module's weights there and accelerate's hooks move each module's inputs to 
 The engine keeps each layer's KV cache on that layer's GPU (``engine/decoder.py``), so the cache
 is split like the layers. A byte balance is the right first cut: the first GPU also holds the
 vision tower's activations and the logits, which no weight count shows; measured on H200s: not
-yet (docs/gpus.md).
+yet (docs/deployment.md).
 """
 
 from __future__ import annotations

@@ -101,3 +101,47 @@ def test_gpus_per_worker_on_the_cpu_loads_the_model_whole(
     assert loaded.devices == (torch.device("cpu"),) and not loaded.sharded
     warnings = [r for r in caplog.records if "INTERNVL_GPUS_PER_WORKER=2" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
+
+
+def test_the_engine_runs_a_model_under_accelerates_hooks(tiny_model_dir: Path) -> None:
+    """A model loaded with a device map carries accelerate's hooks on every mapped module, and
+    the engine calls the decoder layers directly, with its own KV cache as ``past_key_values``:
+    the hooks must pass that through untouched. On the CPU (every module mapped to it, hooks
+    forced) the tokens are those of the model without hooks."""
+    accelerate = pytest.importorskip("accelerate")
+    from internvl_queue.worker.engine import Engine, EngineConfig, make_request
+    from internvl_queue.worker.engine.preprocess import prepare
+    from tests.images import photo
+
+    loaded = load_model(str(tiny_model_dir), "cpu")
+
+    def answers() -> list[list[int]]:
+        engine = Engine(loaded, EngineConfig(max_wait_ms=200, group_by_length=False))
+        requests = []
+        for seed, (question, tokens) in enumerate([("What?", 5), ("Is there text?", 17)]):
+            prepared = prepare(
+                loaded.processor,
+                [photo(300, 200, seed=seed)],
+                question,
+                max_tiles=6,
+                dtype=loaded.dtype,
+                max_pixels=10**8,
+            )
+            requests.append(engine.submit(make_request(prepared, max_new_tokens=tokens)))
+        engine.start()
+        try:
+            return [r.future.result(timeout=120).tokens for r in requests]
+        finally:
+            engine.stop()
+
+    plain = answers()
+    device_map = dict.fromkeys(plan_device_map(meta_model(str(tiny_model_dir), loaded.dtype), 2))
+    model = loaded.model
+    accelerate.dispatch_model(
+        model,
+        device_map={name: "cpu" for name in device_map},
+        force_hooks=True,
+        skip_keys=model._skip_keys_device_placement,
+    )
+    assert hasattr(model.get_submodule(f"{LAYERS}.1"), "_hf_hook")
+    assert answers() == plain

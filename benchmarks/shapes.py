@@ -25,14 +25,16 @@ from transformers import (
 
 from internvl_queue.testing.tiny_model import make_tiny_model
 
-__all__ = ["internvl3_78b_config", "write_internvl3_1b_shaped"]
+__all__ = ["internvl3_78b_config", "internvl3_processor", "write_internvl3_1b_shaped"]
 
 
-def write_internvl3_1b_shaped(directory: Path, *, seed: int = 0) -> Path:
+def internvl3_processor() -> InternVLProcessor:
+    """InternVL3's processor shape: 448-px tiles, 256 image tokens per tile; the tiny
+    checkpoint's tokenizer and chat template (see the module doc)."""
     with tempfile.TemporaryDirectory() as tiny:
         make_tiny_model(tiny)
         small = AutoProcessor.from_pretrained(tiny)
-    processor = InternVLProcessor(
+    return InternVLProcessor(
         image_processor=GotOcr2ImageProcessorFast(
             size={"height": 448, "width": 448}, crop_to_patches=True, min_patches=1, max_patches=12
         ),
@@ -41,6 +43,10 @@ def write_internvl3_1b_shaped(directory: Path, *, seed: int = 0) -> Path:
         image_seq_length=256,
         chat_template=small.chat_template,
     )
+
+
+def write_internvl3_1b_shaped(directory: Path, *, seed: int = 0) -> Path:
+    processor = internvl3_processor()
     config = InternVLConfig(
         vision_config=InternVLVisionConfig(attention_bias=True),  # InternViT-300M defaults
         text_config=Qwen2Config(
@@ -64,8 +70,8 @@ def write_internvl3_1b_shaped(directory: Path, *, seed: int = 0) -> Path:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with torch.device(device):
         model = InternVLForConditionalGeneration(config).to(torch.bfloat16)
-    model.generation_config.eos_token_id = small.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    model.generation_config.pad_token_id = small.tokenizer.pad_token_id
+    model.generation_config.eos_token_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory

@@ -95,7 +95,10 @@ def _visible_devices(gpus: list[int], inherited: str | None = None) -> list[str]
         return [str(g) for g in gpus]
     visible = [d.strip() for d in inherited.split(",") if d.strip()]
     if max(gpus) >= len(visible):
-        raise ValueError(f"--gpus {gpus} but CUDA_VISIBLE_DEVICES={inherited!r}")
+        raise ValueError(
+            f"--gpus names GPU {max(gpus)}, but CUDA_VISIBLE_DEVICES={inherited} shows "
+            f"{len(visible)}: count --gpus indices from 0 within CUDA_VISIBLE_DEVICES"
+        )
     return [visible[g] for g in gpus]
 
 
@@ -103,7 +106,7 @@ def child_env(group: list[int], environ: dict[str, str] | None = None) -> dict[s
     """The environment of the worker owning ``group`` (host GPU indices, as the parent sees
     them): its GPUs alone visible, how many to span, and what to report."""
     base = dict(os.environ if environ is None else environ)
-    devices = _visible_devices(group, base.get("CUDA_VISIBLE_DEVICES"))
+    devices = _visible_devices(group, base.get("CUDA_VISIBLE_DEVICES", ""))
     return {
         **base,
         "CUDA_VISIBLE_DEVICES": ",".join(devices),

@@ -391,7 +391,9 @@ class BatchDecoder:
         self, logits: torch.Tensor, ws: _Workspace, rows: int | None = None
     ) -> torch.Tensor:
         """Greedy choice under the checkpoint's suppress_tokens / min_new_tokens / eos rules."""
-        logits = logits.to(self.device).float()  # a no-op unless the LM head is elsewhere
+        if self.sharded:  # the step's state is on the first GPU, wherever the LM head is
+            logits = logits.to(self.device)
+        logits = logits.float()
         if self.suppress_ids.numel():
             logits[:, self.suppress_ids] = float("-inf")
         if self.min_new_tokens and self.eos_ids.numel():

@@ -17,8 +17,9 @@ import yaml
 from internvl_queue.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-# REDIS_URL is always the stack's own Redis; INTERNVL_GPU_INDEX is set by `worker --gpus` itself.
-NOT_FROM_ENV_FILE = {"REDIS_URL", "INTERNVL_GPU_INDEX"}
+# REDIS_URL is always the stack's own Redis; INTERNVL_GPU_INDEX and INTERNVL_GPU_GROUP are set by
+# `worker --gpus` itself.
+NOT_FROM_ENV_FILE = {"REDIS_URL", "INTERNVL_GPU_INDEX", "INTERNVL_GPU_GROUP"}
 
 
 def settings_from_env_file() -> list[str]:

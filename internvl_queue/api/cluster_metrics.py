@@ -186,12 +186,13 @@ def _worker_families(workers: list[WorkerInfo]) -> Iterator[Metric]:
     yield by_state
     info = GaugeMetricFamily(
         f"{NS}_worker_info",
-        "One series per worker, with its state, device and GPU (always 1)",
-        labels=["worker", "state", "queue", "model", "device", "gpu"],
+        "One series per worker, with its state, device, GPU and host GPUs (always 1)",
+        labels=["worker", "state", "queue", "model", "device", "gpu", "gpus"],
     )
     for w in workers:
+        gpus = ",".join(str(g) for g in w.gpus or [])  # "2,3" for a worker spanning two GPUs
         info.add_metric(
-            [w.name, w.state.value, w.queue or "", w.model, w.device, w.gpu_name or ""], 1
+            [w.name, w.state.value, w.queue or "", w.model, w.device, w.gpu_name or "", gpus], 1
         )
     yield info
     stored = CounterMetricFamily(

@@ -79,15 +79,26 @@ def _run_worker(app: Any, queue: str, name: str, loglevel: str, on_forced_stop: 
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    if args.gpus is None and args.gpus_per_worker is not None:
+        print(
+            "internvl-queue worker: --gpus-per-worker needs --gpus (e.g. --gpus all "
+            "--gpus-per-worker 2); a single worker spans its visible GPUs with "
+            "INTERNVL_GPUS_PER_WORKER",
+            file=sys.stderr,
+        )
+        return 2
     if args.gpus is not None:
-        from .gpu_workers import parse_gpus, run_gpu_workers
+        from ..core.settings import Settings
+        from .gpu_workers import group_gpus, parse_gpus, run_gpu_workers
 
         try:
-            gpus = parse_gpus(args.gpus)
+            # Without the flag, INTERNVL_GPUS_PER_WORKER groups them (compose's .env sets it).
+            per_worker = args.gpus_per_worker or Settings.from_env().gpus_per_worker
+            groups = group_gpus(parse_gpus(args.gpus), per_worker)
         except ValueError as exc:
             print(f"internvl-queue worker: {exc}", file=sys.stderr)
             return 2
-        return run_gpu_workers(gpus, args.loglevel)
+        return run_gpu_workers(groups, args.loglevel)
     _configure_logging()
     # Importing the entry module reads the settings and registers the task and start-up hooks.
     from ..core.priority import lane_queues
@@ -207,6 +218,14 @@ def _parser() -> argparse.ArgumentParser:
         "--gpus",
         metavar="all|0,1,...",
         help="one worker process per GPU, each pinned to it (CUDA_VISIBLE_DEVICES)",
+    )
+    worker.add_argument(
+        "--gpus-per-worker",
+        type=int,
+        metavar="N",
+        help="with --gpus: one worker per group of N GPUs (in the order listed), the model "
+        "loaded across its group (for a model larger than one GPU); default "
+        "$INTERNVL_GPUS_PER_WORKER, else 1",
     )
     worker.set_defaults(func=_cmd_worker)
 

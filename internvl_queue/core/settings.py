@@ -222,6 +222,22 @@ class Settings:
             "the host GPU this worker reports (set by `worker --gpus` for each child; -1: none)",
         ),
     )
+    gpu_group: str = field(
+        default="",
+        metadata=_env(
+            "INTERNVL_GPU_GROUP",
+            "the host GPUs this worker reports, comma-separated (set by `worker --gpus` for each "
+            "child; empty: INTERNVL_GPU_INDEX alone)",
+        ),
+    )
+    gpus_per_worker: int = field(
+        default=1,
+        metadata=_env(
+            "INTERNVL_GPUS_PER_WORKER",
+            "GPUs the worker loads its model across: its first N visible GPUs, decoder layers "
+            "split between them (set by `worker --gpus-per-worker N` for each child)",
+        ),
+    )
     # -- access and backpressure --------------------------------------------------------------
     auth: AuthMode = field(
         default="required",
@@ -388,6 +404,14 @@ class Settings:
         return tuple(s.strip() for s in self.webhook_secrets.split(",") if s.strip())
 
     @cached_property
+    def host_gpus(self) -> tuple[int, ...] | None:
+        """The host GPUs this worker reports (INTERNVL_GPU_GROUP, else INTERNVL_GPU_INDEX), or
+        None when it was not started by ``worker --gpus``."""
+        if self.gpu_group.strip():
+            return tuple(int(g) for g in self.gpu_group.split(","))
+        return (self.gpu_index,) if self.gpu_index >= 0 else None
+
+    @cached_property
     def webhook_schedule(self) -> tuple[float, ...]:
         return tuple(float(s) for s in self.webhook_retry_schedule.split(",") if s.strip())
 
@@ -491,10 +515,18 @@ class Settings:
             "max_waiters",
             "max_batch_requests",
             "max_batch_request_bytes",
+            "gpus_per_worker",
         ):
             if getattr(self, name) < 1:
                 env = next(f.metadata["env"] for f in fields(self) if f.name == name)
                 raise SettingsError(f"{env} must be positive")
+        if self.gpu_group.strip():
+            try:
+                self.host_gpus  # noqa: B018  (parsed here, once, to refuse a bad value at start)
+            except ValueError:
+                raise SettingsError(
+                    f"INTERNVL_GPU_GROUP must be GPU indices like 0,1 (not {self.gpu_group!r})"
+                ) from None
         if self.redis_min_replicas < 0:
             raise SettingsError("INTERNVL_REDIS_MIN_REPLICAS must be 0 (no wait) or positive")
         # WAIT 0 would block for ever; over the client's 10 s socket timeout, the read fails.

@@ -55,9 +55,14 @@ class WorkerInfo:
     # Whether its Celery consumer is connected to the broker now (False while it reconnects after
     # a Redis restart: loaded, but taking no job). None: not known (a worker outside Celery).
     consuming: bool | None = None
-    # Its GPU's memory in bytes (allocated, reserved, used, total: worker/gpu_memory.py); None
-    # on the CPU.
+    # Its GPU's memory in bytes (allocated, reserved, used, total: worker/gpu_memory.py), summed
+    # over its GPUs when it spans several; None on the CPU.
     gpu_memory: dict[str, int] | None = None
+    # The host GPUs it owns (``worker --gpus``, with ``--gpus-per-worker``: its group), and the
+    # name of each GPU its model is on, in the same order; None for a worker not started so /
+    # not on CUDA.
+    gpus: list[int] | None = None
+    gpu_names: list[str] | None = None
 
     @property
     def jobs_done(self) -> int:
@@ -69,12 +74,13 @@ class WorkerInfo:
 
 _INT_FIELDS = {"pid", "jobs_succeeded", "jobs_failed", "redeliveries_ignored", "threads"}
 _FLOAT_FIELDS = {"loaded_at", "last_seen", "since"}
+_JSON_FIELDS = ("engine", "gpu_memory", "gpus", "gpu_names")
 
 
 def _encode(info: WorkerInfo) -> HashFields:
     encoded = {k: "" if v is None else str(v) for k, v in asdict(info).items()}
-    encoded["engine"] = json.dumps(info.engine)
-    encoded["gpu_memory"] = json.dumps(info.gpu_memory)
+    for name in _JSON_FIELDS:
+        encoded[name] = json.dumps(getattr(info, name))
     encoded["state"] = info.state.value
     return encoded
 
@@ -90,7 +96,7 @@ def _decode(raw: dict[bytes, bytes]) -> WorkerInfo:
             values[f.name] = int(text) if text else None
         elif f.name in _FLOAT_FIELDS:
             values[f.name] = float(text or 0)
-        elif f.name in ("engine", "gpu_memory"):
+        elif f.name in _JSON_FIELDS:
             values[f.name] = json.loads(text) if text else None
         elif f.name == "consuming":
             values[f.name] = {"True": True, "False": False}.get(text)

@@ -9,6 +9,9 @@ same figures, per worker, in bytes:
 - ``used`` and ``total``: the whole device as the driver sees it (``mem_get_info``), every
   process on it included.
 
+A worker that spans GPUs (INTERNVL_GPUS_PER_WORKER) reports the sums over its GPUs: what its
+model holds in all, and how full its GPUs are together.
+
 None on the CPU, or before the model put anything on a GPU (asking then would initialise CUDA
 in a process that may not be meant to use it).
 """
@@ -21,17 +24,20 @@ __all__ = ["gpu_memory"]
 
 
 def gpu_memory(device: Any) -> dict[str, int] | None:
-    """The memory figures of ``device`` (a ``torch.device``), or None (see the module doc)."""
-    if getattr(device, "type", None) != "cuda":
+    """The memory figures of ``device`` (a ``torch.device``, or a sequence of them: summed), or
+    None (see the module doc)."""
+    devices = list(device) if isinstance(device, list | tuple) else [device]
+    if not devices or any(getattr(d, "type", None) != "cuda" for d in devices):
         return None
     import torch  # a worker on a GPU has imported it long since
 
     if not torch.cuda.is_initialized():
         return None
-    free, total = torch.cuda.mem_get_info(device)
-    return {
-        "allocated": int(torch.cuda.memory_allocated(device)),
-        "reserved": int(torch.cuda.memory_reserved(device)),
-        "used": int(total - free),
-        "total": int(total),
-    }
+    figures = dict.fromkeys(("allocated", "reserved", "used", "total"), 0)
+    for each in devices:
+        free, total = torch.cuda.mem_get_info(each)
+        figures["allocated"] += int(torch.cuda.memory_allocated(each))
+        figures["reserved"] += int(torch.cuda.memory_reserved(each))
+        figures["used"] += int(total - free)
+        figures["total"] += int(total)
+    return figures

@@ -1,14 +1,18 @@
 """The model seam: loading the checkpoint, and the prompt format.
 
-``load_model`` builds the warm model once per worker process with transformers' native classes;
+``load_model`` builds the warm model once per worker process with transformers' native classes,
+on one device or, for a model larger than one GPU, across several (``device_map.py``);
 ``build_inputs`` is the one place the prompt is made. The batching engine (``engine/``) runs it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,14 +38,33 @@ class LoadedModel:
     model_id: str
     model: Any
     processor: Any
+    # Where inputs go and logits come back: the vision tower, embeddings and LM head are here.
     device: torch.device
     dtype: torch.dtype
+    # Every device holding part of the model, ``device`` first: more than one when the worker
+    # spans GPUs (INTERNVL_GPUS_PER_WORKER), its decoder layers split between them.
+    devices: tuple[torch.device, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.devices:
+            object.__setattr__(self, "devices", (self.device,))
+
+    @property
+    def sharded(self) -> bool:
+        return len(self.devices) > 1
 
     @property
     def gpu_name(self) -> str | None:
         if self.device.type != "cuda":
             return None
         return torch.cuda.get_device_name(self.device)
+
+    @property
+    def gpu_names(self) -> list[str] | None:
+        """The name of each GPU the model is on, in device order; None off CUDA."""
+        if self.device.type != "cuda":
+            return None
+        return [torch.cuda.get_device_name(d) for d in self.devices]
 
 
 def resolve_device(preference: str) -> torch.device:
@@ -59,17 +82,30 @@ def model_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def load_model(model_id: str, device_preference: str = "auto") -> LoadedModel:
-    """Load an -hf InternVL checkpoint (hub id or directory) with transformers' native classes."""
+def load_model(model_id: str, device_preference: str = "auto", *, gpus: int = 1) -> LoadedModel:
+    """Load an -hf InternVL checkpoint (hub id or directory) with transformers' native classes,
+    across the first ``gpus`` visible GPUs when more than one (``device_map.py``)."""
     device = resolve_device(device_preference)
     dtype = model_dtype(device)
     started = time.perf_counter()
     hf_logging.disable_progress_bar()  # a progress bar is noise in a service's log
     processor = AutoProcessor.from_pretrained(model_id)
-    model: Any = AutoModelForImageTextToText.from_pretrained(
-        model_id, dtype=dtype, attn_implementation="sdpa"
-    )
-    model.to(device).eval()
+    devices: tuple[torch.device, ...] = (device,)
+    model: Any
+    if gpus > 1 and device.type != "cuda":
+        log.warning(
+            "INTERNVL_GPUS_PER_WORKER=%d has no effect on the %s: the model is loaded whole there",
+            gpus,
+            device,
+        )
+    if gpus > 1 and device.type == "cuda":
+        model, devices = _load_across_gpus(model_id, dtype, gpus)
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(
+            model_id, dtype=dtype, attn_implementation="sdpa"
+        )
+        model.to(device)
+    model.eval()
     if device.type == "cuda":
         # TF32 for the float32 parts (rotary embedding, logits); bf16 matmuls are unaffected.
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -77,11 +113,46 @@ def load_model(model_id: str, device_preference: str = "auto") -> LoadedModel:
     log.info(
         "loaded %s on %s (%s) in %.1f s",
         model_id,
-        device,
+        ", ".join(str(d) for d in devices),
         dtype,
         time.perf_counter() - started,
     )
-    return LoadedModel(model_id, model, processor, device, dtype)
+    return LoadedModel(model_id, model, processor, devices[0], dtype, devices)
+
+
+def _load_across_gpus(
+    model_id: str, dtype: torch.dtype, gpus: int
+) -> tuple[Any, tuple[torch.device, ...]]:
+    """The model split over cuda:0 .. cuda:gpus-1 by ``device_map.plan_device_map``: transformers
+    puts each module's weights on its GPU as it reads them (never the whole model in host
+    memory), and accelerate's hooks move each module's inputs to its GPU."""
+    from .device_map import LAYERS, meta_model, plan_device_map
+    from .model_source import ModelUnavailable
+
+    visible = torch.cuda.device_count()
+    if visible < gpus:
+        raise ModelUnavailable(
+            f"INTERNVL_GPUS_PER_WORKER={gpus} but this worker sees {visible} GPU(s) "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): give it "
+            f"{gpus} GPUs, or lower INTERNVL_GPUS_PER_WORKER"
+        )
+    if importlib.util.find_spec("accelerate") is None:
+        raise ModelUnavailable(
+            f"INTERNVL_GPUS_PER_WORKER={gpus} needs the accelerate package (transformers "
+            "places a model across GPUs with it): install internvl-queue[worker]"
+        )
+    device_map = plan_device_map(meta_model(model_id, dtype), gpus)
+    model = AutoModelForImageTextToText.from_pretrained(
+        model_id, dtype=dtype, attn_implementation="sdpa", device_map=device_map
+    )
+    counts = Counter(v for k, v in device_map.items() if k.startswith(f"{LAYERS}."))
+    log.info(
+        "the model spans %d GPUs: vision tower, embeddings and LM head on cuda:0; decoder layers "
+        "per GPU %s",
+        gpus,
+        ", ".join(f"cuda:{d}: {counts[d]}" for d in range(gpus)),
+    )
+    return model, tuple(torch.device("cuda", d) for d in range(gpus))
 
 
 def build_inputs(

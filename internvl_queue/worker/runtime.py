@@ -115,7 +115,7 @@ class WorkerRuntime:
         if processes > 0:
             self.preprocessor = preprocessor(None)
         try:
-            loaded = load_model(model_id, s.device)
+            loaded = load_model(model_id, s.device, gpus=s.gpus_per_worker)
         except BaseException:
             if self.preprocessor is not None:  # not left starting behind a worker that exits
                 self.preprocessor.close(wait=False)
@@ -201,7 +201,9 @@ class WorkerRuntime:
             threads=thread_count(),
             queue=self.settings.queue_name,
             consuming=self.consuming,
-            gpu_memory=gpu_memory(getattr(self.loaded, "device", None)),
+            gpu_memory=gpu_memory(getattr(self.loaded, "devices", None)),
+            gpus=list(self.settings.host_gpus) if self.settings.host_gpus is not None else None,
+            gpu_names=getattr(self.loaded, "gpu_names", None),
             **counters,
         )
 

@@ -57,6 +57,9 @@ def test_a_gpu_workers_heartbeat_becomes_its_series(redis_client: redis.Redis) -
         state=WorkerState.READY,
         queue="internvl",
         gpu_memory={"allocated": 3 * GIB, "reserved": 5 * GIB, "used": 6 * GIB, "total": 140 * GIB},
+        gpu_index=2,
+        gpus=[2, 3],  # a worker spanning two GPUs
+        gpu_names=["NVIDIA H200", "NVIDIA H200"],
     )
     WorkerRegistry(redis_client).publish(info, ttl_s=30)
     found = _scrape(ClusterCollector(redis_client, "internvl"))
@@ -70,6 +73,12 @@ def test_a_gpu_workers_heartbeat_becomes_its_series(redis_client: redis.Redis) -
     ready = "[('model', 'OpenGVLab/InternVL3-1B-hf'), ('queue', 'internvl'), ('state', 'ready')]"
     assert found[f"internvl_queue_workers{ready}"] == 1
     assert found[f"internvl_queue_workers{ready.replace('ready', 'loading')}"] == 0
+    described = (
+        "[('device', 'cuda'), ('gpu', 'NVIDIA H200'), ('gpus', '2,3'), "
+        "('model', 'OpenGVLab/InternVL3-1B-hf'), ('queue', 'internvl'), ('state', 'ready'), "
+        "('worker', 'gpu-host:41')]"
+    )
+    assert found[f"internvl_queue_worker_info{described}"] == 1
     succeeded = "[('status', 'succeeded'), ('worker', 'gpu-host:41')]"
     assert found[f"internvl_queue_worker_jobs_total{succeeded}"] == 7
 

@@ -4,8 +4,10 @@ from collections.abc import Callable
 import redis
 from flask import Flask
 
+from internvl_queue.api.openapi import openapi_document
 from internvl_queue.core.settings import Settings
 from internvl_queue.core.workers import WorkerInfo, WorkerRegistry, WorkerState
+from tests.api.test_openapi_spec import _validator
 
 
 def test_healthz(client) -> None:
@@ -55,6 +57,54 @@ def test_readyz_lists_live_workers(client, redis_client: redis.Redis) -> None:
     assert worker["queue"] == "internvl"
 
 
+def test_readyz_shows_each_workers_gpus(client, redis_client: redis.Redis) -> None:
+    registry = WorkerRegistry(redis_client)
+    common = {"model": "m", "loaded_at": 1.0, "last_seen": 2.0, "queue": "internvl"}
+    # One worker spanning host GPUs 2 and 3 (worker --gpus 0,1,2,3 --gpus-per-worker 2), one
+    # pinned to GPU 0, one started alone.
+    registry.publish(
+        WorkerInfo(
+            name="span",
+            pid=1,
+            device="cuda:0",
+            gpu_name="NVIDIA H200",
+            gpu_index=2,
+            gpus=[2, 3],
+            gpu_names=["NVIDIA H200", "NVIDIA H200"],
+            gpu_memory={"allocated": 2, "reserved": 4, "used": 6, "total": 8},
+            **common,
+        ),
+        ttl_s=30,
+    )
+    registry.publish(
+        WorkerInfo(
+            name="one",
+            pid=2,
+            device="cuda",
+            gpu_name="NVIDIA H200",
+            gpu_index=0,
+            gpus=[0],
+            gpu_names=["NVIDIA H200"],
+            **common,
+        ),
+        ttl_s=30,
+    )
+    registry.publish(
+        WorkerInfo(name="alone", pid=3, device="cpu", gpu_name=None, **common),
+        ttl_s=30,
+    )
+    reply = client.get("/readyz")
+    assert reply.status_code == 200
+    listed = {w["name"]: (w["gpus"], w["gpu_names"]) for w in reply.json["workers"]}
+    assert listed == {
+        "span": ([2, 3], ["NVIDIA H200", "NVIDIA H200"]),
+        "one": ([0], ["NVIDIA H200"]),
+        "alone": (None, None),
+    }
+    document = openapi_document(Settings())
+    _validator(document)(document["components"]["schemas"]["Readiness"]).validate(reply.json)
+
+
 def test_readyz_without_redis(make_app: Callable[..., Flask]) -> None:
     from internvl_queue.cli.redis_server import free_port
 
@@ -76,7 +126,7 @@ def _publish(client: redis.Redis, name: str, state: WorkerState, **fields: objec
         loaded_at=0.0,
         last_seen=time.time(),
         state=state,
-        **fields,  # type: ignore[arg-type]
+        **fields,
     )
     WorkerRegistry(client).publish(info, ttl_s=30)
 

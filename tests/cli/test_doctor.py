@@ -304,3 +304,50 @@ def test_the_verdict_names_what_failed_and_counts_warnings() -> None:
     assert exit_code(broken) == 1
     assert verdict(broken, None).endswith("fix the FAIL lines above (Redis, model).")
     assert format_check(fine[0]) == "OK    torch          2.14.1"
+
+
+def test_it_lists_the_live_workers_with_their_gpus(
+    tmp_path: Path, redis_client: redis.Redis, redis_url: str, tiny_model_dir: Path
+) -> None:
+    from internvl_queue.core.workers import WorkerInfo, WorkerRegistry, WorkerState
+
+    done, _ = run_doctor(tmp_path, redis_url, str(tiny_model_dir), INTERNVL_DEVICE="cpu")
+    assert "none heartbeating in this Redis yet" in line(done.stdout, "workers")
+
+    registry = WorkerRegistry(redis_client)
+    now = time.time()
+    common = {"model": "m", "loaded_at": now, "last_seen": now, "queue": "internvl"}
+    registry.publish(
+        WorkerInfo(
+            name="gpu-host:7",
+            pid=7,
+            device="cuda:0",
+            gpu_name="NVIDIA H200",
+            gpu_index=2,
+            gpus=[2, 3],
+            gpu_names=["NVIDIA H200", "NVIDIA H200"],
+            **common,
+        ),
+        ttl_s=60,
+    )
+    registry.publish(
+        WorkerInfo(
+            name="gpu-host:8",
+            pid=8,
+            device="unknown",
+            gpu_name=None,
+            gpu_index=0,
+            gpus=[0],
+            state=WorkerState.FAILED,
+            error="INTERNVL_GPUS_PER_WORKER=2 but this worker sees 1 GPU(s)",
+            **common,
+        ),
+        ttl_s=60,
+    )
+    done, _ = run_doctor(tmp_path, redis_url, str(tiny_model_dir), INTERNVL_DEVICE="cpu")
+    rows = {row.split()[2]: row for row in done.stdout.splitlines() if " worker gpu-host:" in row}
+    assert rows["gpu-host:7"].startswith("OK")
+    assert "ready on GPUs 2,3 (NVIDIA H200, NVIDIA H200), queue internvl" in rows["gpu-host:7"]
+    assert rows["gpu-host:8"].startswith("WARN")
+    assert "failed on GPU 0, queue internvl: INTERNVL_GPUS_PER_WORKER=2" in rows["gpu-host:8"]
+    assert done.returncode == 0, done.stdout  # workers elsewhere do not stop one starting here

@@ -424,3 +424,44 @@ def test_prepared_decode_shapes_share_one_kv_buffer_without_autograd_history(
         assert result.tokens == _one_at_a_time(loaded, img, q, max_new_tokens=n, max_tiles=t)
     assert len(captured) == len(decoder.plan.shapes)  # nothing built or captured while serving
     assert engine.stats.snapshot()["uncaptured_batches"] == 0
+
+
+def test_a_decoder_whose_layers_sit_on_two_devices_answers_as_on_one(
+    loaded: LoadedModel, make_engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The code path of a model split across GPUs (device_map.py), on the CPU: the second half of
+    the layers is said to be on another device, so that each step's inputs are moved at the
+    boundary and the KV cache is allocated per layer's device. The tokens are those of the whole
+    model on one device."""
+    jobs = [JOBS[0], JOBS[3], JOBS[5]]
+
+    def answers(engine: Engine) -> list[list[int]]:
+        requests = [
+            engine.submit(_request(loaded, img, q, max_new_tokens=n, max_tiles=t))
+            for img, q, n, t in jobs
+        ]
+        engine.start()
+        return [r.future.result(timeout=120).tokens for r in requests]
+
+    whole = answers(make_engine(max_wait_ms=200, group_by_length=False))
+    split = make_engine(max_wait_ms=200, group_by_length=False)
+    decoder = split.decoder
+    assert not decoder.sharded and decoder.layer_devices == [torch.device("cpu")] * 2
+    other = torch.device("cpu", 1)  # a second device index: its tensors stay on the CPU
+    decoder.layer_devices = [torch.device("cpu"), other]
+    decoder.sharded = True
+    moves: list[torch.device] = []
+    original_to = torch.Tensor.to
+
+    def counting_to(self: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if args and args[0] == other:
+            moves.append(args[0])
+        return original_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", counting_to)
+    assert answers(split) == whole
+    monkeypatch.undo()
+    # Per forward (a prefill, then each decode step) five tensors cross at the boundary: hidden,
+    # mask, positions, cos and sin.
+    assert moves and len(moves) % 5 == 0
+    assert not decoder.use_graphs

@@ -672,7 +672,23 @@ def _worker() -> Schema:
             "jobs_done": count,
             "redeliveries_ignored": count,
             "engine": {"type": ["object", "null"], "description": "Batching counters."},
-            "gpu_index": {"type": ["integer", "null"]},
+            "gpu_index": {
+                "type": ["integer", "null"],
+                "description": "Its host GPU (worker --gpus); the first of its GPUs if several.",
+            },
+            "gpus": {
+                "type": ["array", "null"],
+                "items": {"type": "integer", "minimum": 0},
+                "description": (
+                    "The host GPUs it owns (worker --gpus; with --gpus-per-worker, its group, "
+                    "the model loaded across them); null for a worker not started by --gpus."
+                ),
+            },
+            "gpu_names": {
+                "type": ["array", "null"],
+                "items": {"type": "string"},
+                "description": "The name of each GPU its model is on, in order; null off CUDA.",
+            },
             "state": {"type": "string", "enum": [s.value for s in WorkerState]},
             "since": epoch,
             "error": {"type": ["string", "null"]},
@@ -683,8 +699,8 @@ def _worker() -> Schema:
                 "type": ["object", "null"],
                 "description": (
                     "Its GPU's memory in bytes: allocated (live tensors), reserved (this "
-                    "process's caching allocator), used and total (the whole device); null on "
-                    "the CPU."
+                    "process's caching allocator), used and total (the whole device), summed "
+                    "over its GPUs when it spans several; null on the CPU."
                 ),
                 "additionalProperties": False,
                 "properties": {name: count for name in ("allocated", "reserved", "used", "total")},

@@ -22,6 +22,7 @@ from .model import check_model, hf_cache_dir, hub_offline
 from .packages import check_packages
 from .redis_check import check_redis_target, redis_source
 from .report import Check, Level, exit_code, format_check, verdict
+from .workers import check_workers
 
 __all__ = ["run_doctor"]
 
@@ -42,16 +43,17 @@ def _model_env() -> tuple[dict[str, str], str]:
     return env, "the default; set INTERNVL_MODEL to check another"
 
 
-def _settings_checks(env: Mapping[str, str]) -> tuple[list[Check], str, str]:
-    """(checks, model, device). Invalid settings are a FAIL, and the rest is still checked."""
+def _settings_checks(env: Mapping[str, str]) -> tuple[list[Check], str, str, int]:
+    """(checks, model, device, GPUs per worker). Invalid settings are a FAIL, and the rest is
+    still checked."""
     try:
         settings = Settings.from_env(env)
     except ValueError as exc:
         device = env.get("INTERNVL_DEVICE") or "auto"
         model = env.get("INTERNVL_MODEL") or DEFAULT_MODEL
         failed = Check("settings", Level.FAIL, f"{exc}: a worker refuses to start with it")
-        return [failed], model, device if device in ("auto", "cpu", "cuda") else "auto"
-    return [], settings.model, settings.device
+        return [failed], model, device if device in ("auto", "cpu", "cuda") else "auto", 1
+    return [], settings.model, settings.device, settings.gpus_per_worker
 
 
 def run_doctor(out: TextIO = sys.stdout) -> int:
@@ -64,13 +66,14 @@ def run_doctor(out: TextIO = sys.stdout) -> int:
         checks.extend(found)
 
     env, model_source = _model_env()
-    settings_checks, model, device = _settings_checks(env)
+    settings_checks, model, device, gpus_per_worker = _settings_checks(env)
     report(settings_checks)
     report(check_packages())
-    device_report = check_device(device)
+    device_report = check_device(device, gpus_per_worker)
     report(device_report.checks)
     try:
         report(check_redis_target(redis_target(), redis_source()))
+        report(check_workers(redis_target()))
     except ValueError as exc:  # the settings check has said it too; Redis cannot be checked
         report([Check("Redis", Level.FAIL, f"{exc}: fix it to check Redis")])
     model_report = check_model(model, data_dir=default_data_dir(), offline=hub_offline())

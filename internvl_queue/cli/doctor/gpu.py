@@ -93,8 +93,9 @@ def driver_version() -> tuple[str, int] | None:
     return (found.decode() if isinstance(found, bytes) else str(found)), count
 
 
-def check_device(device: str) -> DeviceReport:
-    """``device`` is INTERNVL_DEVICE: auto, cpu or cuda."""
+def check_device(device: str, gpus_per_worker: int = 1) -> DeviceReport:
+    """``device`` is INTERNVL_DEVICE: auto, cpu or cuda; ``gpus_per_worker`` is
+    INTERNVL_GPUS_PER_WORKER (a worker spanning that many GPUs)."""
     driver = driver_version()
     try:
         import torch
@@ -131,6 +132,22 @@ def check_device(device: str) -> DeviceReport:
     if not names:
         return DeviceReport(checks, None)
     distinct = ", ".join(dict.fromkeys(names))
+    if gpus_per_worker > 1:
+        if gpus_per_worker > len(names):
+            checks.append(
+                Check(
+                    "GPUs per worker",
+                    Level.FAIL,
+                    f"INTERNVL_GPUS_PER_WORKER={gpus_per_worker} but {len(names)} usable GPU(s) "
+                    "are visible: the worker could not load its model; give it more GPUs or "
+                    "lower INTERNVL_GPUS_PER_WORKER",
+                )
+            )
+            return DeviceReport(checks, None)
+        return DeviceReport(
+            checks,
+            f"{gpus_per_worker} GPUs ({distinct}) with the model across them (no CUDA graphs)",
+        )
     return DeviceReport(checks, f"the GPU ({distinct}; one worker per GPU with --gpus all)")
 
 

@@ -14,6 +14,13 @@ next key/value at the same slot and one mask per row (``slot >= pad``) hides the
 Decode shapes (rows x KV slots) are planned once (``buckets.plan_decode``): each planned shape's
 workspace is a view of one shared KV buffer, and on CUDA ``prepare`` captures all their graphs
 before the engine serves, so that no batch ever waits for a capture.
+
+A model that spans GPUs (``model.load_model(gpus=N)``, ``device_map.py``) has its inputs, vision
+tower, embeddings and LM head on the first GPU and its decoder layers split between the GPUs. Each
+layer's KV cache is then kept on that layer's GPU, the hidden state (with the mask and positions)
+crosses at each boundary between GPUs and comes back for the LM head, and the step-by-step state
+stays on the first GPU. Its decode steps run without CUDA graphs: a graph is captured on one
+device's stream, and a step that crosses GPUs launches work on others.
 """
 
 from __future__ import annotations
@@ -74,8 +81,11 @@ class _StaticKV:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         keys = self.keys[layer_idx][: self.rows]
         values = self.values[layer_idx][: self.rows]
-        keys.index_copy_(2, self.write_index, key)
-        values.index_copy_(2, self.write_index, value)
+        index = self.write_index
+        if index.device != keys.device:  # a layer on another GPU than the step's state
+            index = index.to(keys.device, non_blocking=True)
+        keys.index_copy_(2, index, key)
+        values.index_copy_(2, index, value)
         return keys, values
 
 
@@ -107,8 +117,9 @@ class _Pools:
         d = decoder
         self.row_slots = row_slots
         size = row_slots * d.kv_heads * d.head_dim
-        self.keys = [torch.zeros(size, dtype=d.dtype, device=d.device) for _ in range(d.n_layers)]
-        self.values = [torch.zeros(size, dtype=d.dtype, device=d.device) for _ in range(d.n_layers)]
+        # Each layer's cache on that layer's device (they differ when the model spans GPUs).
+        self.keys = [torch.zeros(size, dtype=d.dtype, device=dev) for dev in d.layer_devices]
+        self.values = [torch.zeros(size, dtype=d.dtype, device=dev) for dev in d.layer_devices]
         self.out = torch.zeros(row_slots, dtype=torch.long, device=d.device)
 
 
@@ -156,7 +167,17 @@ class BatchDecoder:
         )
         self.min_new_tokens = int(gen.min_new_tokens or 0)
         self.pad_id = int(gen.pad_token_id if gen.pad_token_id is not None else (eos_ids or [0])[0])
-        self.use_graphs = cuda_graphs and self.device.type == "cuda"
+        # The device of each decoder layer's weights: the first GPU's, except in a model that
+        # spans GPUs (device_map.py), whose layers are split between them.
+        self.layer_devices = [_device_of(layer, self.device) for layer in self.text.layers]
+        self.sharded = len({_device_of(self.embed, self.device), *self.layer_devices}) > 1
+        self.use_graphs = cuda_graphs and self.device.type == "cuda" and not self.sharded
+        if cuda_graphs and self.device.type == "cuda" and self.sharded:
+            log.warning(
+                "decode: CUDA graphs are off: the model spans %d GPUs, and a decode step that "
+                "crosses GPUs cannot be captured as one graph; its steps run kernel by kernel",
+                len(set(self.layer_devices) | {self.device}),
+            )
         # Benchmarks set this to get, per batch, where the time goes (it synchronises the GPU
         # between phases, so it is off in service).
         self.profile = False
@@ -310,7 +331,7 @@ class BatchDecoder:
         ).pooler_output
         embeds = self.embed(ids)
         image_slots = ids == self.image_token_id
-        embeds[image_slots] = features.reshape(-1, embeds.shape[-1]).to(embeds.dtype)
+        embeds[image_slots] = features.reshape(-1, embeds.shape[-1]).to(embeds.device, embeds.dtype)
         return embeds, pad.to(self.device)
 
     def _reset(self, ws: _Workspace, batch: Sequence[EngineRequest], pad: torch.Tensor) -> None:
@@ -346,7 +367,14 @@ class BatchDecoder:
         self, hidden: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor, cache: _StaticKV
     ) -> torch.Tensor:
         cos_sin = self.text.rotary_emb(hidden, position_ids)
-        for layer in self.text.layers:
+        here = hidden.device
+        for layer, device in zip(self.text.layers, self.layer_devices, strict=True):
+            if self.sharded and device != here:
+                # The next GPU's layers: the step's inputs cross once, not once per layer (the
+                # layers' own hooks would move them again for each layer).
+                hidden, mask, position_ids = (t.to(device) for t in (hidden, mask, position_ids))
+                cos_sin = tuple(t.to(device) for t in cos_sin)
+                here = device
             hidden = layer(
                 hidden,
                 attention_mask=mask,
@@ -354,6 +382,8 @@ class BatchDecoder:
                 past_key_values=cache,
                 position_embeddings=cos_sin,
             )
+        if self.sharded:
+            hidden = hidden.to(self.device)  # the norm and LM head are on the first GPU
         result: torch.Tensor = self.text.norm(hidden)
         return result
 
@@ -361,6 +391,8 @@ class BatchDecoder:
         self, logits: torch.Tensor, ws: _Workspace, rows: int | None = None
     ) -> torch.Tensor:
         """Greedy choice under the checkpoint's suppress_tokens / min_new_tokens / eos rules."""
+        if self.sharded:  # the step's state is on the first GPU, wherever the LM head is
+            logits = logits.to(self.device)
         logits = logits.float()
         if self.suppress_ids.numel():
             logits[:, self.suppress_ids] = float("-inf")
@@ -501,6 +533,12 @@ class BatchDecoder:
             seconds * 1000,
             " while serving (a batch waited for it)" if self.serving else "",
         )
+
+
+def _device_of(module: torch.nn.Module, default: torch.device) -> torch.device:
+    """Where ``module``'s weights are (``default`` for one without any)."""
+    parameter = next(module.parameters(), None)
+    return default if parameter is None else parameter.device
 
 
 def _memory_mb(device: torch.device) -> tuple[float, float]:

@@ -42,6 +42,8 @@ class BrokerLostAtAck(ConnectionError):
 class Consumer(CeleryConsumer):
     """Celery's consumer, with quick reconnection and one log line per outage."""
 
+    _restarted_for: Any = None  # the connection a failed settle last restarted the consumer for
+
     def call_soon_ack(self, p: Any, *args: Any, **kwargs: Any) -> Any:
         """Settle a message (``Message.ack_log_error`` or ``reject_log_error``); if that failed
         because the broker went away, restart the consumer on a new connection.
@@ -62,10 +64,13 @@ class Consumer(CeleryConsumer):
 
         def settle_or_reconnect(*a: Any, **kw: Any) -> Any:
             settled = settle(*a, **kw)  # logs (and swallows) a lost connection
-            if isinstance(message, Message) and not message.acknowledged:
-                raise BrokerLostAtAck(
-                    f"message {message.delivery_tag} could not be acked: the broker went away"
-                )
+            # Once per connection: the event loop's clean-up runs the other settles still
+            # queued, and one raising there is logged as an error with its traceback.
+            unsettled = isinstance(message, Message) and not message.acknowledged
+            if unsettled and self._restarted_for is not self.connection:
+                self._restarted_for = self.connection
+                tag = getattr(message, "delivery_tag", "?")
+                raise BrokerLostAtAck(f"message {tag} could not be acked: the broker went away")
             return settled
 
         return super().call_soon_ack(settle_or_reconnect, *args, **kwargs)

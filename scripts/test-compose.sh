@@ -12,7 +12,13 @@
 #      a long poll on a queued job is answered at once by `docker-compose restart api`, and the
 #      job survives a Redis crash (AOF on the volume) and is answered once the worker is back; the
 #      API image has no torch;
-#   5. everything torn down (containers, networks, volumes), on failure too; images stay cached.
+#   5. the same stack switched to Sentinel (compose/sentinel.yml: a primary, a replica, three
+#      sentinels) with the documented commands (docs/deployment.md, "Under docker compose:
+#      compose/sentinel.yml", run as written): a job is answered; the primary killed, the
+#      sentinels promote the replica; a job submitted then is answered 503 not_durable until the
+#      old primary, started again, replicates the new one, then 202 and answered; doctor in the
+#      worker container names the new primary;
+#   6. everything torn down (containers, networks, volumes), on failure too; images stay cached.
 # Run as root (or with sudo at hand). Prints one PASS/FAIL line per check; exits non-zero on any FAIL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -465,6 +471,26 @@ all_sentinels_name() {
     done
 }
 
+# Waits until the three sentinels know redis-replica as a replica in good standing (flags just
+# "slave": not down, not disconnected); false after $1 seconds. Before that, a dead primary has
+# no replica to fail over to, and a failed failover is retried only after 2 x failover-timeout.
+all_sentinels_know_replica() {
+    local deadline=$((SECONDS + $1)) n good
+    while :; do
+        good=0
+        for n in 1 2 3; do
+            docker exec "$(container "sentinel-$n")" redis-cli -p 26379 --raw \
+                sentinel replicas "$master_name" 2>/dev/null |
+                awk 'prev == "name" && $0 == "redis-replica:6379" { ours = 1 }
+                    ours && prev == "flags" { ok = ($0 == "slave"); ours = 0 }
+                    { prev = $0 } END { exit !ok }' && good=$((good + 1))
+        done
+        [ "$good" = 3 ] && return 0
+        [ "$SECONDS" -ge "$deadline" ] && return 1
+        sleep 1
+    done
+}
+
 # Node $1's replication role and, for a replica, the primary it follows: "master" or "slave HOST".
 role_of() {
     compose exec -T "$1" redis-cli info replication | tr -d '\r' |
@@ -540,6 +566,7 @@ sentinel_layout() {
     fi
     check "the three sentinels name redis the primary" all_sentinels_name redis:6379 30
     check "redis-replica replicates redis" test "$(role_of redis-replica)" = "slave redis"
+    check "the three sentinels know redis-replica, in good standing" all_sentinels_know_replica 60
     check "job $earlier_job, answered before the switch, is still there (the same redis-data)" \
         test "$(client status "$api" "$earlier_job")" = succeeded
     job_id=$(client submit-retrying "$api" "$image" "$question" 12 12 60 | cut -d' ' -f1) || true

@@ -24,5 +24,7 @@ else
     echo "redis-node: $node starts as a replica of $primary"
     set -- "$@" --replicaof "${primary%:*}" "${primary##*:}"
 fi
-# The image's entrypoint runs redis-server as the redis user, owning /data.
-exec docker-entrypoint.sh redis-server "$@"
+# The official image's entrypoint runs redis-server as the redis user, owning /data; an image
+# without it (Debian's redis-server, as scripts/test-compose.sh builds) runs as that user already.
+command -v docker-entrypoint.sh >/dev/null && exec docker-entrypoint.sh redis-server "$@"
+exec redis-server "$@"

@@ -12,7 +12,13 @@
 #      a long poll on a queued job is answered at once by `docker-compose restart api`, and the
 #      job survives a Redis crash (AOF on the volume) and is answered once the worker is back; the
 #      API image has no torch;
-#   5. everything torn down (containers, networks, volumes), on failure too; images stay cached.
+#   5. the same stack switched to Sentinel (compose/sentinel.yml: a primary, a replica, three
+#      sentinels) with the documented commands (docs/deployment.md, "Under docker compose:
+#      compose/sentinel.yml", run as written): a job is answered; the primary killed, the
+#      sentinels promote the replica; a job submitted then is answered 503 not_durable until the
+#      old primary, started again, replicates the new one, then 202 and answered; doctor in the
+#      worker container names the new primary;
+#   6. everything torn down (containers, networks, volumes), on failure too; images stay cached.
 # Run as root (or with sudo at hand). Prints one PASS/FAIL line per check; exits non-zero on any FAIL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -183,20 +189,26 @@ compose_files=(-f docker-compose.yml -f compose/cpu.yml)
 compose() { docker-compose "${compose_files[@]}" "$@"; }
 stack_started=""
 
-# The compose commands are documented here, under "### Without a GPU".
+# The compose commands are documented here, under "### Without a GPU" (the stack) and under
+# "### Under docker compose: compose/sentinel.yml" (the same stack under Sentinel).
 docs_file=docs/deployment.md
+cpu_section="### Without a GPU"
+sentinel_section="### Under docker compose: compose/sentinel.yml"
 
-# The line of the documented "Without a GPU" commands that starts with $1, as written there.
+# The line of section $2's documented commands (default: "Without a GPU") that starts with $1,
+# as written there.
 documented_command() {
-    awk -v start="$1" '/^### Without a GPU/ { section = 1; next } /^##/ { section = 0 }
+    local heading=${2:-$cpu_section}
+    awk -v start="$1" -v heading="$heading" '$0 == heading { section = 1; next } /^##/ { section = 0 }
         section && index($0, start) == 1 { print; found = 1; exit } END { exit !found }' "$docs_file" ||
-        die "$docs_file's \"Without a GPU\" section has no command starting with: $1"
+        die "$docs_file's \"$heading\" section has no command starting with: $1"
 }
 
-# Runs a documented command as written, but for the API's address: this stack publishes a free port.
+# Runs a documented command (START [SECTION]) as written, but for the API's address: this stack
+# publishes a free port.
 run_documented_command() {
     local line
-    line=$(documented_command "$1") || return 1
+    line=$(documented_command "$@") || return 1
     line=${line//http:\/\/localhost:8000/$api}
     say "$docs_file: $line" >&2
     NO_PROXY='*' no_proxy='*' eval "$line"
@@ -215,14 +227,15 @@ if os.environ.get("API_KEY"):  # the stack requires API keys (INTERNVL_AUTH=requ
     headers["Authorization"] = f"Bearer {os.environ['API_KEY']}"
 
 
-def call(method, url, body=None):
+def call(method, url, body=None, with_headers=False):
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data, headers, method=method)
     try:
         with opener.open(request, timeout=30) as reply:
-            return reply.status, json.load(reply)
+            found = reply.status, json.load(reply), reply.headers
     except urllib.error.HTTPError as refused:
-        return refused.code, json.load(refused)
+        found = refused.code, json.load(refused), refused.headers
+    return found if with_headers else found[:2]
 
 
 def job(api, job_id):
@@ -242,6 +255,26 @@ if command == "submit":  # API IMAGE QUESTION MAX_NEW_TOKENS MAX_TILES -> the jo
     status, accepted = call("POST", f"{api}/v1/jobs", body)
     assert status == 202, (status, accepted)
     print(accepted["id"])
+elif command == "submit-retrying":  # API IMAGE QUESTION MAX_NEW_TOKENS MAX_TILES TIMEOUT_S
+    # -> the job id and the codes of the 503s it was answered first (each on stderr as it came).
+    # One Idempotency-Key for every attempt: a 503 not_durable job is kept, and a retry with its
+    # key gets that job (202 once a replica holds it) rather than a second one.
+    api, image, question, tokens, tiles, timeout = args
+    data = base64.b64encode(open(image, "rb").read()).decode()
+    body = {"question": question, "images": [{"data": data}], "max_new_tokens": int(tokens), "max_tiles": int(tiles)}
+    headers["Idempotency-Key"] = f"compose-test-{time.time_ns()}"
+    deadline = time.monotonic() + float(timeout)
+    refusals = []
+    while (answer := call("POST", f"{api}/v1/jobs", body, with_headers=True))[0] == 503:
+        status, refused, reply_headers = answer
+        refusals.append(refused["error"]["code"])
+        print(f"503 {refusals[-1]}: {refused['error']['message']}", file=sys.stderr, flush=True)
+        if time.monotonic() > deadline:
+            sys.exit(f"still 503 after {timeout} s")
+        time.sleep(float(reply_headers.get("Retry-After", "1")))
+    status, accepted, _ = answer
+    assert status == 202, (status, accepted)
+    print(accepted["id"], ",".join(refusals) or "-")
 elif command == "refused":  # API -> the status and code of a keyless read
     status, body = call("GET", f"{args[0]}/v1/jobs/none")
     print(status, body["error"]["code"])
@@ -409,6 +442,152 @@ doctor_ran_first() {
     grep -q '^A worker could start here' "$state/worker-start.log"
 }
 
+# -- 5. the same stack under Sentinel ----------------------------------------------------------
+
+# The documented Sentinel commands (docs/deployment.md, "Under docker compose: compose/sentinel.yml")
+# start with this; the running stack is switched over in place (its images, its volumes).
+sentinel_compose='docker-compose -f docker-compose.yml -f compose/cpu.yml -f compose/sentinel.yml'
+master_name=internvl # REDIS_MASTER_NAME's default
+
+sentinel_command() { run_documented_command "$sentinel_compose $1" "$sentinel_section"; }
+
+# "host:port" of the primary sentinel-$1 names (docker exec: a second quicker than compose exec).
+primary_named_by() {
+    docker exec "$(container "sentinel-$1")" redis-cli -p 26379 --raw \
+        sentinel get-master-addr-by-name "$master_name" 2>/dev/null | paste -sd: - || true
+}
+
+# Waits until the three sentinels name $1 the primary; false after $2 seconds.
+all_sentinels_name() {
+    local deadline=$((SECONDS + $2)) n agreed
+    while :; do
+        agreed=0
+        for n in 1 2 3; do
+            [ "$(primary_named_by "$n")" = "$1" ] && agreed=$((agreed + 1))
+        done
+        [ "$agreed" = 3 ] && return 0
+        [ "$SECONDS" -ge "$deadline" ] && return 1
+        sleep 1
+    done
+}
+
+# Waits until the three sentinels know redis-replica as a replica in good standing (flags just
+# "slave": not down, not disconnected); false after $1 seconds. Before that, a dead primary has
+# no replica to fail over to, and a failed failover is retried only after 2 x failover-timeout.
+all_sentinels_know_replica() {
+    local deadline=$((SECONDS + $1)) n good
+    while :; do
+        good=0
+        for n in 1 2 3; do
+            docker exec "$(container "sentinel-$n")" redis-cli -p 26379 --raw \
+                sentinel replicas "$master_name" 2>/dev/null |
+                awk 'prev == "name" && $0 == "redis-replica:6379" { ours = 1 }
+                    ours && prev == "flags" { ok = ($0 == "slave"); ours = 0 }
+                    { prev = $0 } END { exit !ok }' && good=$((good + 1))
+        done
+        [ "$good" = 3 ] && return 0
+        [ "$SECONDS" -ge "$deadline" ] && return 1
+        sleep 1
+    done
+}
+
+# Node $1's replication role and, for a replica, the primary it follows: "master" or "slave HOST".
+role_of() {
+    compose exec -T "$1" redis-cli info replication | tr -d '\r' |
+        awk -F: '$1 == "role" { role = $2 } $1 == "master_host" { host = " " $2 }
+            END { print role host }'
+}
+
+# The documented failover: the primary killed; the sentinels promote the replica, and the
+# documented question to a sentinel names it.
+failover_promotes_replica() {
+    local took=$SECONDS named
+    sentinel_command 'kill redis' >"$state/kill-redis.log" 2>&1 || return 1
+    all_sentinels_name redis-replica:6379 60 || {
+        say "the sentinels name: $(primary_named_by 1), $(primary_named_by 2), $(primary_named_by 3)"
+        return 1
+    }
+    named=$(sentinel_command "exec -T sentinel-1 redis-cli -p 26379 sentinel get-master-addr-by-name $master_name" |
+        tr -d '\r' | paste -sd: -) || return 1
+    say "$((SECONDS - took))s after the kill, the three sentinels name redis-replica; sentinel-1 answers: $named"
+    [ "$named" = redis-replica:6379 ]
+}
+
+# A job submitted after the failover, while the old primary is down: answered 503 not_durable
+# (INTERNVL_REDIS_MIN_REPLICAS=1: no replica holds it yet) and retried after Retry-After with its
+# Idempotency-Key; the old primary started again (documented) joins the new one as its replica,
+# and the retry gets 202. Leaves the job's id in $failover_job.
+submit_across_failover() {
+    local submit_pid deadline=$((SECONDS + 60)) out
+    client submit-retrying "$api" "$1" "$2" 12 12 180 >"$state/failover-submit.out" \
+        2>"$state/failover-submit.err" &
+    submit_pid=$!
+    until grep -q '^503 not_durable' "$state/failover-submit.err"; do
+        if ! kill -0 "$submit_pid" 2>/dev/null || [ "$SECONDS" -ge "$deadline" ]; then
+            say "no 503 not_durable with the old primary down: $(cat "$state/failover-submit.err")"
+            kill "$submit_pid" 2>/dev/null || true
+            return 1
+        fi
+        sleep 1
+    done
+    say "with the old primary down: $(head -1 "$state/failover-submit.err")"
+    sentinel_command 'start redis' >"$state/start-redis.log" 2>&1 || return 1
+    wait "$submit_pid" || {
+        say "the submit failed: $(tail -3 "$state/failover-submit.err")"
+        return 1
+    }
+    read -r failover_job out <"$state/failover-submit.out"
+    say "job $failover_job accepted (202) after these 503s: $out"
+}
+
+# `internvl-queue doctor` in the worker container: a worker could start, and its Redis Sentinel
+# line names the new primary, with the old one as its replica.
+doctor_sees_new_primary() {
+    sentinel_command 'exec -T worker internvl-queue doctor' >"$state/doctor.log" 2>&1 || {
+        say "doctor failed: $(tail -5 "$state/doctor.log")"
+        return 1
+    }
+    say "doctor: $(grep 'Redis Sentinel' "$state/doctor.log")"
+    grep -q "primary '$master_name' at redis-replica:6379; replicas: redis:6379 (online)" \
+        "$state/doctor.log"
+}
+
+sentinel_layout() {
+    local image=$1 question=$2 expected=$3 earlier_job=$4 job_id answer
+    # From here on every compose command (teardown too) takes the Sentinel override.
+    compose_files=(-f docker-compose.yml -f compose/cpu.yml -f compose/sentinel.yml)
+    say "switching the stack to Sentinel with the documented command"
+    sentinel_command 'up -d' >"$state/up-sentinel.log" 2>&1 ||
+        die "compose up with compose/sentinel.yml failed; see $state/up-sentinel.log"
+    if wait_healthy 300 redis redis-replica sentinel-1 sentinel-2 sentinel-3 api webhook-worker worker; then
+        pass "under Sentinel, every service healthy (redis, redis-replica, sentinel-1..3, api, webhook-worker, worker)"
+    else
+        die "the Sentinel stack did not become healthy"
+    fi
+    check "the three sentinels name redis the primary" all_sentinels_name redis:6379 30
+    check "redis-replica replicates redis" test "$(role_of redis-replica)" = "slave redis"
+    check "the three sentinels know redis-replica, in good standing" all_sentinels_know_replica 60
+    check "job $earlier_job, answered before the switch, is still there (the same redis-data)" \
+        test "$(client status "$api" "$earlier_job")" = succeeded
+    job_id=$(client submit-retrying "$api" "$image" "$question" 12 12 60 | cut -d' ' -f1) || true
+    answer=$(client answer "$api" "$job_id" 120) || true
+    check "under Sentinel, a job through the API gets the reference answer" \
+        same_answer "$expected" "$answer"
+
+    check "the documented kill of the primary: the sentinels promote redis-replica" \
+        failover_promotes_replica
+    failover_job=""
+    check "a job submitted after the failover: 503 not_durable while no replica, then 202 once the restarted old primary replicates" \
+        submit_across_failover "$image" "$question"
+    answer=$(client answer "$api" "$failover_job" 120) || true
+    check "the job submitted after the failover gets the reference answer" \
+        same_answer "$expected" "$answer"
+    check "the old primary came back as the new primary's replica" \
+        test "$(role_of redis)" = "slave redis-replica"
+    check "internvl-queue doctor in the worker container sees the new primary and its replica" \
+        doctor_sees_new_primary
+}
+
 main() {
     mkdir -p "$state"
     trap teardown EXIT
@@ -487,6 +666,8 @@ print(resolve_model(os.environ["INTERNVL_MODEL"], default_data_dir()))' | tail -
     answer=$(client answer "$api" "$job_id" 120) || true
     check "the queued job succeeds once the worker is back, with the reference answer" \
         same_answer "$expected" "$answer"
+
+    sentinel_layout "$image" "$question" "$expected" "$job_id"
 }
 
 main "$@"

@@ -102,11 +102,19 @@ DEPLOYMENT = "docs/deployment.md"  # where the compose commands are documented
 def _doc_section(title: str, path: str = DEPLOYMENT) -> str:
     """The section of a document under heading ``title``, down to the next heading of its level
     or above."""
-    doc = (ROOT / path).read_text()
-    start = doc.index(f"\n{title}\n")
-    level = title.split(" ", 1)[0]
-    ends = [doc.find(f"\n{h} ", start + 1) for h in ("#" * n for n in range(1, len(level) + 1))]
-    return doc[start : min([e for e in ends if e != -1] or [len(doc)])]
+    lines = (ROOT / path).read_text().splitlines()
+    start = lines.index(title)
+    level = len(title.split(" ", 1)[0])
+    fenced = False  # a `# comment` in a ```sh block is no heading
+    for end in range(start + 1, len(lines)):
+        line = lines[end]
+        fenced ^= line.startswith("```")
+        heading = re.match(r"(#+) ", line)
+        if not fenced and heading and len(heading.group(1)) <= level:
+            break
+    else:
+        end = len(lines)
+    return "\n".join(lines[start:end]) + "\n"
 
 
 def _shell_lines(markdown: str) -> list[str]:
@@ -190,6 +198,23 @@ def test_the_sentinel_override_points_every_process_at_the_three_sentinels() -> 
         assert (
             "./compose/redis.conf:/usr/local/etc/redis/redis.conf:ro" in services[name]["volumes"]
         )
+
+
+def test_the_compose_test_runs_the_documented_sentinel_commands_as_written() -> None:
+    """scripts/test-compose.sh switches its stack to Sentinel and fails it over with the commands
+    of the section "Under docker compose", found there whole (prefix + what the script adds)."""
+    commands = _shell_lines(_doc_section("### Under docker compose: compose/sentinel.yml"))
+    script = (ROOT / "scripts" / "test-compose.sh").read_text()
+    prefix = re.search(r"^sentinel_compose='([^']+)'$", script, re.MULTILINE)
+    assert prefix and prefix.group(1) == "docker-compose " + " ".join(
+        f"-f {path}" for path in SENTINEL_FILES
+    )
+    run = re.findall(r"sentinel_command ['\"]([^'\"]+)['\"]", script)
+    assert len(run) == 5, run
+    for tail in run:
+        whole = f"{prefix.group(1)} {tail.replace('$master_name', 'internvl')}"
+        found = [c for c in commands if c.startswith(whole)]
+        assert found, f"no command of {DEPLOYMENT}'s Sentinel section starts {whole!r}"
 
 
 @pytest.mark.skipif(

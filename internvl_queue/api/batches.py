@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from math import ceil
@@ -150,15 +151,15 @@ def _replay(
             code="idempotency_key_reused",
         )
     if batch.storing_until is not None and not batch.stored_status.is_terminal:
-        if (taken := store.take_over(batch.id)) is not None:
-            batch = _resume(svc, *taken)
-        elif (batch := store.get(batch.id) or batch).storing_until is not None:
+        resumed = _resume(svc, batch) if batch.is_abandoned(time.time()) else None
+        if resumed is None and (batch := store.get(batch.id) or batch).storing_until is not None:
             raise Conflict(
                 f"batch {batch.id} is still being stored by the first request with this "
                 "Idempotency-Key; send it again with the same key in a few seconds",
                 code="batch_storing",
                 retry_after=ceil(STORING_LEASE_S),
             )
+        batch = resumed or batch
     else:
         try:  # a retry after 503 not_durable: answered 202 only once replicas hold it
             svc.store.confirm_durable()
@@ -171,16 +172,23 @@ def _replay(
     return jsonify(batch.to_public()), 202, headers
 
 
-def _resume(svc: Services, batch: Batch, fence: BatchFence) -> Batch:
+def _resume(svc: Services, abandoned: Batch) -> Batch | None:
     """Store the jobs a dead request listed but did not store (this request has the same body,
-    validated again), send their messages, and finish storing the batch."""
+    validated again), send their messages, and finish storing the batch; None if another
+    request took it over first."""
     store = _batch_store(svc)
     body = read_batch_body(request, svc.settings.max_batch_requests)
+    # Validated before the lease is taken: fetching a big batch's image URLs again may take
+    # longer than a lease.
+    accepted, _, errors = _validate(svc, body, abandoned.owner, abandoned.id)
+    if (taken := store.take_over(abandoned.id)) is None:
+        return None
+    batch, fence = taken
     listed: list[str] = []
     while entries := store.lines(batch.id, len(listed), _CHUNK):
         listed.extend(entries)
-    accepted, _, _ = _validate(svc, body, batch.owner, batch.id)
     fresh = {job.custom_id: (job, images) for job, images in accepted}
+    refused = {error.line: error for error in errors}
     missing: list[tuple[Job, list[bytes]]] = []
     dropped: dict[int, LineError] = {}
     job_ids = [(index, entry) for index, entry in enumerate(listed) if is_job_id(entry)]
@@ -189,12 +197,9 @@ def _resume(svc: Services, batch: Batch, fence: BatchFence) -> Batch:
         number, line = body.lines[index]
         custom_id = line.get("custom_id") if isinstance(line, dict) else None
         if (found := fresh.get(custom_id) if isinstance(custom_id, str) else None) is None:
-            dropped[index] = LineError(
-                number,
-                custom_id if isinstance(custom_id, str) else None,
-                "invalid_line",
-                "the line no longer validates (its images could not be fetched again)",
-            )
+            # Valid for the dead request, not now (an image URL that no longer answers): the
+            # line is reported invalid, with why.
+            dropped[index] = refused[number]
             continue
         job, images = found
         missing.append((replace(job, id=job_id), images))

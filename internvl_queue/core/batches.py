@@ -351,7 +351,9 @@ class BatchStore:
         done: list[Batch | None] = [None]
 
         def transaction(pipe: redis.client.Pipeline) -> None:
-            batch = fence.check(pipe)
+            fence.check(pipe)
+            batch = _read(pipe, key)
+            assert batch is not None  # it has this storer
             gone = len(dropped)
             now_batch = replace(
                 batch,
@@ -467,12 +469,11 @@ class BatchFence:
     def key(self) -> str:
         return batch_key(self.batch_id)
 
-    def check(self, pipe: redis.client.Pipeline) -> Batch:
-        """Under WATCH of ``key``: the batch, if this storer still holds it."""
-        batch = _read(pipe, self.key)
-        if batch is None or batch.storer != self.token:
+    def check(self, pipe: redis.client.Pipeline) -> None:
+        """Under WATCH of ``key``: ``StorerSuperseded`` unless this storer still holds it (one
+        field read: a chunk's check must not read the record's inline errors each time)."""
+        if pipe.hget(self.key, "storer") != self.token.encode():
             raise StorerSuperseded(f"batch {self.batch_id} is stored by another request now")
-        return batch
 
     def stage_stored(self, pipe: redis.client.Pipeline, count: int) -> None:
         """Inside a chunk's MULTI: ``count`` more jobs stored, and the lease renewed."""

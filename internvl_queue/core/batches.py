@@ -29,8 +29,8 @@ leaves a record storing with an expired lease, and jobs stored for a prefix of i
 - a retry with the batch's Idempotency-Key takes the lease over (``take_over``: a new token,
   which fences out the old storer should it be alive after all) and stores the missing jobs,
   under the ids the lines list already holds, so the batch completes with every line once;
-- with nobody retrying, a read of the batch after the lease expired cuts it short
-  (``cut_short_if_abandoned``): its ``jobs`` become the jobs stored, the rest leave
+- with nobody retrying, a read of the batch ``CUT_SHORT_AFTER_S`` after the lease expired cuts
+  it short (``cut_short_if_abandoned``): its ``jobs`` become the jobs stored, the rest leave
   ``pending``, and it completes when those have run, with ``cut_short`` set.
 
 Nothing here imports the job store: the store calls in (steps 1 and 2).
@@ -55,6 +55,7 @@ from .redis_client import HashFields
 
 __all__ = [
     "BATCH_EVENT_TYPES",
+    "CUT_SHORT_AFTER_S",
     "MAX_INLINE_ERRORS",
     "Batch",
     "BatchFence",
@@ -76,6 +77,10 @@ LINES_PER_COMMAND = 1000
 # Seconds a storer may go without committing a chunk before its batch counts as abandoned: a
 # chunk of jobs is one transaction (milliseconds), so this is only ever reached by a dead process.
 STORING_LEASE_S = 10.0
+# Seconds past its storer's lease before a read cuts an abandoned batch short: until then only
+# the caller's retry (with its Idempotency-Key) may finish it, and it does so whole. A caller
+# whose own process died retries minutes later, not seconds.
+CUT_SHORT_AFTER_S = 300.0
 
 BATCH_EVENT_TYPES = ("batch.completed", "batch.canceled", "batch.failed")
 
@@ -233,12 +238,13 @@ class Batch:
             cut_short=h.get("cut_short") == "1",
         )
 
-    def is_abandoned(self, now: float) -> bool:
-        """Still storing, and its storer has not renewed its lease in time: it died."""
+    def is_abandoned(self, now: float, *, for_s: float = 0.0) -> bool:
+        """Still storing, and its storer has not renewed its lease in time (``for_s`` ago or
+        more): it died."""
         return (
             not self.stored_status.is_terminal
             and self.storing_until is not None
-            and self.storing_until < now
+            and self.storing_until + for_s < now
         )
 
     def to_public(self) -> dict[str, Any]:
@@ -387,7 +393,7 @@ class BatchStore:
         def transaction(pipe: redis.client.Pipeline) -> None:
             cut[0] = None
             batch = _read(pipe, key)
-            if batch is None or not batch.is_abandoned(time.time()):
+            if batch is None or not batch.is_abandoned(time.time(), for_s=CUT_SHORT_AFTER_S):
                 return
             missing = batch.jobs - batch.stored
             pipe.multi()
@@ -419,7 +425,7 @@ class BatchStore:
         batch = Batch.from_hash(raw) if raw else None  # type: ignore[arg-type]
         if not settle:
             return batch
-        if batch is not None and batch.is_abandoned(time.time()):
+        if batch is not None and batch.is_abandoned(time.time(), for_s=CUT_SHORT_AFTER_S):
             batch = self.cut_short_if_abandoned(batch_id) or self.get(batch_id)
         if batch is not None and not batch.stored_status.is_terminal and batch.pending <= 0:
             # Its last job's process died before it finished the batch (module doc, step 3).

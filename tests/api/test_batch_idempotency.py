@@ -11,7 +11,7 @@ from typing import Any
 import redis
 from flask.testing import FlaskClient
 
-from internvl_queue.core.batches import BatchStore
+from internvl_queue.core.batches import CUT_SHORT_AFTER_S, BatchStore
 from internvl_queue.core.keys import batch_key
 from internvl_queue.core.settings import Settings
 from internvl_queue.core.status import JobStatus
@@ -122,6 +122,12 @@ def test_a_half_stored_batch_nobody_retries_is_cut_short_and_completes(
     client: FlaskClient, redis_client: redis.Redis, settings: Settings
 ) -> None:
     batch_id, ids = _half_stored(client, redis_client, settings, lease_left_s=-1)
+    # Within CUT_SHORT_AFTER_S of the lease, only the retry may finish it: a read shows it
+    # being stored.
+    assert client.get(f"/v1/batches/{batch_id}").json["status"] == "validating"
+    redis_client.hset(
+        batch_key(batch_id), "storing_until", json.dumps(time.time() - CUT_SHORT_AFTER_S - 1)
+    )
     batch = client.get(f"/v1/batches/{batch_id}").json
     assert batch["cut_short"] is True and batch["status"] == "queued"
     assert batch["counts"]["jobs"] == 2 and batch["counts"]["pending"] == 2

@@ -460,7 +460,9 @@ def _result_line(
             "error": {"code": error["code"], "message": error["message"]},
         }
     status, custom_id, result, error = fields or (None, None, None, None)
-    if status is None and (batch.cut_short or batch.storing_until is not None):
+    if status is None and batch.storing_until is not None:  # being stored: it will be queued
+        status = b"queued"
+    if status is None and batch.cut_short:
         # Listed, never stored: its request died storing the batch (core/batches.py).
         return {
             "index": index,

@@ -79,7 +79,8 @@ def submit() -> tuple[Response, int, dict[str, str]]:
     fingerprint = ""
     if key is not None:
         check_key(key)
-        # Read (and kept) before the body is parsed, which reads it without keeping it.
+        # Read before the body is parsed (which reads the request's cache, if any); only the
+        # digest outlives the request.
         raw = request.get_data(cache=True)
         fingerprint = body_fingerprint(request.mimetype, request.query_string, raw)
     body = read_batch_body(request, svc.settings.max_batch_requests)
@@ -87,7 +88,7 @@ def submit() -> tuple[Response, int, dict[str, str]]:
     metadata = check_metadata(body.metadata)
     claim: KeyClaim | None = None
     if key is not None:
-        if (replay := _replay(svc, owner, key, fingerprint)) is not None:
+        if (replay := _replay(svc, owner, key, fingerprint, body)) is not None:
             return replay
         claim = svc.idempotency.claim_batch(owner, key, fingerprint)
     batch_id = new_job_id()
@@ -120,7 +121,7 @@ def submit() -> tuple[Response, int, dict[str, str]]:
     try:
         batch = _accept(svc, batch, accepted, entries, claim)
     except KeyAlreadyBound:  # a request with the same key got there first: answer as a retry
-        if (replay := _replay(svc, owner, key or "", fingerprint)) is not None:
+        if (replay := _replay(svc, owner, key or "", fingerprint, body)) is not None:
             return replay
         raise ServiceUnavailable(
             "the Idempotency-Key's batch expired while it was read; try again"
@@ -130,7 +131,7 @@ def submit() -> tuple[Response, int, dict[str, str]]:
 
 
 def _replay(
-    svc: Services, owner: str, key: str, fingerprint: str
+    svc: Services, owner: str, key: str, fingerprint: str, body: BatchBody
 ) -> tuple[Response, int, dict[str, str]] | None:
     """The answer to a retry of the batch ``key`` is bound to, or None if it is bound to none
     that still exists. A retry whose first request died while storing the batch finishes
@@ -151,7 +152,7 @@ def _replay(
             code="idempotency_key_reused",
         )
     if batch.storing_until is not None and not batch.stored_status.is_terminal:
-        resumed = _resume(svc, batch) if batch.is_abandoned(time.time()) else None
+        resumed = _resume(svc, batch, body) if batch.is_abandoned(time.time()) else None
         if resumed is None and (batch := store.get(batch.id) or batch).storing_until is not None:
             raise Conflict(
                 f"batch {batch.id} is still being stored by the first request with this "
@@ -172,12 +173,11 @@ def _replay(
     return jsonify(batch.to_public()), 202, headers
 
 
-def _resume(svc: Services, abandoned: Batch) -> Batch | None:
+def _resume(svc: Services, abandoned: Batch, body: BatchBody) -> Batch | None:
     """Store the jobs a dead request listed but did not store (this request has the same body,
     validated again), send their messages, and finish storing the batch; None if another
     request took it over first."""
     store = _batch_store(svc)
-    body = read_batch_body(request, svc.settings.max_batch_requests)
     # Validated before the lease is taken: fetching a big batch's image URLs again may take
     # longer than a lease.
     accepted, _, errors = _validate(svc, body, abandoned.owner, abandoned.id)

@@ -357,8 +357,12 @@ class BatchStore:
         done: list[Batch | None] = [None]
 
         def transaction(pipe: redis.client.Pipeline) -> None:
-            fence.check(pipe)
             batch = _read(pipe, key)
+            if batch is not None and batch.stored_status.is_terminal and not dropped:
+                # Its jobs all ran before this (``finish_if_done`` cleared the lease).
+                done[0] = batch
+                return
+            fence.check(pipe)
             assert batch is not None  # it has this storer
             gone = len(dropped)
             now_batch = replace(
@@ -533,7 +537,14 @@ def finish_if_done(
             return
         now = time.time()
         status = BatchStatus.CANCELED if batch.cancel_requested_at else BatchStatus.COMPLETED
-        done = replace(batch, stored_status=status, finished_at=now, expires_at=now + retention_s)
+        done = replace(
+            batch,
+            stored_status=status,
+            finished_at=now,
+            expires_at=now + retention_s,
+            storer=None,
+            storing_until=None,
+        )
         pipe.multi()
         pipe.hset(
             key,
@@ -541,6 +552,10 @@ def finish_if_done(
                 "status": status.value,
                 "finished_at": json.dumps(now),
                 "expires_at": repr(done.expires_at),
+                # Nothing pending: every job was stored, even if its storer died before it said
+                # so (the reaper sent their messages before a retry came).
+                "storer": "",
+                "storing_until": "null",
             },
         )
         pipe.expire(key, retention_s)

@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from typing import Any
 
 import redis
 from flask.testing import FlaskClient
 
-from internvl_queue.core.batches import CUT_SHORT_AFTER_S, BatchStore
+from internvl_queue.api.parsing import submission_from_object
+from internvl_queue.core.batches import CUT_SHORT_AFTER_S, Batch, BatchStore
 from internvl_queue.core.keys import batch_key
 from internvl_queue.core.settings import Settings
 from internvl_queue.core.status import JobStatus
 from internvl_queue.core.store import JobStore
+from internvl_queue.core.submission import prepare_job
+from tests.api.lifecycle_helpers import JPEG
 from tests.api.test_batches import jsonl, line, results
 
 
@@ -176,3 +180,21 @@ def test_a_retry_after_the_storer_died_stores_the_missing_jobs_under_their_liste
     assert len(_job_records(redis_client, batch_id)) == 5
     stored = BatchStore(redis_client, retention_s=60, event_ttl_s=60).get(batch_id)
     assert stored is not None and stored.stored == 5 and stored.storing_until is None
+
+
+def test_a_batch_whose_jobs_all_ran_before_its_storer_finished_storing_is_not_taken_over(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    """Its messages may be sent (by a reaper) and its jobs run before its storer's last step."""
+    jobs = JobStore(redis_client, retention_s=settings.job_retention_s)
+    batches = BatchStore(redis_client, retention_s=60, event_ttl_s=60)
+    job = prepare_job(submission_from_object(line("a"), what="line 1"), settings, owner="o")
+    batch, fence = batches.create(Batch.new("o", total=1, jobs=1, errors=[]), [job.id], key=None)
+    assert fence is not None
+    jobs.create_many([(replace(job, batch_id=batch.id, custom_id="a"), [JPEG])], fence=fence)
+    claimed = jobs.claim(job.id, max_attempts=3).job
+    assert claimed is not None
+    jobs.finish(claimed, JobStatus.SUCCEEDED, result={"answer": "yes"})
+    finished = batches.finish_storing(fence, {})
+    assert finished is not None and finished.status.value == "completed"
+    assert finished.storing_until is None and finished.cut_short is False

@@ -157,9 +157,12 @@ def test_a_retry_after_the_api_dies_mid_batch_gets_the_whole_batch_once(
         faulted[step] = retry.json()["id"]
     log = api.log_path.read_text()
     assert log.count("test fault: killing API process") == len(BATCH_STEPS)
-    # Killed storing, the retry stored what was left: all 10, after the first chunk's 3, none.
+    # Killed storing, the retry stored what was left: all 10, or 7 after the first chunk's 3.
+    # Killed after the last chunk, the retry stores none, or finds the batch completed already
+    # (a reaper sent the 10 jobs' messages, 10 s after the submit, and they ran before the
+    # lease let the retry take over): both are the whole batch.
     resumed = sorted(int(w.split()[0]) for w in log.split("resuming, ")[1:])
-    assert resumed == [0, 7, 10], resumed
+    assert resumed in ([7, 10], [0, 7, 10]), (resumed, log)
     # Jobs stored but not sent by the dead process get their message from a reaper (10 s).
     for batch_id in [*faulted.values(), *busy]:
         wait_until(

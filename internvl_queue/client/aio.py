@@ -49,7 +49,7 @@ from .deliveries import Delivery
 from .errors import ApiUnreachable, ClientError, Conflict, JobFailed, WaitTimeout, api_error
 from .images import ImageInput
 from .job import Job, JobPage, JobStatus
-from .retry import RETRY_STATUSES, RetryPolicy
+from .retry import RETRY_CODES, RETRY_STATUSES, RetryPolicy
 from .sync import API_KEY_ENV
 
 __all__ = ["AsyncClient"]
@@ -192,10 +192,15 @@ class AsyncClient:
         all_or_nothing: bool = False,
         webhook_url: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
     ) -> Batch:
         """See ``Client.submit_batch``."""
         call = batch_submit_call(
-            requests, all_or_nothing=all_or_nothing, webhook_url=webhook_url, metadata=metadata
+            requests,
+            all_or_nothing=all_or_nothing,
+            webhook_url=webhook_url,
+            metadata=metadata,
+            idempotency_key=idempotency_key,
         )
         return Batch.from_api(parse_json((await self._send(call)).content))
 
@@ -282,7 +287,7 @@ class AsyncClient:
                     return reply
                 failure = api_error(reply.status_code, reply.content, retry_after_of(reply.headers))
                 failure.retried = attempt > 1
-                if reply.status_code not in RETRY_STATUSES:
+                if reply.status_code not in RETRY_STATUSES and failure.code not in RETRY_CODES:
                     raise failure
                 retry_after = failure.retry_after
             pause = self.retry.wait_before(attempt, retry_after, deadline, time.monotonic())

@@ -63,7 +63,7 @@ class Call:
     files: list[FilePart] | None = None
     json: Any = None  # a JSON body (instead of ``data``/``files``)
     # Whether the request may be sent again when no answer came (it may have gone through):
-    # every request is, but ``POST /v1/batches``, which has no Idempotency-Key.
+    # every request of this API is (submits carry an Idempotency-Key).
     repeatable: bool = True
     # A long poll: the API holds the request this long, so the read timeout grows by it.
     wait_s: float = 0.0
@@ -146,13 +146,14 @@ def batch_submit_call(
     all_or_nothing: bool = False,
     webhook_url: str | None = None,
     metadata: Mapping[str, Any] | None = None,
+    idempotency_key: str | None = None,
 ) -> Call:
     """``POST /v1/batches`` (the object body). Each request is a job's JSON fields plus a
     ``custom_id``; its ``images`` may be given as to ``submit`` (paths, bytes, PIL images,
     URLs) and are sent as base64 or ``{"url": ...}``.
 
-    Not repeated when no answer came: the API has no ``Idempotency-Key`` for batches, and a
-    second batch of the same lines would run them twice."""
+    An ``Idempotency-Key`` is made when none is given: a retry (the same body, the same key)
+    gets the batch the first attempt made, or completes it if the API died storing it."""
     lines = []
     for request in requests:
         line = dict(request)
@@ -164,7 +165,8 @@ def batch_submit_call(
         body["webhook_url"] = webhook_url
     if metadata is not None:
         body["metadata"] = dict(metadata)
-    return Call("POST", "/v1/batches", json=body, repeatable=False)
+    key = idempotency_key if idempotency_key is not None else uuid.uuid4().hex
+    return Call("POST", "/v1/batches", headers={"Idempotency-Key": key}, json=body)
 
 
 def batch_call(batch_id: str) -> Call:

@@ -1,9 +1,11 @@
 """When the client tries a request again (pure: no I/O, no clock).
 
-Retried: ``429`` and ``503`` (the API says when, in ``Retry-After``), and requests that got no
-answer (a refused, reset or dropped connection, a timeout). Every retried request is safe to
-repeat: reads, cancels, and submits, which always carry an ``Idempotency-Key`` (the same one on
-every attempt, so a retry of a submit that was in fact stored returns that job).
+Retried: ``429`` and ``503`` (the API says when, in ``Retry-After``), ``409 batch_storing`` (a
+batch's retry while the API still stores what the first attempt sent, also with ``Retry-After``),
+and requests that got no answer (a refused, reset or dropped connection, a timeout). Every
+retried request is safe to repeat: reads, cancels, and submits (jobs and batches), which always
+carry an ``Idempotency-Key`` (the same one on every attempt, so a retry of a submit that was in
+fact stored returns that job or batch).
 
 The wait before attempt n+1 is the API's ``Retry-After`` when it sent one, else an exponential
 backoff (``backoff_s * 2**(n-1)``, at most ``max_backoff_s``) shortened by jitter to 50..100 %,
@@ -16,9 +18,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-__all__ = ["RETRY_STATUSES", "RetryPolicy"]
+__all__ = ["RETRY_CODES", "RETRY_STATUSES", "RetryPolicy"]
 
 RETRY_STATUSES = frozenset({429, 503})
+# Errors of other statuses that are retried, by ``code``.
+RETRY_CODES = frozenset({"batch_storing"})
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ from .errors import (
 )
 from .images import ImageInput
 from .job import Job, JobPage, JobStatus
-from .retry import RETRY_STATUSES, RetryPolicy
+from .retry import RETRY_CODES, RETRY_STATUSES, RetryPolicy
 
 __all__ = ["API_KEY_ENV", "Client"]
 
@@ -240,6 +240,7 @@ class Client:
         all_or_nothing: bool = False,
         webhook_url: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
     ) -> Batch:
         """Queue many jobs in one request (``POST /v1/batches``) and return the batch.
 
@@ -247,11 +248,15 @@ class Client:
         e.g. ``{"custom_id": "p-1", "question": "...", "images": ["a.jpg"]}``; ``images`` as for
         ``submit``. An invalid line is listed in ``batch.errors`` and the others run; with
         ``all_or_nothing`` one invalid line refuses the batch (``ValidationFailed``,
-        ``batch_invalid``). Retried on ``429``/``503``, but not when no answer came (the API may
-        have made the batch; a second one would run every line twice).
+        ``batch_invalid``). Sent with an ``Idempotency-Key``, so it is retried like ``submit``
+        (on ``429``/``503`` and when no answer came): a retry gets the one batch, whole.
         """
         call = batch_submit_call(
-            requests, all_or_nothing=all_or_nothing, webhook_url=webhook_url, metadata=metadata
+            requests,
+            all_or_nothing=all_or_nothing,
+            webhook_url=webhook_url,
+            metadata=metadata,
+            idempotency_key=idempotency_key,
         )
         return Batch.from_api(parse_json(self._send(call).content))
 
@@ -348,7 +353,7 @@ class Client:
                     return reply
                 failure = api_error(reply.status_code, reply.content, retry_after_of(reply.headers))
                 failure.retried = attempt > 1
-                if reply.status_code not in RETRY_STATUSES:
+                if reply.status_code not in RETRY_STATUSES and failure.code not in RETRY_CODES:
                     raise failure
                 retry_after = failure.retry_after
             pause = self.retry.wait_before(attempt, retry_after, deadline, time.monotonic())

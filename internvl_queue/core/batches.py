@@ -19,6 +19,20 @@ The counts are exact because each job's terminal transaction writes them:
 3. A process that dies between 1 and 2 leaves a batch with nothing pending that is not yet
    terminal; every read of the batch (``GET /v1/batches/<id>``) calls ``finish_if_done`` too.
 
+Storing is crash-safe (a batch's jobs are written in chunked transactions, so an API process can
+die between two of them). The record is created *storing*: it names its storer (a random token)
+and a lease (``storing_until``, ``STORING_LEASE_S`` ahead). Each chunk's transaction WATCHes the
+record, checks the storer is still its own (``BatchFence``), adds the chunk's size to ``stored``
+and renews the lease; the last step clears the lease (``finish_storing``). A storer that died
+leaves a record storing with an expired lease, and jobs stored for a prefix of its lines:
+
+- a retry with the batch's Idempotency-Key takes the lease over (``take_over``: a new token,
+  which fences out the old storer should it be alive after all) and stores the missing jobs,
+  under the ids the lines list already holds, so the batch completes with every line once;
+- with nobody retrying, a read of the batch ``CUT_SHORT_AFTER_S`` after the lease expired cuts
+  it short (``cut_short_if_abandoned``): its ``jobs`` become the jobs stored, the rest leave
+  ``pending``, and it completes when those have run, with ``cut_short`` set.
+
 Nothing here imports the job store: the store calls in (steps 1 and 2).
 """
 
@@ -34,17 +48,21 @@ from typing import Any
 import redis
 
 from . import webhook_events
+from .idempotency import Binding, KeyAlreadyBound, KeyClaim
 from .job import Job, iso8601, new_job_id
 from .keys import batch_key, batch_lines_key
 from .redis_client import HashFields
 
 __all__ = [
     "BATCH_EVENT_TYPES",
+    "CUT_SHORT_AFTER_S",
     "MAX_INLINE_ERRORS",
     "Batch",
+    "BatchFence",
     "BatchStatus",
     "BatchStore",
     "LineError",
+    "StorerSuperseded",
     "cancel_requested",
     "finish_if_done",
     "is_job_id",
@@ -56,12 +74,19 @@ __all__ = [
 MAX_INLINE_ERRORS = 1000
 # Lines pushed (or read) per Redis command.
 LINES_PER_COMMAND = 1000
+# Seconds a storer may go without committing a chunk before its batch counts as abandoned: a
+# chunk of jobs is one transaction (milliseconds), so this is only ever reached by a dead process.
+STORING_LEASE_S = 10.0
+# Seconds past its storer's lease before a read cuts an abandoned batch short: until then only
+# the caller's retry (with its Idempotency-Key) may finish it, and it does so whole. A caller
+# whose own process died retries minutes later, not seconds.
+CUT_SHORT_AFTER_S = 300.0
 
 BATCH_EVENT_TYPES = ("batch.completed", "batch.canceled", "batch.failed")
 
 
 class BatchStatus(StrEnum):
-    VALIDATING = "validating"  # never stored: this API validates before it answers
+    VALIDATING = "validating"  # its jobs are still being stored (never a stored status)
     QUEUED = "queued"  # no job of the batch has started yet
     RUNNING = "running"  # some job has started or finished; some are still pending
     COMPLETED = "completed"  # every job finished (succeeded or failed)
@@ -113,6 +138,11 @@ class Batch:
     metadata: dict[str, Any] | None = None
     errors: tuple[dict[str, Any], ...] = field(default_factory=tuple)  # the first few
     invalid: int = 0
+    # Storing (module doc): jobs stored so far, and while storing its storer and lease.
+    stored: int = 0
+    storer: str | None = None
+    storing_until: float | None = None
+    cut_short: bool = False  # its storer died and nobody retried: ``jobs`` are those stored
 
     @classmethod
     def new(
@@ -143,6 +173,8 @@ class Batch:
     def status(self) -> BatchStatus:
         if self.stored_status.is_terminal:
             return self.stored_status
+        if self.storing_until is not None:
+            return BatchStatus.VALIDATING
         if self.started_at is not None or self.pending < self.jobs:
             return BatchStatus.RUNNING
         return BatchStatus.QUEUED
@@ -168,6 +200,10 @@ class Batch:
             "webhook_url": self.webhook_url or "",
             "metadata": json.dumps(self.metadata),
             "errors": json.dumps(list(self.errors)),
+            "stored": str(self.stored),
+            "storer": self.storer or "",
+            "storing_until": json.dumps(self.storing_until),
+            "cut_short": "1" if self.cut_short else "0",
         }
 
     @classmethod
@@ -195,6 +231,20 @@ class Batch:
             webhook_url=h["webhook_url"] or None,
             metadata=json.loads(h["metadata"]),
             errors=tuple(json.loads(h["errors"])),
+            # Records from before crash-safe storing have none of these: stored whole.
+            stored=int(h.get("stored", h["jobs"])),
+            storer=h.get("storer") or None,
+            storing_until=json.loads(h.get("storing_until", "null")),
+            cut_short=h.get("cut_short") == "1",
+        )
+
+    def is_abandoned(self, now: float, *, for_s: float = 0.0) -> bool:
+        """Still storing, and its storer has not renewed its lease in time (``for_s`` ago or
+        more): it died."""
+        return (
+            not self.stored_status.is_terminal
+            and self.storing_until is not None
+            and self.storing_until + for_s < now
         )
 
     def to_public(self) -> dict[str, Any]:
@@ -225,6 +275,7 @@ class Batch:
             ),
             "errors": list(self.errors),
             "errors_truncated": self.invalid > len(self.errors),
+            "cut_short": self.cut_short,
             "results_url": f"/v1/batches/{self.id}/results",
         }
 
@@ -235,12 +286,19 @@ class BatchStore:
         self.retention_s = retention_s
         self.event_ttl_s = event_ttl_s
 
-    def create(self, batch: Batch, lines: list[str]) -> Batch:
+    def create(
+        self, batch: Batch, lines: list[str], *, key: KeyClaim | None = None
+    ) -> tuple[Batch, BatchFence | None]:
         """Store a new batch and its lines (job ids, or errors as JSON), before its jobs exist:
         a job that finishes at once must find the record to count itself in. A batch without a
-        job is stored ``failed`` (and its webhook staged) at once: nothing will finish it."""
+        job is stored ``failed`` (and its webhook staged) at once: nothing will finish it; one
+        with jobs is stored *storing* (module doc), and the fence its chunks commit under.
+
+        ``key`` binds an Idempotency-Key to the batch in the same transaction
+        (``KeyAlreadyBound`` when it is bound to another batch that still exists)."""
         now = time.time()
         batch = replace(batch, expires_at=batch.created_at + self.retention_s)
+        fence: BatchFence | None = None
         if batch.jobs == 0:
             batch = replace(
                 batch,
@@ -248,20 +306,131 @@ class BatchStore:
                 finished_at=now,
                 expires_at=now + self.retention_s,
             )
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(batch_key(batch.id), mapping=batch.to_hash())
-        pipe.expire(batch_key(batch.id), self.retention_s)
-        for start in range(0, len(lines), LINES_PER_COMMAND):
-            pipe.rpush(batch_lines_key(batch.id), *lines[start : start + LINES_PER_COMMAND])
-        pipe.expire(batch_lines_key(batch.id), self.retention_s)
-        if batch.stored_status.is_terminal:
-            _stage_event(pipe, batch, now, self.event_ttl_s)
-        pipe.execute()
-        return batch
+        else:
+            fence = BatchFence(batch.id, uuid.uuid4().hex)
+            batch = replace(batch, storer=fence.token, storing_until=now + STORING_LEASE_S)
 
-    def get(self, batch_id: str) -> Batch | None:
+        def write(pipe: redis.client.Pipeline) -> None:
+            if key is not None:
+                bound = Binding.from_json(pipe.get(key.name))
+                if bound is not None and pipe.exists(batch_key(bound.job_id)):
+                    raise KeyAlreadyBound(bound)
+            pipe.multi()
+            pipe.hset(batch_key(batch.id), mapping=batch.to_hash())
+            pipe.expire(batch_key(batch.id), self.retention_s)
+            for start in range(0, len(lines), LINES_PER_COMMAND):
+                pipe.rpush(batch_lines_key(batch.id), *lines[start : start + LINES_PER_COMMAND])
+            pipe.expire(batch_lines_key(batch.id), self.retention_s)
+            if batch.stored_status.is_terminal:
+                _stage_event(pipe, batch, now, self.event_ttl_s)
+            if key is not None:
+                pipe.set(key.name, Binding(batch.id, key.fingerprint).to_json(), ex=key.ttl_s)
+
+        self.redis.transaction(write, *([key.name] if key is not None else []))
+        return batch, fence
+
+    def take_over(self, batch_id: str) -> tuple[Batch, BatchFence] | None:
+        """Become the storer of a batch whose storer died (its lease expired): the batch and the
+        new fence, or None if it is not storing or its storer's lease still runs."""
+        key = batch_key(batch_id)
+        fence = BatchFence(batch_id, uuid.uuid4().hex)
+        taken: list[tuple[Batch, BatchFence] | None] = [None]
+
+        def transaction(pipe: redis.client.Pipeline) -> None:
+            taken[0] = None
+            batch = _read(pipe, key)
+            if batch is None or not batch.is_abandoned(time.time()):
+                return
+            until = time.time() + STORING_LEASE_S
+            pipe.multi()
+            pipe.hset(key, mapping={"storer": fence.token, "storing_until": json.dumps(until)})
+            taken[0] = (replace(batch, storer=fence.token, storing_until=until), fence)
+
+        self.redis.transaction(transaction, key)
+        return taken[0]
+
+    def finish_storing(self, fence: BatchFence, dropped: dict[int, LineError]) -> Batch | None:
+        """The last step of storing: clear the lease; ``dropped`` are lines (0-based index) whose
+        job a resuming storer could not store (they no longer validate): they become invalid
+        lines. The batch, or None if another storer took it over (``StorerSuperseded``)."""
+        key = batch_key(fence.batch_id)
+        done: list[Batch | None] = [None]
+
+        def transaction(pipe: redis.client.Pipeline) -> None:
+            batch = _read(pipe, key)
+            if batch is not None and batch.stored_status.is_terminal and not dropped:
+                # Its jobs all ran before this (``finish_if_done`` cleared the lease).
+                done[0] = batch
+                return
+            fence.check(pipe)
+            assert batch is not None  # it has this storer
+            gone = len(dropped)
+            now_batch = replace(
+                batch,
+                storer=None,
+                storing_until=None,
+                jobs=batch.jobs - gone,
+                pending=batch.pending - gone,
+                invalid=batch.invalid + gone,
+            )
+            pipe.multi()
+            pipe.hset(key, mapping={"storer": "", "storing_until": "null"})
+            if gone:
+                pipe.hincrby(key, "jobs", -gone)
+                pipe.hincrby(key, "invalid", gone)
+                for index, error in dropped.items():
+                    pipe.lset(batch_lines_key(fence.batch_id), index, json.dumps(error.to_dict()))
+                pipe.hincrby(key, "pending", -gone)
+            done[0] = now_batch
+
+        self.redis.transaction(transaction, key)
+        if done[0] is not None and done[0].pending <= 0:
+            return self.finish_if_done(fence.batch_id) or done[0]
+        return done[0]
+
+    def cut_short_if_abandoned(self, batch_id: str) -> Batch | None:
+        """Finish storing a batch whose storer died, from what it stored (module doc): the
+        batch so cut short, or None if it is not abandoned."""
+        key = batch_key(batch_id)
+        cut: list[Batch | None] = [None]
+
+        def transaction(pipe: redis.client.Pipeline) -> None:
+            cut[0] = None
+            batch = _read(pipe, key)
+            if batch is None or not batch.is_abandoned(time.time(), for_s=CUT_SHORT_AFTER_S):
+                return
+            missing = batch.jobs - batch.stored
+            pipe.multi()
+            cut_short = "1" if missing else "0"  # all stored, only not marked so: not cut
+            pipe.hset(
+                key,
+                mapping={"storer": "", "storing_until": "null", "cut_short": cut_short},
+            )
+            pipe.hincrby(key, "jobs", -missing)
+            pipe.hincrby(key, "pending", -missing)
+            cut[0] = replace(
+                batch,
+                storer=None,
+                storing_until=None,
+                cut_short=missing > 0,
+                jobs=batch.stored,
+                pending=batch.pending - missing,
+            )
+
+        self.redis.transaction(transaction, key)
+        if cut[0] is not None and cut[0].pending <= 0:
+            return self.finish_if_done(batch_id) or cut[0]
+        return cut[0]
+
+    def get(self, batch_id: str, *, settle: bool = True) -> Batch | None:
+        """The batch; with ``settle``, one its storer abandoned is cut short first, and one with
+        nothing pending is finished (module doc)."""
         raw = self.redis.hgetall(batch_key(batch_id))
         batch = Batch.from_hash(raw) if raw else None  # type: ignore[arg-type]
+        if not settle:
+            return batch
+        if batch is not None and batch.is_abandoned(time.time(), for_s=CUT_SHORT_AFTER_S):
+            batch = self.cut_short_if_abandoned(batch_id) or self.get(batch_id)
         if batch is not None and not batch.stored_status.is_terminal and batch.pending <= 0:
             # Its last job's process died before it finished the batch (module doc, step 3).
             batch = self.finish_if_done(batch_id) or batch
@@ -293,6 +462,38 @@ class BatchStore:
 
     def finish_if_done(self, batch_id: str) -> Batch | None:
         return finish_if_done(self.redis, batch_id, self.retention_s, self.event_ttl_s)
+
+
+class StorerSuperseded(Exception):
+    """Another storer took the batch over (this one was presumed dead): stop writing."""
+
+
+@dataclass(frozen=True)
+class BatchFence:
+    """What a storer's chunk transactions check and write (module doc)."""
+
+    batch_id: str
+    token: str
+
+    @property
+    def key(self) -> str:
+        return batch_key(self.batch_id)
+
+    def check(self, pipe: redis.client.Pipeline) -> None:
+        """Under WATCH of ``key``: ``StorerSuperseded`` unless this storer still holds it (one
+        field read: a chunk's check must not read the record's inline errors each time)."""
+        if pipe.hget(self.key, "storer") != self.token.encode():
+            raise StorerSuperseded(f"batch {self.batch_id} is stored by another request now")
+
+    def stage_stored(self, pipe: redis.client.Pipeline, count: int) -> None:
+        """Inside a chunk's MULTI: ``count`` more jobs stored, and the lease renewed."""
+        pipe.hincrby(self.key, "stored", count)
+        pipe.hset(self.key, "storing_until", json.dumps(time.time() + STORING_LEASE_S))
+
+
+def _read(pipe: redis.client.Pipeline, key: str) -> Batch | None:
+    raw = pipe.hgetall(key)
+    return Batch.from_hash(raw) if raw else None  # type: ignore[arg-type]
 
 
 def cancel_requested(client: redis.Redis, batch_id: str) -> bool:
@@ -336,7 +537,14 @@ def finish_if_done(
             return
         now = time.time()
         status = BatchStatus.CANCELED if batch.cancel_requested_at else BatchStatus.COMPLETED
-        done = replace(batch, stored_status=status, finished_at=now, expires_at=now + retention_s)
+        done = replace(
+            batch,
+            stored_status=status,
+            finished_at=now,
+            expires_at=now + retention_s,
+            storer=None,
+            storing_until=None,
+        )
         pipe.multi()
         pipe.hset(
             key,
@@ -344,6 +552,10 @@ def finish_if_done(
                 "status": status.value,
                 "finished_at": json.dumps(now),
                 "expires_at": repr(done.expires_at),
+                # Nothing pending: every job was stored, even if its storer died before it said
+                # so (the reaper sent their messages before a retry came).
+                "storer": "",
+                "storing_until": "null",
             },
         )
         pipe.expire(key, retention_s)

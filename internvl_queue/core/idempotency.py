@@ -30,6 +30,7 @@ __all__ = [
     "IdempotencyStore",
     "KeyAlreadyBound",
     "KeyClaim",
+    "body_fingerprint",
     "check_key",
     "request_fingerprint",
 ]
@@ -107,6 +108,16 @@ def request_fingerprint(job: Job, images: Sequence[bytes | ImageUrl]) -> str:
     return hashlib.sha256(canonical).hexdigest()
 
 
+def body_fingerprint(content_type: str, query: bytes, body: bytes) -> str:
+    """A digest of a batch request as sent (its body can be 50 000 lines: hashed, never
+    stored). Its options may come in the query string, so that is part of it."""
+    digest = hashlib.sha256()
+    for part in (content_type.encode(), query, body):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
 def _image_print(image: bytes | ImageUrl) -> str:
     if isinstance(image, ImageUrl):
         return f"url:{image.url}"
@@ -126,7 +137,17 @@ class IdempotencyStore:
         """What ``JobStore.create`` needs to bind ``key`` to the job it creates."""
         return KeyClaim(self._name(owner, key), fingerprint, self.ttl_s)
 
+    def lookup_batch(self, owner: str, key: str) -> Binding | None:
+        """The batch ``owner``'s ``key`` is bound to (``Binding.job_id`` holds its id), if any.
+        Batches' keys are a scope of their own: one key may name a job and a batch."""
+        return Binding.from_json(self.redis.get(self._name(owner, key, scope="batch")))
+
+    def claim_batch(self, owner: str, key: str, fingerprint: str) -> KeyClaim:
+        """What ``BatchStore.create`` needs to bind ``key`` to the batch it creates."""
+        return KeyClaim(self._name(owner, key, scope="batch"), fingerprint, self.ttl_s)
+
     @staticmethod
-    def _name(owner: str, key: str) -> str:
+    def _name(owner: str, key: str, *, scope: str = "") -> str:
         # Hashed, so that a caller's key (any printable text) cannot shape our key space.
-        return idempotency_key(owner, hashlib.sha256(key.encode()).hexdigest())
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        return idempotency_key(owner, f"{scope}:{digest}" if scope else digest)

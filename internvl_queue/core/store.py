@@ -219,16 +219,27 @@ class JobStore:
         if acked < self.replica_wait.replicas:
             raise NotDurable(acked, self.replica_wait)
 
-    def create_many(self, jobs: list[tuple[Job, list[bytes]]], chunk: int = 500) -> list[Job]:
+    def create_many(
+        self,
+        jobs: list[tuple[Job, list[bytes]]],
+        chunk: int = 500,
+        *,
+        fence: batches.BatchFence | None = None,
+        after_chunk: Callable[[int], None] | None = None,
+    ) -> list[Job]:
         """Store many new jobs (a batch's), ``chunk`` to a transaction: one round trip each,
         not one per job. Each job is written exactly as ``create`` writes it.
+
+        With ``fence``, each chunk commits only while its batch's storer is this one
+        (``StorerSuperseded`` otherwise) and counts itself in the batch (``core/batches.py``).
+        ``after_chunk`` is called with each committed chunk's index (a test's fault hook).
 
         ``NotDurable`` after the last chunk when fewer replicas than ``replica_wait`` asks hold
         them all: they are stored on the primary all the same."""
         if not self.replica_wait.enabled:
-            return self._create_many(self.redis.pipeline, jobs, chunk)
+            return self._create_many(self.redis.pipeline, jobs, chunk, fence, after_chunk)
         with HeldConnection(self.redis) as held:
-            stored = self._create_many(held.pipeline, jobs, chunk)
+            stored = self._create_many(held.pipeline, jobs, chunk, fence, after_chunk)
             # One WAIT for all chunks: it covers every earlier write of the connection.
             acked = held.wait(self.replica_wait)
         if acked < self.replica_wait.replicas:
@@ -240,20 +251,46 @@ class JobStore:
         pipeline: Callable[[bool], redis.client.Pipeline],
         jobs: list[tuple[Job, list[bytes]]],
         chunk: int,
+        fence: batches.BatchFence | None,
+        after_chunk: Callable[[int], None] | None,
     ) -> list[Job]:
         stored: list[Job] = []
-        for start in range(0, len(jobs), chunk):
-            pipe = pipeline(True)
-            for job, images in jobs[start : start + chunk]:
-                job = replace(
-                    job, expires_at=job.created_at + self.retention_s, dispatched_at=job.created_at
-                )
-                self._stage_new(pipe, job, images)
-                stored.append(job)
-            oldest = time.time() - self.retention_s
-            pipe.zremrangebyscore(queued_key(), "-inf", oldest)
-            pipe.zremrangebyscore(queued_batch_key(), "-inf", oldest)
-            pipe.execute()
+        for index, start in enumerate(range(0, len(jobs), chunk)):
+            while True:
+                with pipeline(True) as pipe:
+                    try:
+                        stored_now = self._commit_chunk(pipe, jobs[start : start + chunk], fence)
+                    except redis.WatchError:  # a job of the batch counted itself: once more
+                        continue
+                stored.extend(stored_now)
+                break
+            if after_chunk is not None:
+                after_chunk(index)
+        return stored
+
+    def _commit_chunk(
+        self,
+        pipe: redis.client.Pipeline,
+        jobs: list[tuple[Job, list[bytes]]],
+        fence: batches.BatchFence | None,
+    ) -> list[Job]:
+        if fence is not None:
+            pipe.watch(fence.key)
+            fence.check(pipe)
+            pipe.multi()
+        stored = []
+        for job, images in jobs:
+            job = replace(
+                job, expires_at=job.created_at + self.retention_s, dispatched_at=job.created_at
+            )
+            self._stage_new(pipe, job, images)
+            stored.append(job)
+        if fence is not None:
+            fence.stage_stored(pipe, len(stored))
+        oldest = time.time() - self.retention_s
+        pipe.zremrangebyscore(queued_key(), "-inf", oldest)
+        pipe.zremrangebyscore(queued_batch_key(), "-inf", oldest)
+        pipe.execute()
         return stored
 
     def _stage_new(self, pipe: redis.client.Pipeline, job: Job, images: list[bytes]) -> None:

@@ -206,7 +206,7 @@ BATCH = {
 LINE = {"custom_id": "c1", "question": "What is it?", "images": [IMAGE]}
 
 
-def test_a_batch_submit_is_retried_on_503_but_not_sent_again_when_no_answer_came() -> None:
+def test_a_batch_submit_is_retried_on_503() -> None:
     script = [error(503, "queue_full", **{"Retry-After": "0"}), reply_json(202, BATCH)]
     with edge(script) as (api, client):
         batch = client.submit_batch([LINE])
@@ -216,6 +216,27 @@ def test_a_batch_submit_is_retried_on_503_but_not_sent_again_when_no_answer_came
     sent = json.loads(api.received[0].body)
     assert sent["all_or_nothing"] is False
     assert sent["requests"] == [{**LINE, "images": [{"data": base64.b64encode(IMAGE).decode()}]}]
-    with edge([DROP, reply_json(202, BATCH)]) as (api, client), pytest.raises(ApiUnreachable):
+
+
+def test_a_batch_is_retried_after_a_dropped_connection_and_while_the_api_stores_it() -> None:
+    # The key makes a second send safe: the API answers the batch the first one made, or finishes
+    # storing it (tests/reliability/test_api_killed_mid_batch.py).
+    script = [
+        DROP,
+        error(409, "batch_storing", **{"Retry-After": "3"}),
+        reply_json(202, BATCH, **{"Idempotency-Replayed": "true"}),
+    ]
+    pauses: list[float] = []
+    with edge(script, sleep=pauses.append) as (api, client):
+        got = client.submit_batch([LINE])
+    assert got.id == "b_1"
+    assert len(pauses) == 2 and pauses[1] == 3
+    keys = {received.headers["idempotency-key"] for received in api.received}
+    bodies = {received.body for received in api.received}
+    assert len(api.received) == 3 and len(keys) == 1 and len(bodies) == 1
+
+
+def test_another_conflict_of_a_batch_is_not_retried() -> None:
+    with edge([error(409, "batch_already_finished")]) as (api, client), pytest.raises(ApiError):
         client.submit_batch([LINE])
-    assert len(api.received) == 1  # a second send could have made a second batch
+    assert len(api.received) == 1

@@ -149,9 +149,16 @@ def batch_schemas(settings: Settings) -> dict[str, Schema]:
                     "description": "More lines were invalid than listed here; the results "
                     "stream has every one.",
                 },
+                "cut_short": {
+                    "type": "boolean",
+                    "description": "The request that submitted it died while storing its jobs "
+                    "and nobody retried it with its Idempotency-Key in time: counts.jobs are the "
+                    "jobs stored, which run; the other lines are `not_stored` in the results. "
+                    "Submit those lines again.",
+                },
                 "results_url": {"type": "string"},
             },
-            "A batch of jobs.",
+            "A batch of jobs. Status `validating` while its jobs are being stored.",
         ),
         "BatchRefused": _closed(
             {
@@ -175,6 +182,7 @@ def batch_schemas(settings: Settings) -> dict[str, Schema]:
                         "canceled",
                         "invalid",
                         "expired",
+                        "not_stored",
                     ]
                 },
                 "result": {"oneOf": [ref("JobResult"), {"type": "null"}]},
@@ -239,7 +247,7 @@ def batch_paths() -> dict[str, dict[str, Any]]:
                 ),
                 "tags": ["batches"],
                 "security": _BEARER,
-                "parameters": _OPTIONS,
+                "parameters": [*_OPTIONS, {"$ref": "#/components/parameters/BatchIdempotencyKey"}],
                 "requestBody": {
                     "required": True,
                     "content": {
@@ -259,21 +267,35 @@ def batch_paths() -> dict[str, dict[str, Any]]:
                     "202": {
                         **batch,
                         "headers": {
+                            "Idempotency-Replayed": {
+                                "description": "`true` when the reply is the batch this "
+                                "Idempotency-Key already created (as it is now).",
+                                "schema": {"const": "true"},
+                            },
                             "Location": {
                                 "description": "The batch's URL.",
                                 "schema": {
                                     "type": "string",
                                     "pattern": "^/v1/batches/[0-9a-f]{32}$",
                                 },
-                            }
+                            },
                         },
                     },
                     "400": _error(
-                        "The body cannot be read", "invalid_json", "invalid_utf8", "empty_batch"
+                        "The body cannot be read, or a bad Idempotency-Key",
+                        "invalid_json",
+                        "invalid_utf8",
+                        "empty_batch",
+                        "invalid_idempotency_key",
                     ),
                     "401": _UNAUTHORIZED,
                     "413": _error(
                         "The body is over INTERNVL_MAX_BATCH_REQUEST_BYTES", "request_too_large"
+                    ),
+                    "409": _error(
+                        "The first request with this Idempotency-Key is still storing the "
+                        "batch; send it again after Retry-After",
+                        "batch_storing",
                     ),
                     "415": _error("Neither JSON Lines nor JSON", "unsupported_media_type"),
                     "422": {
@@ -281,13 +303,22 @@ def batch_paths() -> dict[str, dict[str, Any]]:
                         "`batch_invalid`, with every line's error), or a bad option "
                         "(`invalid_parameter`, `too_many_batch_requests`, "
                         "`webhook_url_not_allowed`, `webhook_url_invalid`, "
-                        "`webhooks_not_configured`, `invalid_metadata`)",
+                        "`webhooks_not_configured`, `invalid_metadata`), or an Idempotency-Key "
+                        "already used for a different batch (`idempotency_key_reused`)",
                         "content": {
                             _JSON: {"schema": {"oneOf": [ref("BatchRefused"), ref("Error")]}}
                         },
                     },
                     "429": _error("The API key's submit rate limit", "rate_limited"),
-                    "503": _error("Too many queued batch jobs or image bytes", "queue_full"),
+                    "503": _error(
+                        "Too many queued batch jobs or image bytes; Redis does not answer; the "
+                        "batch was stored but too few replicas took it in time; or a retry with "
+                        "the same Idempotency-Key took over storing it",
+                        "queue_full",
+                        "service_unavailable",
+                        "not_durable",
+                        "batch_taken_over",
+                    ),
                 },
             }
         },

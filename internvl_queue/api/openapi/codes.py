@@ -69,11 +69,17 @@ ERROR_CODES: dict[str, str] = {
     "duplicate_custom_id": "422 (a batch line): a custom_id used by an earlier line",
     "batch_not_found": "404: an unknown or expired batch id, or another API key's batch",
     "batch_already_finished": "409: cancel of a batch that already finished",
+    "batch_storing": "409: a batch's Idempotency-Key, while its first request is still storing "
+    "the batch (see Retry-After)",
+    "batch_taken_over": "503: storing a batch stalled past its lease, and a retry with the same "
+    "Idempotency-Key took it over (follow the batch)",
 }
 
 # ``error.code`` of a job that ended ``failed`` or ``canceled``.
 JOB_ERROR_CODES: dict[str, str] = {
     "expired": "(batch results) the job's record expired before the batch's",
+    "batch_cut_short": "(batch results) a line whose job was never stored: the batch's request "
+    "died storing it and was not retried with its key (submit the line again)",
     "timeout": "the job passed its deadline (timeout_s), queued or running",
     "model_error": "the model raised while answering",
     "gpu_out_of_memory": "the job does not fit in GPU memory, even alone",

@@ -116,6 +116,26 @@ def components(settings: Settings) -> Schema:
                 "example": 30,
             },
             **_listing_parameters(),
+            "BatchIdempotencyKey": {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "description": (
+                    "Makes a retry of a batch safe: the same key with the same request (body and "
+                    "query string, byte for byte) answers the batch it created (202, "
+                    "Idempotency-Replayed: true); a retry of a request that died while storing "
+                    "the batch stores the rest of its jobs. With a different request, 422 "
+                    "idempotency_key_reused. Scoped to the API key and to batches (a job's key "
+                    "may be the same), kept INTERNVL_IDEMPOTENCY_TTL_S (24 h)."
+                ),
+                "schema": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_KEY_CHARS,
+                    "pattern": "^[!-~]+$",
+                },
+                "example": "nightly-2026-12-05",
+            },
             "IdempotencyKey": {
                 "name": "Idempotency-Key",
                 "in": "header",

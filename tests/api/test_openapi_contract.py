@@ -27,7 +27,7 @@ import pytest
 import redis
 import requests
 import schemathesis
-from schemathesis.specs.openapi.checks import positive_data_acceptance
+from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
 from internvl_queue.api.openapi import openapi_document
 from internvl_queue.cli.redis_server import start_redis
@@ -169,7 +169,13 @@ _BEYOND_THE_SCHEMA = {
 def _beyond_the_schema(response: schemathesis.Response) -> bool:
     if response.status_code not in (400, 415, 422):
         return False
-    return response.json().get("error", {}).get("code") in _BEYOND_THE_SCHEMA
+    error = response.json().get("error", {})
+    # A form's webhook_events field may be a JSON list: that it parses, no pattern can say.
+    if error.get("code") == "invalid_parameter" and "is not a valid JSON list" in str(
+        error.get("message")
+    ):
+        return True
+    return error.get("code") in _BEYOND_THE_SCHEMA
 
 
 def test_job_lifecycles_keep_the_contract(stack: Stack) -> None:
@@ -184,7 +190,13 @@ def test_job_lifecycles_keep_the_contract(stack: Stack) -> None:
         def validate_response(
             self, response: schemathesis.Response, case: schemathesis.Case, **kwargs: Any
         ) -> None:
-            excluded = [positive_data_acceptance] if _beyond_the_schema(response) else []
+            # Every step is sent with a valid key (get_call_kwargs), so a step generated as
+            # invalid by a missing Authorization header is valid when sent, and its 202 is right
+            # (seen: a batch step "without" the header, accepted). Invalid requests are
+            # checked to be refused by test_the_api_keeps_its_contract; here, the replies.
+            excluded = [negative_data_rejection]
+            if _beyond_the_schema(response):
+                excluded.append(positive_data_acceptance)
             case.validate_response(response, excluded_checks=excluded, headers=headers)
 
     Workflow.run(

@@ -66,18 +66,8 @@ class Consumer(CeleryConsumer):
             settled = settle(*a, **kw)  # logs (and swallows) a lost connection
             # Once per connection: the event loop's clean-up runs the other settles still
             # queued, and one raising there is logged as an error with its traceback.
-            # Only for a message of the current connection: one taken before a reconnect fails
-            # to settle on its dead channel, and restarting the new connection for it would
-            # hand back (redeliver) the jobs running on the new one.
             unsettled = isinstance(message, Message) and not message.acknowledged
-            came_on = getattr(
-                getattr(getattr(message, "channel", None), "connection", None), "client", None
-            )
-            if (
-                unsettled
-                and came_on is self.connection
-                and self._restarted_for is not self.connection
-            ):
+            if unsettled and self._restarted_for is not self.connection:
                 self._restarted_for = self.connection
                 tag = getattr(message, "delivery_tag", "?")
                 raise BrokerLostAtAck(f"message {tag} could not be acked: the broker went away")

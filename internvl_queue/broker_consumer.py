@@ -7,8 +7,9 @@ the consumer came back 29 s after Redis, while the health check said healthy fro
 
 - ``Consumer`` (``worker_consumer`` in ``queue.py``) retries every 1-2 s instead (a refused
   connection costs nothing), and logs one line when an outage starts, not one per try;
-- it restarts (reconnects) when a message cannot be acked or rejected because the broker went
-  away, as it does when its own read fails: see ``Consumer.call_soon_ack``;
+- a message that cannot be acked or rejected because the broker went away no longer holds its
+  place in the prefetch window, so the consumer polls, sees the loss and reconnects: see
+  ``Consumer.call_soon_ack``;
 - ``consuming_step(on_change)`` is a bootstep of the consumer's blueprint, started once the task
   consumer is set up (connected, taking messages) and stopped when the consumer restarts on a lost
   connection, or shuts down: ``on_change(True/False)``, which the GPU worker publishes in its
@@ -25,8 +26,9 @@ from typing import Any
 from celery import bootsteps
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.message import Message
+from kombu.transport.virtual.base import QoS as VirtualQoS
 
-__all__ = ["RETRY_INTERVAL_MAX_S", "BrokerLostAtAck", "Consumer", "consuming_step"]
+__all__ = ["RETRY_INTERVAL_MAX_S", "Consumer", "consuming_step"]
 
 log = logging.getLogger("internvl_queue.broker")
 
@@ -35,18 +37,12 @@ _RETRY = {"interval_start": 1.0, "interval_step": 1.0, "interval_max": 1.0}
 RETRY_INTERVAL_MAX_S = 2.0
 
 
-class BrokerLostAtAck(ConnectionError):
-    """A message could not be acked (or rejected): its broker connection is gone."""
-
-
 class Consumer(CeleryConsumer):
     """Celery's consumer, with quick reconnection and one log line per outage."""
 
-    _restarted_for: Any = None  # the connection a failed settle last restarted the consumer for
-
     def call_soon_ack(self, p: Any, *args: Any, **kwargs: Any) -> Any:
         """Settle a message (``Message.ack_log_error`` or ``reject_log_error``); if that failed
-        because the broker went away, restart the consumer on a new connection.
+        because the broker went away, free the message's place in the prefetch window.
 
         Why: kombu logs and swallows such a failure, and its Redis transport then keeps the
         message counted against the prefetch window (``QoS.ack`` forgets a delivery only after
@@ -54,26 +50,27 @@ class Consumer(CeleryConsumer):
         as many messages taken as it has threads: the webhook worker under a slow receiver) then
         never polls the broker again, so it never sees the connection is lost and never takes a
         message again, although the broker is back (seen at a Sentinel failover: the webhook
-        queue kept its messages until a restart). Raised in the consumer's event loop, a
-        connection error restarts the consumer as a failed read does; the message the broker
-        still holds as unacked comes back after the visibility timeout, and a task run twice
-        changes nothing (a job's stored outcome, a webhook event's lease).
+        queue kept its messages until a restart). Freed, the window lets the consumer poll: on a
+        dead connection the read fails and the consumer reconnects as at any outage.
+
+        It does not restart the consumer itself (an earlier fix raised here): closing a channel
+        hands its unacked messages back to the broker, so a restart forced on a connection that
+        still works (a message taken before the last reconnect fails to settle on its dead
+        channel) redelivered the jobs running on it, which then counted one more attempt each
+        (``too_many_attempts`` under ten Redis crashes). The unsettled message stays in the
+        broker's unacked set until the visibility timeout; a task run twice changes nothing (a
+        job's stored outcome, a webhook event's lease).
         """
         settle = p
         message = getattr(settle, "__self__", None)
 
-        def settle_or_reconnect(*a: Any, **kw: Any) -> Any:
+        def settle_or_release(*a: Any, **kw: Any) -> Any:
             settled = settle(*a, **kw)  # logs (and swallows) a lost connection
-            # Once per connection: the event loop's clean-up runs the other settles still
-            # queued, and one raising there is logged as an error with its traceback.
-            unsettled = isinstance(message, Message) and not message.acknowledged
-            if unsettled and self._restarted_for is not self.connection:
-                self._restarted_for = self.connection
-                tag = getattr(message, "delivery_tag", "?")
-                raise BrokerLostAtAck(f"message {tag} could not be acked: the broker went away")
+            if isinstance(message, Message) and not message.acknowledged:
+                _release_from_prefetch(message)
             return settled
 
-        return super().call_soon_ack(settle_or_reconnect, *args, **kwargs)
+        return super().call_soon_ack(settle_or_release, *args, **kwargs)
 
     def ensure_connected(self, conn: Any) -> Any:
         ensure = conn.ensure_connection
@@ -102,6 +99,16 @@ class Consumer(CeleryConsumer):
 
         conn.ensure_connection = quickly
         return super().ensure_connected(conn)
+
+
+def _release_from_prefetch(message: Message) -> None:
+    """Forget a delivery in its channel's prefetch count without telling the broker.
+
+    The base class's ``ack`` is the local half of kombu's Redis ``QoS.ack`` (which first removes
+    the message from the broker's unacked set: the half that failed)."""
+    qos = getattr(getattr(message, "channel", None), "qos", None)
+    if isinstance(qos, VirtualQoS):
+        VirtualQoS.ack(qos, message.delivery_tag)
 
 
 def consuming_step(on_change: Callable[[bool], None]) -> type[bootsteps.StartStopStep]:

@@ -48,7 +48,7 @@ from typing import Any
 import redis
 
 from . import webhook_events
-from .idempotency import Binding, KeyAlreadyBound, KeyClaim
+from .idempotency import KeyClaim
 from .job import Job, iso8601, new_job_id
 from .keys import batch_key, batch_lines_key
 from .redis_client import HashFields
@@ -312,9 +312,7 @@ class BatchStore:
 
         def write(pipe: redis.client.Pipeline) -> None:
             if key is not None:
-                bound = Binding.from_json(pipe.get(key.name))
-                if bound is not None and pipe.exists(batch_key(bound.job_id)):
-                    raise KeyAlreadyBound(bound)
+                key.check_free(pipe, batch_key)
             pipe.multi()
             pipe.hset(batch_key(batch.id), mapping=batch.to_hash())
             pipe.expire(batch_key(batch.id), self.retention_s)
@@ -324,7 +322,7 @@ class BatchStore:
             if batch.stored_status.is_terminal:
                 _stage_event(pipe, batch, now, self.event_ttl_s)
             if key is not None:
-                pipe.set(key.name, Binding(batch.id, key.fingerprint).to_json(), ex=key.ttl_s)
+                key.stage_binding(pipe, batch.id)
 
         self.redis.transaction(write, *([key.name] if key is not None else []))
         return batch, fence

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import redis
@@ -63,6 +63,18 @@ class KeyClaim:
     name: str  # the Redis key
     fingerprint: str
     ttl_s: int
+
+    def check_free(self, pipe: redis.client.Pipeline, record_key: Callable[[str], str]) -> None:
+        """In a create transaction, before ``multi`` (the key WATCHed): ``KeyAlreadyBound`` when
+        the key is bound to a record (``record_key(id)``) that still exists. A request that
+        binds the key meanwhile makes EXEC fail, and the transaction runs again and finds it."""
+        bound = Binding.from_json(pipe.get(self.name))
+        if bound is not None and pipe.exists(record_key(bound.job_id)):
+            raise KeyAlreadyBound(bound)
+
+    def stage_binding(self, pipe: redis.client.Pipeline, record_id: str) -> None:
+        """In the same transaction, after ``multi``: bind the key to the record it creates."""
+        pipe.set(self.name, Binding(record_id, self.fingerprint).to_json(), ex=self.ttl_s)
 
 
 class KeyAlreadyBound(Exception):

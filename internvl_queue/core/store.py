@@ -22,7 +22,7 @@ import redis
 
 from . import batches, job_metrics, webhook_events
 from .durability import HeldConnection, NotDurable, ReplicaWait
-from .idempotency import Binding, KeyAlreadyBound, KeyClaim
+from .idempotency import KeyClaim
 from .job import Job, JobParams
 from .job_index import stage_entry
 from .keys import (
@@ -133,18 +133,13 @@ class JobStore:
 
         def write(pipe: redis.client.Pipeline) -> None:
             if key is not None:
-                # Read under WATCH: a request that binds the key meanwhile makes EXEC fail, and
-                # this runs again and finds its binding.
-                bound = Binding.from_json(pipe.get(key.name))
-                if bound is not None and pipe.exists(job_key(bound.job_id)):
-                    raise KeyAlreadyBound(bound)
+                key.check_free(pipe, job_key)
             pipe.multi()
             self._stage_new(pipe, job, images)
             # Entries of jobs that expired while queued (their worker never came) go too.
             pipe.zremrangebyscore(queued_key(), "-inf", job.created_at - self.retention_s)
             if key is not None:
-                binding = Binding(job.id, key.fingerprint)
-                pipe.set(key.name, binding.to_json(), ex=key.ttl_s)
+                key.stage_binding(pipe, job.id)
 
         self._durable_transaction(job, write, *([key.name] if key is not None else []))
         return job
@@ -169,9 +164,7 @@ class JobStore:
 
         def write(pipe: redis.client.Pipeline) -> None:
             if key is not None:
-                bound = Binding.from_json(pipe.get(key.name))
-                if bound is not None and pipe.exists(job_key(bound.job_id)):
-                    raise KeyAlreadyBound(bound)
+                key.check_free(pipe, job_key)
             pipe.multi()
             pipe.hset(job_key(job.id), mapping=job.to_hash())
             pipe.expire(job_key(job.id), self.retention_s)
@@ -185,8 +178,7 @@ class JobStore:
             job_metrics.stage_finished(pipe, job)
             stage_entry(pipe, job, self.retention_s)  # listed like any other job
             if key is not None:
-                binding = Binding(job.id, key.fingerprint)
-                pipe.set(key.name, binding.to_json(), ex=key.ttl_s)
+                key.stage_binding(pipe, job.id)
 
         self._durable_transaction(job, write, *([key.name] if key is not None else []))
         return job

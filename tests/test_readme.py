@@ -74,6 +74,18 @@ def test_readme_service_command_and_first_request_from_a_fresh_copy(tmp_path: Pa
             ["bash", "-c", metrics], cwd=clone, env=env, capture_output=True, timeout=60
         )
         assert b"internvl_queue_jobs_submitted_total 2.0" in reply.stdout, reply.stdout
+        # The Python client's one-liner, as written: it submits, long-polls and prints the answer.
+        client = _readme_command(readme, ".venv/bin/python -c")
+        reply = subprocess.run(
+            ["bash", "-c", client], cwd=clone, env=env, capture_output=True, timeout=120
+        )
+        assert reply.returncode == 0, reply.stderr
+        answer = reply.stdout.decode().strip()
+        assert answer and b"Traceback" not in reply.stderr, reply
+        metrics_after = subprocess.run(
+            ["bash", "-c", metrics], cwd=clone, env=env, capture_output=True, timeout=60
+        )
+        assert b"internvl_queue_jobs_submitted_total 3.0" in metrics_after.stdout
     finally:
         code = service.interrupt()
         shutil.rmtree(clone / ".venv", ignore_errors=True)  # 5 GB of CUDA torch

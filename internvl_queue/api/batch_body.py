@@ -121,7 +121,19 @@ def _either(preferred: Any, fallback: Any) -> Any:
     return fallback if preferred is None else preferred
 
 
+_QUERY_OPTIONS = frozenset({"all_or_nothing", "webhook_url"})
+
+
 def _query_options(request: Request) -> dict[str, Any]:
+    # Refused, not ignored: a typo (all_or_nothin=true) would silently run the batch otherwise.
+    unknown = sorted(set(request.args) - _QUERY_OPTIONS)
+    if unknown:
+        raise ValidationFailed(
+            f"unknown query parameter{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(map(repr, unknown))} for a batch; it may have "
+            f"{', '.join(sorted(_QUERY_OPTIONS))}",
+            code="invalid_parameter",
+        )
     return {
         "all_or_nothing": _flag(request.args.get("all_or_nothing")),
         "webhook_url": request.args.get("webhook_url"),

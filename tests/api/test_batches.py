@@ -146,6 +146,19 @@ def test_an_unreadable_batch_is_refused(
     assert reply.json["error"]["code"] == code
 
 
+@pytest.mark.parametrize("content_type", ["application/jsonl", "application/json"])
+def test_a_mistyped_query_option_is_refused_not_ignored(
+    client: FlaskClient, redis_client: redis.Redis, content_type: str
+) -> None:
+    body = jsonl([line("ok")]) if content_type == "application/jsonl" else json.dumps([line("ok")])
+    reply = client.post("/v1/batches?all_or_nothin=true", data=body, content_type=content_type)
+    assert reply.status_code == 422, reply.json
+    assert reply.json["error"]["code"] == "invalid_parameter"
+    assert "'all_or_nothin'" in reply.json["error"]["message"]
+    assert "all_or_nothing, webhook_url" in reply.json["error"]["message"]
+    assert redis_client.zcard(queued_batch_key()) == 0  # nothing was submitted
+
+
 def test_too_many_lines_are_refused(make_app, settings: Settings) -> None:  # type: ignore[no-untyped-def]
     from dataclasses import replace
 

@@ -30,7 +30,10 @@ from internvl_queue.api.waiting import WAITERS_EXTENSION
 from internvl_queue.cli.redis_server import free_port, start_redis
 from internvl_queue.core.settings import Settings
 from internvl_queue.core.workers import WorkerInfo, WorkerRegistry
+from tests.api.api_process import ApiProcess
 from tests.processes import CommandProcess
+from tests.receiver import Receiver
+from tests.webhooks.worker_process import WebhookWorker
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -288,3 +291,43 @@ def worker(_session_worker: WorkerProcess, settings: Settings) -> WorkerProcess:
     assert replace(settings) == _session_worker.settings
     _session_worker.wait_ready(timeout=10)
     return _session_worker
+
+
+@pytest.fixture
+def start_api(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., ApiProcess]]:
+    """Starts a real ``internvl-queue api`` (gunicorn) on the test's Redis and queue, with more
+    environment given as keywords, and waits until it answers; each is stopped after the test."""
+    started: list[ApiProcess] = []
+
+    def start(**env: str) -> ApiProcess:
+        process = ApiProcess(
+            settings.redis_url,
+            tmp_path / f"api-{len(started)}.log",
+            **{"INTERNVL_QUEUE": settings.queue_name, **env},
+        )
+        started.append(process)
+        process.wait_ready()
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.stop()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A real local HTTP server that records the webhooks it receives."""
+    r = Receiver().start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def webhook_worker(settings: Settings, tmp_path: Path) -> Iterator[WebhookWorker]:
+    """A real ``internvl-queue webhook-worker`` on the test's Redis, killed after the test."""
+    process = WebhookWorker(settings.redis_url, tmp_path / "webhooks.log").wait_ready()
+    yield process
+    process.kill()
+    process.close()

@@ -6,14 +6,12 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import requests
 
-from internvl_queue.core.settings import Settings
 from tests.api.api_process import ApiProcess
 from tests.conftest import WorkerProcess
 from tests.images import photo
@@ -36,34 +34,10 @@ def _line(index: int) -> dict[str, Any]:
 
 
 @pytest.fixture
-def api(worker: WorkerProcess, settings: Settings, tmp_path: Path) -> Iterator[ApiProcess]:
-    process = ApiProcess(
-        settings.redis_url,
-        tmp_path / "api.log",
-        INTERNVL_QUEUE=settings.queue_name,
-        WEBHOOK_SECRETS=f"{NEW_SECRET},{OLD_SECRET}",
-        WEBHOOK_ALLOWED_CIDRS="127.0.0.0/8",
+def api(worker: WorkerProcess, start_api: Callable[..., ApiProcess]) -> ApiProcess:
+    return start_api(
+        WEBHOOK_SECRETS=f"{NEW_SECRET},{OLD_SECRET}", WEBHOOK_ALLOWED_CIDRS="127.0.0.0/8"
     )
-    try:
-        process.wait_ready()
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver().start()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
-def webhook_worker(settings: Settings, tmp_path: Path) -> Iterator[WebhookWorker]:
-    process = WebhookWorker(settings.redis_url, tmp_path / "webhooks.log").wait_ready()
-    yield process
-    process.kill()
-    process.close()
 
 
 def _batch(api: ApiProcess, batch_id: str) -> dict[str, Any]:

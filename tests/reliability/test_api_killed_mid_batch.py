@@ -14,8 +14,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,7 +22,6 @@ import redis
 import requests
 
 from internvl_queue.api.fault_hook import BATCH_STEPS
-from internvl_queue.core.settings import Settings
 from tests.api.api_process import ApiProcess
 from tests.api.test_batch_run import IMAGES
 from tests.conftest import WorkerProcess
@@ -49,56 +47,33 @@ def _body(step: str) -> bytes:
 
 
 @pytest.fixture
-def hooks() -> Iterator[Receiver]:
-    r = Receiver().start()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
-def api(worker: WorkerProcess, settings: Settings, tmp_path: Path) -> Iterator[ApiProcess]:
-    process = ApiProcess(
-        settings.redis_url,
-        tmp_path / "api.log",
-        INTERNVL_QUEUE=settings.queue_name,
+def api(worker: WorkerProcess, start_api: Callable[..., ApiProcess]) -> ApiProcess:
+    return start_api(
         WEBHOOK_SECRETS=f"{NEW_SECRET},{OLD_SECRET}",
         WEBHOOK_ALLOWED_CIDRS="127.0.0.0/8",
         INTERNVL_TEST_FAULTS="1",
         INTERNVL_TEST_BATCH_JOBS_PER_TRANSACTION="3",
     )
-    try:
-        process.wait_ready()
-        yield process
-    finally:
-        process.stop()
 
 
-@pytest.fixture
-def webhook_worker(settings: Settings, tmp_path: Path) -> Iterator[WebhookWorker]:
-    process = WebhookWorker(settings.redis_url, tmp_path / "webhooks.log").wait_ready()
-    yield process
-    process.kill()
-    process.close()
-
-
-def _submit(api: ApiProcess, step: str, hooks: Receiver, **headers: str) -> requests.Response:
+def _submit(api: ApiProcess, step: str, receiver: Receiver, **headers: str) -> requests.Response:
     return requests.post(
         f"{api.url}/v1/batches",
-        params={"webhook_url": hooks.url},
+        params={"webhook_url": receiver.url},
         data=_body(step),
         headers={"Content-Type": "application/jsonl", "Idempotency-Key": step, **headers},
         timeout=60,
     )
 
 
-def _retry_until_accepted(api: ApiProcess, step: str, hooks: Receiver) -> tuple[Any, int]:
+def _retry_until_accepted(api: ApiProcess, step: str, receiver: Receiver) -> tuple[Any, int]:
     """The client's retries (through the restart of the API's worker process, and the 409s
     while the dead request's lease runs out); the 202, and how many 409s came before it."""
     deadline = time.monotonic() + 90
     conflicts = 0
     while time.monotonic() < deadline:
         try:
-            reply = _submit(api, step, hooks)
+            reply = _submit(api, step, receiver)
         except requests.ConnectionError:
             time.sleep(0.1)
             continue
@@ -135,7 +110,7 @@ def _job_records(client: redis.Redis, batch_id: str) -> dict[str, dict[bytes, by
 
 def test_a_retry_after_the_api_dies_mid_batch_gets_the_whole_batch_once(
     api: ApiProcess,
-    hooks: Receiver,
+    receiver: Receiver,
     webhook_worker: WebhookWorker,
     redis_client: redis.Redis,
 ) -> None:
@@ -154,8 +129,8 @@ def test_a_retry_after_the_api_dies_mid_batch_gets_the_whole_batch_once(
         else:
             raise AssertionError(f"nothing in flight at the kill ({step})")
         with pytest.raises(requests.ConnectionError):
-            _submit(api, step, hooks, **{"X-Test-Fault": f"kill-api-at={step}"})
-        retry, conflicts[step] = _retry_until_accepted(api, step, hooks)
+            _submit(api, step, receiver, **{"X-Test-Fault": f"kill-api-at={step}"})
+        retry, conflicts[step] = _retry_until_accepted(api, step, receiver)
         assert retry.status_code == 202, retry.text
         # The record (and the key) are committed before every step: each retry is a replay.
         assert retry.headers.get("Idempotency-Replayed") == "true", (step, dict(retry.headers))
@@ -200,7 +175,7 @@ def test_a_retry_after_the_api_dies_mid_batch_gets_the_whole_batch_once(
 
     # One batch.completed per faulted batch (the busy ones have no webhook).
     def completed() -> list[str]:
-        events = [json.loads(r.body) for r in list(hooks.received)]
+        events = [json.loads(r.body) for r in list(receiver.received)]
         return [e["data"]["id"] for e in events if e["type"] == "batch.completed"]
 
     wait_until(lambda: set(completed()) >= set(faulted.values()), 60, "batch.completed")

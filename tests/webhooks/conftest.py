@@ -10,15 +10,7 @@ import redis
 
 from internvl_queue.core.outbox import Outbox
 from internvl_queue.core.store import JobStore
-from tests.receiver import Receiver
 from tests.webhooks.worker_process import LEASE_S, WebhookWorker
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver().start()
-    yield r
-    r.stop()
 
 
 @pytest.fixture

@@ -16,6 +16,10 @@ in any number of processes at once:
    backlog, and its record is kept the retention time from then.
 4. **Due dispatches.** Jobs marked as needing a message (by 1, 2, or a new job whose sender died
    before it sent one) get a new Celery message; each entry is taken by one reaper at a time.
+5. **Unsettled batches** (``BatchStore.settle_due``). A batch whose API process died while it
+   stored its jobs, with no retry since, is cut short; one whose last job's process died before
+   it finished the batch is finished. Reads of the batch do the same, but a caller that waits
+   for the batch's webhook never reads it.
 
 A duplicate message is harmless: the claim in the store finds the job terminal, or running under
 a live lease, and changes nothing. A stale delivery cannot store an outcome (attempt tokens).
@@ -32,6 +36,7 @@ from dataclasses import dataclass
 import redis
 
 from . import broker_layout as broker
+from .core.batches import BatchStore
 from .core.keys import queued_key
 from .core.priority import lane_queue, lane_queues
 from .core.status import JobStatus
@@ -49,9 +54,11 @@ class ReapReport:
     orphans: int = 0  # messages taken by a worker that never started them
     dispatched: int = 0  # new messages sent
     timed_out: int = 0  # queued jobs past their deadline, ended ``timeout``
+    batches: int = 0  # batches cut short or finished
 
     def __bool__(self) -> bool:
-        return bool(self.requeued or self.orphans or self.dispatched or self.timed_out)
+        counts = (self.requeued, self.orphans, self.dispatched, self.timed_out, self.batches)
+        return any(counts)
 
 
 class Reaper:
@@ -66,6 +73,9 @@ class Reaper:
     ) -> None:
         self.store = store
         self.redis: redis.Redis = store.redis
+        self.batches = BatchStore(
+            store.redis, retention_s=store.retention_s, event_ttl_s=store.event_ttl_s
+        )
         self.dispatch = dispatch  # (job id, queue) -> a new broker message for it
         self.lease_s = lease_s
         self.queue = queue  # the broker queue (kombu keeps its waiting messages in a list per lane)
@@ -93,12 +103,14 @@ class Reaper:
             self.dispatch(job_id, lane_queue(job.queue or self.queue, job.priority))
             self.store.dispatched(job_id)
             dispatched += 1
-        report = ReapReport(requeued, orphans, dispatched, timed_out)
+        batches = self.batches.settle_due(now)
+        report = ReapReport(requeued, orphans, dispatched, timed_out, batches)
         if report:
             log.warning(
                 "reaper: %d job(s) of dead workers back in the queue, %d orphaned message(s), "
-                "%d message(s) sent, %d queued job(s) past their deadline ended (timeout)",
-                *(requeued, orphans, dispatched, timed_out),
+                "%d message(s) sent, %d queued job(s) past their deadline ended (timeout), "
+                "%d abandoned batch(es) cut short or finished",
+                *(requeued, orphans, dispatched, timed_out, batches),
             )
         return report
 

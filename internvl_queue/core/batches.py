@@ -17,7 +17,8 @@ The counts are exact because each job's terminal transaction writes them:
    in the same MULTI. A second caller finds it terminal and writes nothing, so the event is
    staged exactly once.
 3. A process that dies between 1 and 2 leaves a batch with nothing pending that is not yet
-   terminal; every read of the batch (``GET /v1/batches/<id>``) calls ``finish_if_done`` too.
+   terminal; every read of the batch (``GET /v1/batches/<id>``) calls ``finish_if_done`` too,
+   and so do the workers' reapers (``settle_due``), for a batch that nobody reads.
 
 Storing is crash-safe (a batch's jobs are written in chunked transactions, so an API process can
 die between two of them). The record is created *storing*: it names its storer (a random token)
@@ -31,7 +32,13 @@ leaves a record storing with an expired lease, and jobs stored for a prefix of i
   under the ids the lines list already holds, so the batch completes with every line once;
 - with nobody retrying, a read of the batch ``CUT_SHORT_AFTER_S`` after the lease expired cuts
   it short (``cut_short_if_abandoned``): its ``jobs`` become the jobs stored, the rest leave
-  ``pending``, and it completes when those have run, with ``cut_short`` set.
+  ``pending``, and it completes when those have run, with ``cut_short`` set. A reaper does the
+  same for a batch nobody reads, so that its webhook still comes.
+
+Every batch that is not terminal when created is listed in ``unsettled_batches_key`` until it
+is, with the time a reaper should look at it next (``settle_due``): every ``RECHECK_S``. A
+reaper's look is a read with ``settle``; it also finishes a batch whose final record a Redis
+failover lost (the list is rolled back with it).
 
 Nothing here imports the job store: the store calls in (steps 1 and 2).
 """
@@ -50,7 +57,7 @@ import redis
 from . import webhook_events
 from .idempotency import KeyClaim
 from .job import Job, iso8601, new_job_id
-from .keys import batch_key, batch_lines_key
+from .keys import batch_key, batch_lines_key, unsettled_batches_key
 from .redis_client import HashFields
 
 __all__ = [
@@ -81,6 +88,9 @@ STORING_LEASE_S = 10.0
 # the caller's retry (with its Idempotency-Key) may finish it, and it does so whole. A caller
 # whose own process died retries minutes later, not seconds.
 CUT_SHORT_AFTER_S = 300.0
+
+# Seconds between two looks of a reaper at a batch that is still not terminal.
+RECHECK_S = 60.0
 
 BATCH_EVENT_TYPES = ("batch.completed", "batch.canceled", "batch.failed")
 
@@ -321,6 +331,8 @@ class BatchStore:
             pipe.expire(batch_lines_key(batch.id), self.retention_s)
             if batch.stored_status.is_terminal:
                 _stage_event(pipe, batch, now, self.event_ttl_s)
+            else:
+                pipe.zadd(unsettled_batches_key(), {batch.id: now + RECHECK_S})
             if key is not None:
                 key.stage_binding(pipe, batch.id)
 
@@ -434,6 +446,26 @@ class BatchStore:
             batch = self.finish_if_done(batch_id) or batch
         return batch
 
+    def settle_due(self, now: float, *, limit: int = 100) -> int:
+        """Look at the unsettled batches whose look is due (module doc): cut short one its
+        storer abandoned, finish one with nothing pending, forget one that is terminal or gone,
+        and look at the others again ``RECHECK_S`` later. How many this call cut short or
+        finished. Safe in any number of reapers at once (each step is its own transaction)."""
+        index = unsettled_batches_key()
+        settled = 0
+        due: list[bytes] = self.redis.zrangebyscore(index, "-inf", now, start=0, num=limit)  # type: ignore[assignment]
+        for raw in due:
+            batch_id = raw.decode()
+            before = self.get(batch_id, settle=False)
+            after = self.get(batch_id) if before is not None else None
+            if after is None or after.stored_status.is_terminal:
+                self.redis.zrem(index, batch_id)
+            else:
+                self.redis.zadd(index, {batch_id: now + RECHECK_S}, xx=True)
+            if before is not None and after is not None and _settled(before, after):
+                settled += 1
+        return settled
+
     def lines(self, batch_id: str, start: int, count: int) -> list[str]:
         found = self.redis.lrange(batch_lines_key(batch_id), start, start + count - 1)
         return [item.decode() for item in found]  # type: ignore[union-attr]
@@ -487,6 +519,14 @@ class BatchFence:
         """Inside a chunk's MULTI: ``count`` more jobs stored, and the lease renewed."""
         pipe.hincrby(self.key, "stored", count)
         pipe.hset(self.key, "storing_until", json.dumps(time.time() + STORING_LEASE_S))
+
+
+def _settled(before: Batch, after: Batch) -> bool:
+    """Whether a look changed the batch: cut it short, or finished it."""
+    was_terminal = before.stored_status.is_terminal
+    return after.cut_short != before.cut_short or (
+        after.stored_status.is_terminal and not was_terminal
+    )
 
 
 def _read(pipe: redis.client.Pipeline, key: str) -> Batch | None:
@@ -558,6 +598,7 @@ def finish_if_done(
         )
         pipe.expire(key, retention_s)
         pipe.expire(batch_lines_key(batch_id), retention_s)
+        pipe.zrem(unsettled_batches_key(), batch_id)
         _stage_event(pipe, done, now, event_ttl_s)
         finished[0] = done
 

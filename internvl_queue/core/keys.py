@@ -28,6 +28,7 @@ __all__ = [
     "rate_key",
     "result_cache_index_key",
     "result_cache_key",
+    "unsettled_batches_key",
     "webhook_gone_key",
     "worker_key",
     "workers_key",
@@ -84,6 +85,12 @@ def batch_key(batch_id: str) -> str:
 def batch_lines_key(batch_id: str) -> str:
     """A list, one entry per input line in input order: the line's job id, or its error (JSON)."""
     return f"{PREFIX}:batch:{batch_id}:lines"
+
+
+def unsettled_batches_key() -> str:
+    """A sorted set of the ids of batches not yet terminal, scored by when a reaper should next
+    look whether one needs settling (``BatchStore.settle_due``)."""
+    return f"{PREFIX}:batches:unsettled"
 
 
 def leases_key() -> str:

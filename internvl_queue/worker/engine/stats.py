@@ -98,6 +98,11 @@ class EngineStats:
                 "uncaptured_batches": self.uncaptured_batches,
             }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
-            snap["gpu_memory_mb"] = round(torch.cuda.memory_allocated() / 2**20)
-            snap["gpu_memory_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
+            # Every GPU the process sees: a worker spanning GPUs (--gpus-per-worker) sees only
+            # its own (cli/gpu_workers.py), and holds memory on each. The peak sums each one's.
+            gpus = range(torch.cuda.device_count())
+            allocated = sum(torch.cuda.memory_allocated(g) for g in gpus)
+            peak = sum(torch.cuda.max_memory_allocated(g) for g in gpus)
+            snap["gpu_memory_mb"] = round(allocated / 2**20)
+            snap["gpu_memory_peak_mb"] = round(peak / 2**20)
         return snap

@@ -26,6 +26,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     ) from exc
 
 from .. import __version__
+from .attempts import Attempts
 from .batch import Batch
 from .calls import (
     POLL_S,
@@ -46,10 +47,10 @@ from .calls import (
     submit_call,
 )
 from .deliveries import Delivery
-from .errors import ApiUnreachable, ClientError, Conflict, JobFailed, WaitTimeout, api_error
+from .errors import ClientError, Conflict, JobFailed, WaitTimeout
 from .images import ImageInput
 from .job import Job, JobPage, JobStatus
-from .retry import RETRY_CODES, RETRY_STATUSES, RetryPolicy
+from .retry import RetryPolicy
 from .sync import API_KEY_ENV
 
 __all__ = ["AsyncClient"]
@@ -256,9 +257,8 @@ class AsyncClient:
 
     async def _send(self, call: Call, *, deadline: float | None = None) -> httpx.Response:
         """See ``Client._send``."""
-        attempt = 0
+        attempts = Attempts(self.retry, self.base_url, self.timeout, deadline=deadline)
         while True:
-            attempt += 1
             try:
                 reply = await self._client.request(
                     call.method,
@@ -276,26 +276,9 @@ class AsyncClient:
                     message = f"cannot send a request to {self.base_url!r}: {exc}"
                     raise ClientError(message) from None
                 timed_out = isinstance(exc, httpx.TimeoutException)
-                failure: ClientError = ApiUnreachable(
-                    self._unreachable(timed_out), timed_out=timed_out
-                )
-                retry_after = None
-                if not call.repeatable:  # it may have gone through: sending again may repeat it
-                    raise failure from None
+                pause = attempts.after_no_answer(timed_out=timed_out, repeatable=call.repeatable)
             else:
                 if reply.status_code < 300:
                     return reply
-                failure = api_error(reply.status_code, reply.content, retry_after_of(reply.headers))
-                failure.retried = attempt > 1
-                if reply.status_code not in RETRY_STATUSES and failure.code not in RETRY_CODES:
-                    raise failure
-                retry_after = failure.retry_after
-            pause = self.retry.wait_before(attempt, retry_after, deadline, time.monotonic())
-            if pause is None:
-                raise failure
+                pause = attempts.after_reply(reply.status_code, reply.content, reply.headers)
             await self._sleep(pause)
-
-    def _unreachable(self, timed_out: bool) -> str:
-        if timed_out:
-            return f"the API at {self.base_url} did not answer within {self.timeout:g} s"
-        return f"cannot reach the API at {self.base_url} (the connection failed or was dropped)"

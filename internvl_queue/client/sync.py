@@ -23,6 +23,7 @@ from typing import Any, Self
 import requests
 
 from .. import __version__
+from .attempts import Attempts
 from .batch import Batch
 from .calls import (
     POLL_S,
@@ -44,16 +45,14 @@ from .calls import (
 )
 from .deliveries import Delivery
 from .errors import (
-    ApiUnreachable,
     ClientError,
     Conflict,
     JobFailed,
     WaitTimeout,
-    api_error,
 )
 from .images import ImageInput
 from .job import Job, JobPage, JobStatus
-from .retry import RETRY_CODES, RETRY_STATUSES, RetryPolicy
+from .retry import RetryPolicy
 
 __all__ = ["API_KEY_ENV", "Client"]
 
@@ -323,9 +322,8 @@ class Client:
 
         With ``deadline`` (monotonic), retries go on until then instead of ``retry.attempts``.
         """
-        attempt = 0
+        attempts = Attempts(self.retry, self.base_url, self.timeout, deadline=deadline)
         while True:
-            attempt += 1
             try:
                 reply = self._session.request(
                     call.method,
@@ -340,28 +338,11 @@ class Client:
                 )
             except _NO_ANSWER as exc:
                 timed_out = isinstance(exc, requests.Timeout)
-                failure: ClientError = ApiUnreachable(
-                    self._unreachable(timed_out), timed_out=timed_out
-                )
-                retry_after = None
-                if not call.repeatable:  # it may have gone through: sending again may repeat it
-                    raise failure from None
+                pause = attempts.after_no_answer(timed_out=timed_out, repeatable=call.repeatable)
             except requests.RequestException as exc:  # a bad URL: no retry can help
                 raise ClientError(f"cannot send a request to {self.base_url!r}: {exc}") from None
             else:
                 if reply.status_code < 300:
                     return reply
-                failure = api_error(reply.status_code, reply.content, retry_after_of(reply.headers))
-                failure.retried = attempt > 1
-                if reply.status_code not in RETRY_STATUSES and failure.code not in RETRY_CODES:
-                    raise failure
-                retry_after = failure.retry_after
-            pause = self.retry.wait_before(attempt, retry_after, deadline, time.monotonic())
-            if pause is None:
-                raise failure
+                pause = attempts.after_reply(reply.status_code, reply.content, reply.headers)
             self._sleep(pause)
-
-    def _unreachable(self, timed_out: bool) -> str:
-        if timed_out:
-            return f"the API at {self.base_url} did not answer within {self.timeout:g} s"
-        return f"cannot reach the API at {self.base_url} (the connection failed or was dropped)"

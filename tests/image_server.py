@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from internvl_queue.cli.redis_server import free_port
+from tests.local_server import LocalServer
 
 __all__ = ["ImageServer", "Route"]
 
@@ -26,16 +26,14 @@ class Route:
     hold: threading.Event | None = None
 
 
-class ImageServer:
+class ImageServer(LocalServer):
     """Serves ``routes`` (path -> ``Route``) on a free loopback port; 404 for any other path."""
 
     def __init__(self, routes: dict[str, Route]) -> None:
-        self.port = free_port()
+        super().__init__()
         self.routes = routes
         self.requested: list[str] = []
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -67,15 +65,5 @@ class ImageServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._serve(Handler)
         return self
-
-    def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join()
-            self._server = None

@@ -6,10 +6,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from internvl_queue.cli.redis_server import free_port
+from tests.local_server import LocalServer
 
 __all__ = ["Received", "Receiver", "Reply", "wait_until"]
 
@@ -37,18 +37,16 @@ class Received:
     at: float  # monotonic
 
 
-class Receiver:
+class Receiver(LocalServer):
     """A real HTTP server on a loopback port: scripted replies in order, every request recorded."""
 
     def __init__(self, port: int | None = None, script: list[Reply] | None = None) -> None:
-        self.port = port or free_port()
+        super().__init__(port)
         self.script = list(script or [])
         self.received: list[Received] = []
         # Seconds each request waits before its reply (a slow receiver); may change while running.
         self.delay_s = 0.0
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -86,18 +84,8 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._serve(Handler)
         return self
-
-    def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join()
-            self._server = None
 
     def wait_for(self, count: int, timeout: float = 15) -> list[Received]:
         wait_until(lambda: len(self.received) >= count, timeout, f"{count} requests")

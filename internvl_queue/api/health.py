@@ -72,6 +72,13 @@ def _explain(redis_ok: bool, queue: str, ours: list[WorkerInfo], every: list[Wor
     for w in workers:
         by_state.setdefault(w.state, []).append(w)
     if ready := by_state.get(WorkerState.READY):
+        # Still ready: jobs are accepted and wait for them; the consumer is back within seconds
+        # of the broker (a Redis restart, a failover), and the operator sees why none start.
+        if away := [w for w in ready if w.consuming is False]:
+            return (
+                f"{len(ready)} worker(s) ready on queue {queue!r}; {len(away)} of them not "
+                "taking jobs now: reconnecting to the broker (Redis)"
+            )
         return f"{len(ready)} worker(s) ready on queue {queue!r}"
     if loading := by_state.get(WorkerState.LOADING):
         w = loading[0]

@@ -289,5 +289,5 @@ def _polled_view(svc: Services, job: Job, waited: bool) -> Response:
 
 def _view(svc: Services, job: Job) -> Response:
     # One more round trip, only for a job that has a position.
-    position = svc.store.queue_position(job.id) if job.status is JobStatus.QUEUED else None
+    position = svc.store.queue_position(job) if job.status is JobStatus.QUEUED else None
     return jsonify(job.to_public(queue_position=position))

@@ -31,7 +31,8 @@ import redis
 
 from .job import Job
 from .job_listing import ListQuery, Position
-from .keys import job_key, owner_jobs_key, queued_key
+from .keys import job_key, owner_jobs_key
+from .queue_position import queue_positions
 from .status import JobStatus
 
 __all__ = ["MAX_SCANNED", "JobIndex", "JobPage", "created_floor", "stage_entry"]
@@ -159,16 +160,8 @@ class JobIndex:
         return [Job.from_hash(raw) for raw in pipe.execute() if raw]
 
     def _queue_positions(self, jobs: list[Job]) -> dict[str, int]:
-        queued = [job.id for job in jobs if job.status is JobStatus.QUEUED]
-        if not queued:
-            return {}
-        pipe = self.redis.pipeline(transaction=False)
-        for job_id in queued:
-            pipe.zrank(queued_key(), job_id)
-        ranks = pipe.execute()
-        return {
-            job_id: rank + 1 for job_id, rank in zip(queued, ranks, strict=True) if rank is not None
-        }
+        queued = [(j.id, j.queue, j.priority) for j in jobs if j.status is JobStatus.QUEUED]
+        return queue_positions(self.redis, queued)
 
 
 def _text(value: bytes | str) -> str:

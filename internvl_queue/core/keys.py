@@ -25,6 +25,7 @@ __all__ = [
     "queued_batch_key",
     "queued_bytes_key",
     "queued_key",
+    "queued_lane_key",
     "rate_key",
     "result_cache_index_key",
     "result_cache_key",
@@ -69,6 +70,12 @@ def owner_jobs_key(owner: str) -> str:
 def queued_key() -> str:
     """A sorted set of queued job ids scored by submission time (positions, the queue cap)."""
     return f"{PREFIX}:queued"
+
+
+def queued_lane_key(queue: str, priority: str) -> str:
+    """A sorted set of one queue's queued jobs of one priority lane, scored by submission time
+    (a subset of ``queued_key``): a job's place counts the lanes taken before its own."""
+    return f"{PREFIX}:queued:lane:{queue or '-'}:{priority}"
 
 
 def queued_batch_key() -> str:

@@ -35,7 +35,9 @@ from .keys import (
     leases_key,
     queued_batch_key,
     queued_key,
+    queued_lane_key,
 )
+from .queue_position import queue_positions, stage_lane_cleanup
 from .settings import Settings
 from .status import JobStatus
 
@@ -138,6 +140,7 @@ class JobStore:
             self._stage_new(pipe, job, images)
             # Entries of jobs that expired while queued (their worker never came) go too.
             pipe.zremrangebyscore(queued_key(), "-inf", job.created_at - self.retention_s)
+            stage_lane_cleanup(pipe, job.queue, job.created_at - self.retention_s)
             if key is not None:
                 key.stage_binding(pipe, job.id)
 
@@ -282,6 +285,8 @@ class JobStore:
         oldest = time.time() - self.retention_s
         pipe.zremrangebyscore(queued_key(), "-inf", oldest)
         pipe.zremrangebyscore(queued_batch_key(), "-inf", oldest)
+        for queue in {job.queue for job in stored}:
+            stage_lane_cleanup(pipe, queue, oldest)
         pipe.execute()
         return stored
 
@@ -291,6 +296,7 @@ class JobStore:
         pipe.expire(job_key(job.id), self.retention_s)
         pipe.expire(images_key(job.id), self.retention_s)
         pipe.zadd(queued_key(), {job.id: job.created_at})
+        pipe.zadd(_lane_key(job), {job.id: job.created_at})
         if job.batch_id:
             pipe.zadd(queued_batch_key(), {job.id: job.created_at})
         # The caller dispatches the job at once and says so (``dispatched``); if it dies
@@ -311,14 +317,10 @@ class JobStore:
         """Those of the queued jobs that belong to a batch."""
         return int(self.redis.zcard(queued_batch_key()))
 
-    def queue_position(self, job_id: str) -> int | None:
-        """1 for the oldest queued job; None if the job is not queued.
-
-        Approximate: jobs are ranked by submission time, while the broker may hand out a
-        redelivered or slower-to-publish message in a slightly different order.
-        """
-        rank = self.redis.zrank(queued_key(), job_id)
-        return None if rank is None else int(rank) + 1  # type: ignore[arg-type]
+    def queue_position(self, job: Job) -> int | None:
+        """1 for the next job its queue's workers take (``core/queue_position.py``); None if
+        the job is not queued."""
+        return queue_positions(self.redis, [(job.id, job.queue, job.priority)]).get(job.id)
 
     def get(self, job_id: str) -> Job | None:
         raw = self.redis.hgetall(job_key(job_id))
@@ -594,9 +596,11 @@ class JobStore:
             pipe.hset(key, mapping=new.to_hash())
             if new.status is not JobStatus.QUEUED:
                 pipe.zrem(queued_key(), job_id)
+                pipe.zrem(_lane_key(new), job_id)
                 pipe.zrem(dispatching_key(), job_id)
             elif current is not None and current.status is not JobStatus.QUEUED:
                 pipe.zadd(queued_key(), {job_id: new.created_at})
+                pipe.zadd(_lane_key(new), {job_id: new.created_at})
                 pipe.zadd(dispatching_key(), {job_id: new.dispatched_at})
             if new.status is JobStatus.RUNNING:
                 pipe.zadd(leases_key(), {job_id: new.lease_until})
@@ -664,6 +668,10 @@ class JobStore:
         if new.status.is_terminal and not (current is not None and current.status.is_terminal):
             batches.stage_job_finished(pipe, new, self.retention_s)
             counted.append(new.batch_id)
+
+
+def _lane_key(job: Job) -> str:
+    return queued_lane_key(job.queue, job.priority.value)
 
 
 # A new job's message is sent by the API right after it is stored; a reaper sends it only if the

@@ -57,6 +57,32 @@ def test_readyz_lists_live_workers(client, redis_client: redis.Redis) -> None:
     assert worker["queue"] == "internvl"
 
 
+def test_readyz_says_when_ready_workers_are_reconnecting_to_the_broker(
+    client, redis_client: redis.Redis
+) -> None:
+    registry = WorkerRegistry(redis_client)
+    for name, consuming in (("w1", True), ("w2", False)):
+        info = WorkerInfo(
+            name=name,
+            pid=1,
+            model="m",
+            device="cuda:0",
+            gpu_name="NVIDIA H100",
+            loaded_at=1.0,
+            last_seen=2.0,
+            queue="internvl",
+            consuming=consuming,
+        )
+        registry.publish(info, ttl_s=30)
+    reply = client.get("/readyz")
+    assert reply.status_code == 200  # jobs are accepted meanwhile
+    assert reply.json["message"] == (
+        "2 worker(s) ready on queue 'internvl'; 1 of them not taking jobs now: reconnecting to "
+        "the broker (Redis)"
+    )
+    assert sorted(w["consuming"] for w in reply.json["workers"]) == [False, True]
+
+
 def test_readyz_shows_each_workers_gpus(client, redis_client: redis.Redis) -> None:
     registry = WorkerRegistry(redis_client)
     common = {"model": "m", "loaded_at": 1.0, "last_seen": 2.0, "queue": "internvl"}

@@ -91,12 +91,12 @@ def test_a_redelivered_job_with_a_cancel_pending_is_canceled_not_rerun(
 def test_queue_positions_follow_submission_order(redis_client: redis.Redis) -> None:
     store = _store(redis_client)
     first, second, third = (_new(store) for _ in range(3))
-    assert [store.queue_position(j.id) for j in (first, second, third)] == [1, 2, 3]
+    assert [store.queue_position(j) for j in (first, second, third)] == [1, 2, 3]
     assert store.queued_count() == 3
     _running(store, first)
     store.cancel(third.id)
-    assert store.queue_position(first.id) is None
-    assert store.queue_position(second.id) == 1
+    assert store.queue_position(first) is None
+    assert store.queue_position(second) == 1
     assert store.queued_count() == 1
     store.cancel(second.id)
     assert redis_client.zcard(queued_key()) == 0
@@ -200,7 +200,7 @@ def test_a_lapsed_lease_puts_the_job_back_once_whatever_the_race(redis_client: r
     back = store.get(job.id)
     assert back is not None and back.status is JobStatus.QUEUED
     assert (back.attempts, back.attempt_token, back.worker) == (1, "", "")
-    assert store.queue_position(job.id) == 1
+    assert store.queue_position(job) == 1
     assert store.lapsed_leases(time.time()) == []
     assert store.take_due_dispatches(time.time(), retry_after_s=5) == [job.id]
     assert store.take_due_dispatches(time.time(), retry_after_s=5) == []  # taken once
@@ -229,7 +229,7 @@ def test_a_job_queued_past_its_deadline_times_out_once_whatever_the_race(
     assert ended is not None and ended.status is JobStatus.FAILED
     assert ended.error is not None and ended.error["code"] == "timeout"
     assert redis_client.ttl(job_key(due.id)) > 90  # kept the retention time from now
-    assert store.queue_position(due.id) is None and store.queued_count() == 1
+    assert store.queue_position(due) is None and store.queued_count() == 1
     assert store.images(due.id) == []
     assert [e.type for e in _outbox(redis_client)] == ["job.failed"]
     # Its message, when a worker takes it at last, finds it finished.

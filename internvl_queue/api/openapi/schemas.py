@@ -280,8 +280,9 @@ def _job() -> Schema:
                 "queue_position": {
                     "type": ["integer", "null"],
                     "minimum": 1,
-                    "description": "While queued: 1 for the oldest job not yet started "
-                    "(approximate). null otherwise.",
+                    "description": "While queued: 1 for the next job its queue's workers "
+                    "take (the lanes above its own first, then its own lane by submission; "
+                    "approximate). null otherwise.",
                 },
                 "priority": {"type": "string", "enum": [p.value for p in Priority]},
                 "cancel_requested_at": _NULLABLE_TIMESTAMP,

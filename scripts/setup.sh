@@ -42,17 +42,26 @@ if ! command -v redis-server >/dev/null 2>&1; then
     fi
 fi
 
-# The web page's browser test drives Debian's Chromium (playwright comes with the test extra).
-if [ "${1:-}" = "test" ] && ! command -v chromium >/dev/null 2>&1 \
-        && ! command -v chromium-browser >/dev/null 2>&1; then
-    echo "setup: chromium not found; installing it (for tests/api/test_web_page.py)"
+# Debian packages the tests drive, installed when missing (test mode only).
+apt_install() { # PACKAGE WHY
+    echo "setup: $1 not found; installing it ($2)"
     if command -v apt-get >/dev/null 2>&1; then
         sudo_cmd=""
         [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
         $sudo_cmd apt-get update -qq
-        $sudo_cmd apt-get install -y -qq chromium >/dev/null
+        DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "$1" >/dev/null
     else
-        echo "setup: please install Chromium (the web page test drives it)" >&2
+        echo "setup: please install $1 ($2)" >&2
         exit 1
+    fi
+}
+if [ "${1:-}" = "test" ]; then
+    # The web page's browser test drives Debian's Chromium (playwright comes with the test extra).
+    if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+        apt_install chromium "for tests/api/test_web_page.py"
+    fi
+    # `docker-compose config` checks that the Sentinel override merges (1.29, as CI deploys it).
+    if ! command -v docker-compose >/dev/null 2>&1; then
+        apt_install docker-compose "for tests/test_compose_files.py"
     fi
 fi

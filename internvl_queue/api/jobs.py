@@ -21,12 +21,13 @@ from ..core.idempotency import (
     request_fingerprint,
 )
 from ..core.image_budget import ImageBudget
+from ..core.image_urls import ImageUrl
 from ..core.job import Job
 from ..core.priority_quota import HighPriorityQuota
 from ..core.result_cache import answered_from_cache
 from ..core.status import JobStatus
 from ..core.store import CancelOutcome
-from ..core.submission import prepare_job
+from ..core.submission import describe_job, prepare_job
 from .auth import current_owner
 from .errors import redis_outage
 from .fault_hook import kill_api_at
@@ -62,6 +63,12 @@ def submit() -> Response | Reply:
     key = request.headers.get("Idempotency-Key")
     if key is not None:
         check_key(key)
+        if any(isinstance(image, ImageUrl) for image in sent.images):
+            # A retry finds its job before fetching the image URLs again (seconds each, and
+            # the caller's servers asked twice): its fingerprint counts URLs, not their bytes.
+            fingerprint = request_fingerprint(describe_job(sent, svc.settings), sent.images)
+            if (original := _job_bound_to(svc, owner, key, fingerprint)) is not None:
+                return _replay(svc, original)
     # Image URLs fetched here, so that the job is stored as if their bytes had been uploaded.
     images = svc.image_fetcher.fetch(
         sent.images,
@@ -78,12 +85,28 @@ def submit() -> Response | Reply:
         fingerprint = request_fingerprint(job, sent.images)  # image URLs as sent
         job, replayed = _accept_once(svc, job, images, owner, key, fingerprint)
         if replayed:
-            # A replay answers as the original did (202), whatever the job's state now: the
-            # caller reads the outcome from the job object or by polling.
-            headers = {"Idempotency-Replayed": "true", "Location": f"/v1/jobs/{job.id}"}
-            return _view(svc, job), 202, headers
+            return _replay(svc, job)
     kill_api_at("before-reply")
     return _submitted(svc, job, {})
+
+
+def _replay(svc: Services, job: Job) -> Reply:
+    """A replay answers as the original did (202), whatever the job's state now: the caller
+    reads the outcome from the job object or by polling."""
+    headers = {"Idempotency-Replayed": "true", "Location": f"/v1/jobs/{job.id}"}
+    return _view(svc, job), 202, headers
+
+
+def _job_bound_to(svc: Services, owner: str, key: str, fingerprint: str) -> Job | None:
+    """The existing job ``key`` is bound to by this same request (``fingerprint``), durable on
+    the replicas, or None: then the request takes the whole path (``_accept_once``)."""
+    bound = svc.idempotency.lookup(owner, key)
+    if bound is None or bound.fingerprint != fingerprint:
+        return None
+    original = svc.store.get(bound.job_id)
+    if original is not None:
+        _confirm_durable(svc, original)
+    return original
 
 
 def _accept_once(
@@ -102,13 +125,7 @@ def _accept_once(
                     "new request with a new key",
                     code="idempotency_key_reused",
                 )
-            try:  # a retry after 503 not_durable: answered 202 only once replicas hold it
-                svc.store.confirm_durable()
-            except NotDurable as short:
-                raise not_durable(original.id, short) from None
-            except redis.RedisError as exc:
-                redis_outage().failed(exc, "confirming a job on the replicas")
-                raise ServiceUnavailable("the job store is unavailable; try again") from None
+            _confirm_durable(svc, original)
             return original, True
         try:
             claim = svc.idempotency.claim(owner, key, fingerprint)
@@ -116,6 +133,17 @@ def _accept_once(
         except KeyAlreadyBound as taken:  # a request with the same key got there first
             bound = taken.binding
     raise ServiceUnavailable("the Idempotency-Key's job expired while it was read; try again")
+
+
+def _confirm_durable(svc: Services, original: Job) -> None:
+    """A retry after 503 not_durable is answered 202 only once the replicas hold its job."""
+    try:
+        svc.store.confirm_durable()
+    except NotDurable as short:
+        raise not_durable(original.id, short) from None
+    except redis.RedisError as exc:
+        redis_outage().failed(exc, "confirming a job on the replicas")
+        raise ServiceUnavailable("the job store is unavailable; try again") from None
 
 
 def _accept(svc: Services, job: Job, images: list[bytes], key: KeyClaim | None = None) -> Job:

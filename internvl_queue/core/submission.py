@@ -27,6 +27,7 @@ __all__ = [
     "Submission",
     "check_metadata",
     "check_webhook_target",
+    "describe_job",
     "max_question_bytes",
     "prepare_job",
 ]
@@ -55,7 +56,10 @@ class Submission:
     cache: Any = None  # false: neither answered from the result cache nor kept in it
 
 
-def prepare_job(submission: Submission, settings: Settings, *, owner: str = "") -> Job:
+def describe_job(submission: Submission, settings: Settings, *, owner: str = "") -> Job:
+    """The job ``submission`` asks for, every field validated but its images' content (they
+    may still be URLs): what a submit's Idempotency-Key fingerprint is taken from, so that a
+    retry can find its job before fetching image URLs again."""
     question = _question(submission.question, settings)
     params = JobParams(
         max_new_tokens=_bounded_int(
@@ -77,24 +81,18 @@ def prepare_job(submission: Submission, settings: Settings, *, owner: str = "") 
     metadata = _metadata(submission.metadata)
     priority = parse_priority(submission.priority)
     webhook_url, webhook_events = _webhook(submission, settings)
-    use_cache = _flag("cache", submission.cache, default=True)
-    images = _bytes_only(submission.images)
-    if not images:
+    _use_cache(submission)  # refused here if malformed, like every other field
+    if not submission.images:
         raise BadRequest("at least one image is required", code="missing_image")
-    if len(images) > settings.max_images:
+    if len(submission.images) > settings.max_images:
         raise ValidationFailed(
-            f"{len(images)} images sent; at most {settings.max_images} per job",
+            f"{len(submission.images)} images sent; at most {settings.max_images} per job",
             code="too_many_images",
         )
-    infos = [
-        inspect_image(data, max_pixels=settings.max_image_pixels, label=f"image {index + 1}")
-        for index, data in enumerate(images)
-    ]
-    check_total_pixels(infos, settings.max_request_pixels)
-    job = Job.new(
+    return Job.new(
         question,
         params,
-        image_count=len(images),
+        image_count=len(submission.images),
         metadata=metadata,
         owner=owner,
         webhook_url=webhook_url,
@@ -102,11 +100,27 @@ def prepare_job(submission: Submission, settings: Settings, *, owner: str = "") 
         queue=settings.queue_name,
         priority=priority,
     )
-    if not use_cache or settings.result_cache_ttl_s <= 0:
+
+
+def prepare_job(submission: Submission, settings: Settings, *, owner: str = "") -> Job:
+    """The new job ``submission`` asks for, validated whole: its images are bytes (URLs fetched
+    first) and each is decoded and measured."""
+    job = describe_job(submission, settings, owner=owner)
+    images = _bytes_only(submission.images)
+    infos = [
+        inspect_image(data, max_pixels=settings.max_image_pixels, label=f"image {index + 1}")
+        for index, data in enumerate(images)
+    ]
+    check_total_pixels(infos, settings.max_request_pixels)
+    if not _use_cache(submission) or settings.result_cache_ttl_s <= 0:
         return job
     scope = None if settings.result_cache_shared else owner
-    found = result_cache.digest(images, question, params, scope=scope)
+    found = result_cache.digest(images, job.question, job.params, scope=scope)
     return replace(job, cache_digest=found or "")
+
+
+def _use_cache(submission: Submission) -> bool:
+    return _flag("cache", submission.cache, default=True)
 
 
 def _flag(name: str, raw: Any, *, default: bool) -> bool:

@@ -220,14 +220,18 @@ def test_a_retry_with_the_same_key_and_url_finds_its_job(
     url_client: FlaskClient, server: ImageServer
 ) -> None:
     headers = {"Idempotency-Key": "url-retry-1"}
+    before = server.requested.count("/photo.jpg")  # the server serves the whole module
     first = url_client.post(
         "/v1/jobs", json=_body({"url": server.url("/photo.jpg")}), headers=headers
     )
+    assert first.status_code == 202 and server.requested.count("/photo.jpg") == before + 1
     again = url_client.post(
         "/v1/jobs", json=_body({"url": server.url("/photo.jpg")}), headers=headers
     )
     assert again.headers["Idempotency-Replayed"] == "true"
     assert again.json["id"] == first.json["id"]
+    # The retry found its job without fetching the image again.
+    assert server.requested.count("/photo.jpg") == before + 1
     other = url_client.post("/v1/jobs", json=_body({"url": server.url("/moved")}), headers=headers)
     assert other.json["error"]["code"] == "idempotency_key_reused"
 

@@ -22,13 +22,14 @@ from tests.worker.reference import reference_answer
 
 def _submit(api: str, images: list[bytes], question: str, **fields: Any) -> dict[str, Any]:
     files = [("image", (f"{i}.jpg", data, "image/jpeg")) for i, data in enumerate(images)]
-    started = time.perf_counter()
     reply = requests.post(
         f"{api}/v1/jobs", data={"question": question, **fields}, files=files, timeout=30
     )
     assert reply.status_code == 202, reply.text
-    assert time.perf_counter() - started < 1.0  # accepted at once, not after inference
     job: dict[str, Any] = reply.json()
+    # Accepted at once, not after inference: the reply is the job as stored, still queued (a
+    # bound on the seconds it took would time this machine's load, not the API).
+    assert job["status"] == "queued" and job["result"] is None, job
     return job
 
 

@@ -437,13 +437,20 @@ class BatchStore:
         nothing pending is finished (module doc)."""
         raw = self.redis.hgetall(batch_key(batch_id))
         batch = Batch.from_hash(raw) if raw else None  # type: ignore[arg-type]
-        if not settle:
+        if not settle or batch is None:
             return batch
-        if batch is not None and batch.is_abandoned(time.time(), for_s=CUT_SHORT_AFTER_S):
-            batch = self.cut_short_if_abandoned(batch_id) or self.get(batch_id)
-        if batch is not None and not batch.stored_status.is_terminal and batch.pending <= 0:
+        return self._settled(batch)
+
+    def _settled(self, batch: Batch) -> Batch | None:
+        """``batch`` as read, cut short if its storer abandoned it and finished if nothing is
+        pending (module doc); re-read only when one of those wrote."""
+        if batch.is_abandoned(time.time(), for_s=CUT_SHORT_AFTER_S):
+            batch = self.cut_short_if_abandoned(batch.id) or self.get(batch.id)  # type: ignore[assignment]
+            if batch is None:
+                return None
+        if not batch.stored_status.is_terminal and batch.pending <= 0:
             # Its last job's process died before it finished the batch (module doc, step 3).
-            batch = self.finish_if_done(batch_id) or batch
+            batch = self.finish_if_done(batch.id) or batch
         return batch
 
     def settle_due(self, now: float, *, limit: int = 100) -> int:
@@ -457,7 +464,7 @@ class BatchStore:
         for raw in due:
             batch_id = raw.decode()
             before = self.get(batch_id, settle=False)
-            after = self.get(batch_id) if before is not None else None
+            after = self._settled(before) if before is not None else None
             if after is None or after.stored_status.is_terminal:
                 self.redis.zrem(index, batch_id)
             else:

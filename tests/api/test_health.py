@@ -1,5 +1,6 @@
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis
 from flask import Flask
@@ -27,22 +28,24 @@ def test_readyz_needs_a_worker(client, redis_client: redis.Redis) -> None:
     }
 
 
+def _ready_worker(name: str, **fields: Any) -> WorkerInfo:
+    """A loaded worker of the API's queue on an H100, as its heartbeat publishes it."""
+    return WorkerInfo(
+        name=name,
+        pid=1,
+        model="m",
+        device="cuda:0",
+        gpu_name="NVIDIA H100",
+        loaded_at=1.0,
+        last_seen=2.0,
+        queue="internvl",
+        **fields,
+    )
+
+
 def test_readyz_lists_live_workers(client, redis_client: redis.Redis) -> None:
     registry = WorkerRegistry(redis_client)
-    registry.publish(
-        WorkerInfo(
-            name="w1",
-            pid=1,
-            model="m",
-            device="cuda:0",
-            gpu_name="NVIDIA H100",
-            loaded_at=1.0,
-            last_seen=2.0,
-            jobs_succeeded=3,
-            queue="internvl",
-        ),
-        ttl_s=30,
-    )
+    registry.publish(_ready_worker("w1", jobs_succeeded=3), ttl_s=30)
     reply = client.get("/readyz")
     assert reply.status_code == 200
     assert reply.json["message"] == "1 worker(s) ready on queue 'internvl'"
@@ -62,18 +65,7 @@ def test_readyz_says_when_ready_workers_are_reconnecting_to_the_broker(
 ) -> None:
     registry = WorkerRegistry(redis_client)
     for name, consuming in (("w1", True), ("w2", False)):
-        info = WorkerInfo(
-            name=name,
-            pid=1,
-            model="m",
-            device="cuda:0",
-            gpu_name="NVIDIA H100",
-            loaded_at=1.0,
-            last_seen=2.0,
-            queue="internvl",
-            consuming=consuming,
-        )
-        registry.publish(info, ttl_s=30)
+        registry.publish(_ready_worker(name, consuming=consuming), ttl_s=30)
     reply = client.get("/readyz")
     assert reply.status_code == 200  # jobs are accepted meanwhile
     assert reply.json["message"] == (
